@@ -1,0 +1,118 @@
+"""Load the packaged catalog and apply the operator's catalog files on top of it.
+
+File shape (TOML)::
+
+    [defaults]                    # optional: keys every new model of this file starts from
+    modes = ["invoke", "stream"]
+
+    [models."my-model"]           # one table per model id
+    vendor = "openai_compatible"
+    ...
+
+A table for an id that already exists is merged key by key, so an override file can change a
+single price. ``enabled = false`` hides a model. Every problem is reported as one line that
+names the file, the model and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from difflib import get_close_matches
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fengchao_chains.catalog.cards import ModelCard
+from fengchao_chains.errors import ConfigurationError, UnknownModelError
+from fengchao_chains.llms.registry import vendor_names
+from fengchao_chains.settings import describe_validation_error
+
+PACKAGED_CATALOG = "models.toml"
+_TOP_LEVEL_KEYS = {"defaults", "models"}
+
+
+class Catalog(Mapping[str, ModelCard]):
+    """The enabled model cards, in file order, looked up by id."""
+
+    def __init__(self, cards: Iterable[ModelCard]) -> None:
+        self._cards = {card.id: card for card in cards if card.enabled}
+
+    def __getitem__(self, model_id: str) -> ModelCard:
+        try:
+            return self._cards[model_id]
+        except KeyError:
+            raise UnknownModelError(model_id, self.close_matches(model_id)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cards)
+
+    def __len__(self) -> int:
+        return len(self._cards)
+
+    def close_matches(self, model_id: str, limit: int = 3) -> list[str]:
+        """Ids that look like ``model_id``: same letters in another case first, then similar."""
+        by_lower = {card_id.lower(): card_id for card_id in self._cards}
+        exact_but_case = [by_lower[model_id.lower()]] if model_id.lower() in by_lower else []
+        similar = get_close_matches(model_id.lower(), list(by_lower), n=limit, cutoff=0.6)
+        matches = exact_but_case + [by_lower[s] for s in similar]
+        return list(dict.fromkeys(matches))[:limit]
+
+
+def load_catalog(extra_files: Iterable[Path] = ()) -> Catalog:
+    """The packaged catalog with ``extra_files`` applied in order."""
+    packaged = resources.files("fengchao_chains.catalog").joinpath(PACKAGED_CATALOG)
+    fields: dict[str, dict[str, Any]] = {}
+    cards: dict[str, ModelCard] = {}
+    _apply_file(fields, cards, f"packaged catalog {PACKAGED_CATALOG}", packaged.read_text("utf-8"))
+    for path in extra_files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigurationError(f"catalog file {path} cannot be read: {reason}") from None
+        _apply_file(fields, cards, f"catalog file {path}", text)
+    return Catalog(cards.values())
+
+
+def _apply_file(
+    fields: dict[str, dict[str, Any]], cards: dict[str, ModelCard], source: str, text: str
+) -> None:
+    """Merge one file into ``fields`` and re-validate every card it touches, so an error names
+    the file that caused it."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{source} is not valid TOML: {exc}") from None
+    unknown = set(document) - _TOP_LEVEL_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"{source}: unknown top-level key {sorted(unknown)[0]!r} (expected [defaults] and"
+            " [models.\"<id>\"] tables)"
+        )
+    defaults = document.get("defaults", {})
+    models = document.get("models", {})
+    if not isinstance(defaults, dict) or not isinstance(models, dict):
+        raise ConfigurationError(f"{source}: [defaults] and [models] must be tables")
+    for model_id, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ConfigurationError(f"{source}: models.{model_id} must be a table")
+        base = fields.get(model_id, defaults)
+        fields[model_id] = {**base, **entry, "id": model_id}
+        cards[model_id] = _validate(model_id, fields[model_id], source)
+
+
+def _validate(model_id: str, fields: dict[str, Any], source: str) -> ModelCard:
+    try:
+        card = ModelCard.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc, f"{source}: models.{model_id}"))
+    known = vendor_names()
+    if card.vendor not in known:
+        raise ConfigurationError(
+            f"{source}: models.{model_id}.vendor: unknown vendor {card.vendor!r}"
+            f" (known: {', '.join(sorted(known))})"
+        )
+    return card

@@ -1,0 +1,218 @@
+"""The ``fengchao`` command line.
+
+Conventions: ``--help`` everywhere; results on stdout; errors as one ``error: ...`` line on
+stderr; exit code 0 on success, 1 on a reported error, 2 on a usage error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fengchao_chains import __version__
+from fengchao_chains.errors import FengchaoError
+from fengchao_chains.logging_setup import configure_logging
+from fengchao_chains.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="fengchao-chains: an LLM gateway and RAG library over LangChain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output keeps whole rows (rich would otherwise wrap tables to 80 columns).
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    stderr.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; report our own errors as one line instead of a traceback."""
+    try:
+        return action()
+    except FengchaoError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def settings_from(**overrides: Any) -> Settings:
+    return guarded(lambda: load_settings(**{k: v for k, v in overrides.items() if v is not None}))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"fengchao-chains {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """fengchao-chains command line."""
+
+
+# --------------------------------------------------------------------------- serve -------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [default: 8000].")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    """Start the web server (embedded database unless FENGCHAO_DATABASE_URL is set)."""
+    import uvicorn
+
+    from fengchao_chains.runtime import Runtime
+    from fengchao_chains.server import create_app
+
+    settings = settings_from(host=host, port=port, log_level=log_level)
+    configure_logging(settings.log_level)
+    sock = guarded(lambda: _bind(settings.host, settings.port))
+    runtime = guarded(lambda: Runtime.start(settings))
+    config = uvicorn.Config(
+        create_app(runtime),
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    stderr.print(
+        f"fengchao-chains {__version__} on http://{settings.host}:{sock.getsockname()[1]}"
+        f" ({runtime.database.target})",
+        markup=False,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    finally:
+        runtime.close()  # normally done by the app's lifespan already; idempotent
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before anything starts, so a busy port is one clear line, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise FengchaoError(
+                f"{host}:{port} is already in use; stop the other server or pass --port"
+            ) from None
+        raise FengchaoError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+# --------------------------------------------------------------------------- models ------
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the model catalog."""
+    from fengchao_chains.catalog import get_catalog
+    from fengchao_chains.llms.registry import is_available
+
+    settings = settings_from()
+    catalog = guarded(lambda: get_catalog(settings))
+    if as_json:
+        rows = [
+            card.model_dump(mode="json") | {"available": is_available(card.vendor)}
+            for card in catalog.values()
+        ]
+        stdout.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(catalog)} models")
+    for column in ("id", "owned_by", "channel", "vendor", "max in/out", "price in/out per 1k",
+                   "files", "available"):
+        table.add_column(column, overflow="fold")
+    for card in catalog.values():
+        table.add_row(
+            card.id,
+            card.owned_by,
+            card.channel,
+            card.vendor,
+            f"{card.max_input_token}/{card.max_output_token}",
+            f"{card.in_price:g}/{card.out_price:g} {card.unit}",
+            "yes" if card.accepts_files else "",
+            "yes" if is_available(card.vendor) else "not yet",
+        )
+    stdout.print(table)
+
+
+# --------------------------------------------------------------------------- db ----------
+@app.command()
+def db(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Show the database: embedded or external, versions, migrations."""
+    from fengchao_chains.db import Database
+
+    settings = settings_from()
+    configure_logging("WARNING")
+    database = guarded(lambda: Database.start(settings))
+    try:
+        status = guarded(database.status)
+    finally:
+        database.close()
+    if as_json:
+        payload = {
+            "mode": status.mode,
+            "target": status.target,
+            "schema": status.schema,
+            "server_version": status.server_version,
+            "pgvector_version": status.pgvector_version,
+            "sharing_processes": status.sharing_processes,
+            "migrations": [
+                {"version": m.version, "name": m.name,
+                 "applied_at": m.applied_at.isoformat() if m.applied_at else None}
+                for m in status.migrations
+            ],
+        }
+        stdout.print_json(json.dumps(payload))
+        return
+    stdout.print(f"database:   {status.mode} — {status.target}", markup=False)
+    stdout.print(f"postgresql: {status.server_version}", markup=False)
+    stdout.print(f"pgvector:   {status.pgvector_version or 'not installed'}", markup=False)
+    stdout.print(f"schema:     {status.schema}", markup=False)
+    if status.mode == "embedded":
+        stdout.print(f"processes sharing the server: {len(status.sharing_processes)}")
+    pending = [m for m in status.migrations if m.applied_at is None]
+    stdout.print(f"migrations: {len(status.migrations) - len(pending)} applied, {len(pending)} pending")
+    for m in status.migrations:
+        when = m.applied_at.strftime("%Y-%m-%d %H:%M:%S %Z") if m.applied_at else "pending"
+        stdout.print(f"  {m.version:04d}_{m.name:<30} {when}", markup=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+

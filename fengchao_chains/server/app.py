@@ -1,0 +1,51 @@
+"""The FastAPI application factory (a thin module: routers live beside it, by concern)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from fengchao_chains import __version__
+from fengchao_chains.runtime import Runtime
+from fengchao_chains.server import aigc
+from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.settings import Settings, get_settings
+
+
+def create_app(runtime: Runtime | None = None, settings: Settings | None = None) -> FastAPI:
+    """Build the app around a started ``runtime``, or start one from ``settings`` at start-up.
+
+    Either way the app's lifespan owns shutdown: it closes the pools and releases the embedded
+    database before the server process exits (also on SIGTERM and Ctrl-C).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        current = runtime or await asyncio.to_thread(Runtime.start, settings or get_settings())
+        app.state.runtime = current
+        try:
+            await current.open_async()
+            yield
+        finally:
+            await current.aclose()
+
+    app = FastAPI(
+        title="fengchao-chains",
+        version=__version__,
+        description="LLM gateway: the fengchao /aigc API over LangChain chat models.",
+        lifespan=lifespan,
+    )
+    app.include_router(aigc.router)
+    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
+    return app
+
+
+async def healthz(runtime: RuntimeDep) -> dict[str, Any]:
+    """Liveness plus a real database round trip."""
+    async with runtime.database.async_pool.connection() as conn:
+        await conn.execute("SELECT 1")
+    return {"status": "ok", "version": __version__, "models": len(runtime.catalog)}

@@ -1,0 +1,198 @@
+"""Settings: environment (``FENGCHAO_*``) over an optional TOML config file over defaults.
+
+Every setting is documented in ``docs/configuration.md`` (a test keeps the two in step).
+Vendor credentials are read from each vendor's own standard variable (``OPENAI_API_KEY``,
+``QIANFAN_AK``, ...) so existing shells and deployments work unchanged; they are
+:class:`~pydantic.SecretStr` so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fengchao_chains.errors import ConfigurationError
+
+CONFIG_FILE_ENV = "FENGCHAO_CONFIG_FILE"
+APP_NAME = "fengchao"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def default_config_file() -> Path:
+    """Where the config file is looked for when ``FENGCHAO_CONFIG_FILE`` is not set."""
+    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def _vendor_secret(*names: str) -> Any:
+    """A credential field read from the vendor's standard env var (or its lower-case name
+    in the config file)."""
+    field_name = names[0].lower()
+    return Field(default=None, validation_alias=AliasChoices(*names, field_name))
+
+
+def _vendor_url(*names: str) -> Any:
+    field_name = names[0].lower()
+    return Field(default=None, validation_alias=AliasChoices(*names, field_name))
+
+
+class Settings(BaseSettings):
+    """All run-time settings of the library, the server and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FENGCHAO_",
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- database -------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (libpq URI or key=value string). Unset: embedded Postgres.",
+    )
+    database_schema: str = Field(
+        default="fengchao", description="Schema that holds every table of this project."
+    )
+    database_pool_min_size: int = Field(default=1, ge=0)
+    database_pool_max_size: int = Field(default=10, ge=1)
+    database_connect_timeout: float = Field(default=10.0, gt=0)
+    migration_lock_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for another process's migrations."
+    )
+
+    # --- files ----------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=lambda: platformdirs.user_data_path(APP_NAME),
+        description="Embedded database, uploads and other state.",
+    )
+    catalog_files: list[Path] = Field(
+        default_factory=list, description="Extra model-catalog TOML files, applied in order."
+    )
+
+    # --- server ---------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # --- models ---------------------------------------------------------------------------
+    default_model: str = Field(
+        default="SmolLM2-135M-Instruct", description="Chat model used when a request names none."
+    )
+    embedding_model: str = Field(
+        default="multilingual-e5-small", description="Embedding model for new knowledge bases."
+    )
+
+    # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
+    openai_api_key: SecretStr | None = _vendor_secret("OPENAI_API_KEY")
+    openai_base_url: str | None = _vendor_url("OPENAI_BASE_URL")
+    zhipuai_api_key: SecretStr | None = _vendor_secret("ZHIPUAI_API_KEY")
+    zhipuai_base_url: str | None = _vendor_url("ZHIPUAI_BASE_URL")
+    qianfan_ak: SecretStr | None = _vendor_secret("QIANFAN_AK")
+    qianfan_sk: SecretStr | None = _vendor_secret("QIANFAN_SK")
+    qianfan_base_url: str | None = _vendor_url("QIANFAN_BASE_URL")
+    anthropic_api_key: SecretStr | None = _vendor_secret("ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = _vendor_url("ANTHROPIC_BASE_URL")
+    volc_accesskey: SecretStr | None = _vendor_secret("VOLC_ACCESSKEY")
+    volc_secretkey: SecretStr | None = _vendor_secret("VOLC_SECRETKEY")
+    volc_maas_base_url: str | None = _vendor_url("VOLC_MAAS_BASE_URL")
+    ark_api_key: SecretStr | None = _vendor_secret("ARK_API_KEY")
+    ark_base_url: str | None = _vendor_url("ARK_BASE_URL")
+    moonshot_api_key: SecretStr | None = _vendor_secret("MOONSHOT_API_KEY")
+    moonshot_base_url: str | None = _vendor_url("MOONSHOT_BASE_URL")
+    sensenova_access_key_id: SecretStr | None = _vendor_secret("SENSENOVA_ACCESS_KEY_ID")
+    sensenova_secret_access_key: SecretStr | None = _vendor_secret("SENSENOVA_SECRET_ACCESS_KEY")
+    sensenova_api_base: str | None = _vendor_url("SENSENOVA_API_BASE")
+    internlm_api_key: SecretStr | None = _vendor_secret("INTERNLM_API_KEY")
+    internlm_base_url: str | None = _vendor_url("INTERNLM_BASE_URL")
+    tgi_base_url: str | None = _vendor_url("TGI_BASE_URL")
+    hf_token: SecretStr | None = _vendor_secret("HF_TOKEN")
+
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file_to_read()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file_to_read() -> Path | None:
+    """The config file, if any; an explicitly named file must exist and parse."""
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    path = Path(explicit).expanduser() if explicit else default_config_file()
+    if not path.exists():
+        if explicit:
+            raise ConfigurationError(f"config file {path} ({CONFIG_FILE_ENV}) does not exist")
+        return None
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from None
+    return path
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, naming the field path and never echoing the input value
+    (which may be a secret)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "(root)"
+        problems.append(f"{location}: {error['msg']}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation failures into one :class:`ConfigurationError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(describe_validation_error(exc, "invalid settings")) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests and embedders pass their own instead)."""
+    return load_settings()
