@@ -64,7 +64,9 @@ def version_callback(value: bool) -> None:
 def main_options(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """fengchao-chains command line."""
@@ -144,8 +146,16 @@ def models(
         stdout.print_json(json.dumps(rows, ensure_ascii=False))
         return
     table = Table(title=f"{len(catalog)} models")
-    for column in ("id", "owned_by", "channel", "vendor", "max in/out", "price in/out per 1k",
-                   "files", "available"):
+    for column in (
+        "id",
+        "owned_by",
+        "channel",
+        "vendor",
+        "max in/out",
+        "price in/out per 1k",
+        "files",
+        "available",
+    ):
         table.add_column(column, overflow="fold")
     for card in catalog.values():
         table.add_row(
@@ -183,10 +193,15 @@ def db(
             "schema": status.schema,
             "server_version": status.server_version,
             "pgvector_version": status.pgvector_version,
+            "created_at": status.created_at.isoformat() if status.created_at else None,
+            "created_by_version": status.created_by_version,
             "sharing_processes": status.sharing_processes,
             "migrations": [
-                {"version": m.version, "name": m.name,
-                 "applied_at": m.applied_at.isoformat() if m.applied_at else None}
+                {
+                    "version": m.version,
+                    "name": m.name,
+                    "applied_at": m.applied_at.isoformat() if m.applied_at else None,
+                }
                 for m in status.migrations
             ],
         }
@@ -196,10 +211,15 @@ def db(
     stdout.print(f"postgresql: {status.server_version}", markup=False)
     stdout.print(f"pgvector:   {status.pgvector_version or 'not installed'}", markup=False)
     stdout.print(f"schema:     {status.schema}", markup=False)
+    if status.created_at:
+        created = f"{status.created_at:%Y-%m-%d %H:%M:%S %Z} by {status.created_by_version}"
+        stdout.print(f"created:    {created}", markup=False)
     if status.mode == "embedded":
         stdout.print(f"processes sharing the server: {len(status.sharing_processes)}")
     pending = [m for m in status.migrations if m.applied_at is None]
-    stdout.print(f"migrations: {len(status.migrations) - len(pending)} applied, {len(pending)} pending")
+    stdout.print(
+        f"migrations: {len(status.migrations) - len(pending)} applied, {len(pending)} pending"
+    )
     for m in status.migrations:
         when = m.applied_at.strftime("%Y-%m-%d %H:%M:%S %Z") if m.applied_at else "pending"
         stdout.print(f"  {m.version:04d}_{m.name:<30} {when}", markup=False)
@@ -215,4 +235,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

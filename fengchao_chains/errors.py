@@ -33,7 +33,9 @@ class UnknownModelError(CatalogError, KeyError):
     def __init__(self, model_id: str, close_matches: list[str]) -> None:
         self.model_id = model_id
         self.close_matches = close_matches
-        hint = f"; did you mean {', '.join(repr(m) for m in close_matches)}?" if close_matches else ""
+        hint = (
+            f"; did you mean {', '.join(repr(m) for m in close_matches)}?" if close_matches else ""
+        )
         super().__init__(f"unknown model {model_id!r}{hint} (`fengchao models` lists all models)")
 
     def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes

@@ -25,6 +25,7 @@ __all__ = [
     "reload_catalogs",
 ]
 
+
 def get_catalog(settings: Settings | None = None) -> Catalog:
     """The catalog for ``settings`` (default: the process settings), loaded once per set of
     catalog files; ``reload_catalogs()`` forgets loaded catalogs after the files change."""

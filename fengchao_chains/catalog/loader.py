@@ -90,7 +90,7 @@ def _apply_file(
     if unknown:
         raise ConfigurationError(
             f"{source}: unknown top-level key {sorted(unknown)[0]!r} (expected [defaults] and"
-            " [models.\"<id>\"] tables)"
+            ' [models."<id>"] tables)'
         )
     defaults = document.get("defaults", {})
     models = document.get("models", {})
@@ -108,7 +108,8 @@ def _validate(model_id: str, fields: dict[str, Any], source: str) -> ModelCard:
     try:
         card = ModelCard.model_validate(fields)
     except ValidationError as exc:
-        raise ConfigurationError(describe_validation_error(exc, f"{source}: models.{model_id}"))
+        message = describe_validation_error(exc, f"{source}: models.{model_id}")
+        raise ConfigurationError(message) from None
     known = vendor_names()
     if card.vendor not in known:
         raise ConfigurationError(

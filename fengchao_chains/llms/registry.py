@@ -25,9 +25,7 @@ ENTRY_POINT_GROUP = "fengchao_chains.vendors"
 
 
 class ChatModelFactory(Protocol):
-    def __call__(
-        self, card: ModelCard, settings: Settings, **overrides: Any
-    ) -> BaseChatModel: ...
+    def __call__(self, card: ModelCard, settings: Settings, **overrides: Any) -> BaseChatModel: ...
 
 
 # Every vendor the catalog may name, with the module that implements it once it exists.

@@ -25,7 +25,10 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        current = runtime or await asyncio.to_thread(Runtime.start, settings or get_settings())
+        if runtime is not None:
+            current = runtime
+        else:
+            current = await asyncio.to_thread(Runtime.start, settings or get_settings())
         app.state.runtime = current
         try:
             await current.open_async()

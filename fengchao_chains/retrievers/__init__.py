@@ -1,0 +1,2 @@
+"""pgvector retrievers with ``top_k`` and ``threshold`` and the knowledge-base registry
+(built in the knowledge-base issue)."""

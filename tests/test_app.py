@@ -1,0 +1,33 @@
+"""The app in-process, started by its own lifespan (the `uvicorn server:app` path)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from fengchao_chains.server import create_app
+from fengchao_chains.settings import Settings
+
+
+def test_lifespan_starts_and_closes_the_runtime(settings: Settings) -> None:
+    app = create_app(settings=settings)
+    with TestClient(app) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        models = client.get("/aigc/models/").json()["data"]
+        assert len(models) == health.json()["models"]
+        runtime = app.state.runtime
+    # After shutdown the pools are closed.
+    assert runtime.database._pool is None
+    assert runtime.database._async_pool is None
+
+
+def test_catalog_override_reaches_the_api(settings: Settings, tmp_path) -> None:
+    override = tmp_path / "prices.toml"
+    override.write_text('[models."glm-4"]\nin_price = 0.05\n\n[models."BLOOMZ-7B"]\nenabled = false\n')
+    app = create_app(settings=settings.model_copy(update={"catalog_files": [override]}))
+    with TestClient(app) as client:
+        data = {m["id"]: m for m in client.get("/aigc/models/").json()["data"]}
+    assert data["glm-4"]["in_price"] == 0.05
+    assert data["glm-4"]["price"] == 0.05
+    assert "BLOOMZ-7B" not in data

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+
+from fengchao_chains import __version__
+from fengchao_chains.catalog import load_catalog
+from fengchao_chains.db.migrate import discover_migrations
+from tests.processes import clean_env, run_cli
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help", env=clean_env())
+    assert result.returncode == 0
+    for command in ("serve", "models", "db"):
+        assert command in result.stdout
+
+
+def test_version() -> None:
+    result = run_cli("--version", env=clean_env())
+    assert (result.returncode, result.stdout.strip()) == (0, f"fengchao-chains {__version__}")
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_cli("sevre", env=clean_env())
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+    assert result.stdout == ""
+
+
+def test_models_table_and_json() -> None:
+    table = run_cli("models", env=clean_env())
+    assert table.returncode == 0, table.stderr
+    for model_id in load_catalog():
+        assert model_id in table.stdout
+    as_json = run_cli("models", "--json", env=clean_env())
+    rows = json.loads(as_json.stdout)
+    assert [row["id"] for row in rows] == list(load_catalog())
+    assert {row["available"] for row in rows} == {False}  # no vendor is implemented yet
+
+
+def test_db_reports_external_database(postgres_url: str, schema_name: str) -> None:
+    env = clean_env(FENGCHAO_DATABASE_URL=postgres_url, FENGCHAO_DATABASE_SCHEMA=schema_name)
+    result = run_cli("db", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "database:   external" in result.stdout
+    assert "pgvector:   0.8" in result.stdout
+    applied = len(discover_migrations())
+    assert f"migrations: {applied} applied, 0 pending" in result.stdout
+    assert f"schema:     {schema_name}" in result.stdout
