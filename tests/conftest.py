@@ -69,7 +69,7 @@ def schema_name(postgres_url: str) -> Iterator[str]:
 def settings(postgres_url: str, schema_name: str, tmp_path: Path) -> Settings:
     """Settings pointing at the session server and this test's own schema."""
     return Settings(
-        database_url=postgres_url,  # type: ignore[arg-type]  # pydantic coerces str to SecretStr
+        database_url=postgres_url,  # pydantic coerces str to SecretStr
         database_schema=schema_name,
         data_dir=tmp_path / "data",
         database_pool_max_size=4,

@@ -24,7 +24,9 @@ def test_lifespan_starts_and_closes_the_runtime(settings: Settings) -> None:
 
 def test_catalog_override_reaches_the_api(settings: Settings, tmp_path) -> None:
     override = tmp_path / "prices.toml"
-    override.write_text('[models."glm-4"]\nin_price = 0.05\n\n[models."BLOOMZ-7B"]\nenabled = false\n')
+    override.write_text(
+        '[models."glm-4"]\nin_price = 0.05\n\n[models."BLOOMZ-7B"]\nenabled = false\n'
+    )
     app = create_app(settings=settings.model_copy(update={"catalog_files": [override]}))
     with TestClient(app) as client:
         data = {m["id"]: m for m in client.get("/aigc/models/").json()["data"]}

@@ -117,7 +117,10 @@ def test_later_files_win(tmp_path: Path) -> None:
         ('[models."glm-4"\n', r"b\.toml is not valid TOML"),
         ('[models."glm-4"]\nin_price = "cheap"\n', r"models\.glm-4: in_price: Input should be"),
         ('[models."glm-4"]\nin_price = -1\n', r"models\.glm-4: in_price: Input should be greater"),
-        ('[models."glm-4"]\nvendor = "openia"\n', r"models\.glm-4\.vendor: unknown vendor 'openia'"),
+        (
+            '[models."glm-4"]\nvendor = "openia"\n',
+            r"models\.glm-4\.vendor: unknown vendor 'openia'",
+        ),
         ('[models."glm-4"]\nprise = 1\n', r"models\.glm-4: prise: Extra inputs are not permitted"),
         ('[models."glm-4"]\nchannel = "online"\n', r"models\.glm-4: channel: Input should be"),
         ('[models."new"]\nvendor = "openai"\n', r"models\.new: owned_by: Field required"),
@@ -208,4 +211,6 @@ def test_unknown_id_through_factory() -> None:
 
 def test_registering_a_vendor_twice_is_refused(echo_vendor: list[dict[str, Any]]) -> None:
     with pytest.raises(ValueError, match="already registered"):
-        registry.register_vendor("echo", lambda card, settings, **kw: FakeListChatModel(responses=[]))
+        registry.register_vendor(
+            "echo", lambda card, settings, **kw: FakeListChatModel(responses=[])
+        )

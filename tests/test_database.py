@@ -58,7 +58,9 @@ def test_second_start_applies_nothing_again(settings: Settings, database: Databa
 
 # Not idempotent on purpose: applying either twice would fail or duplicate rows.
 STRICT_MIGRATIONS = [
-    Migration(1, "create", "CREATE TABLE counter (n integer NOT NULL); INSERT INTO counter VALUES (1);"),
+    Migration(
+        1, "create", "CREATE TABLE counter (n integer NOT NULL); INSERT INTO counter VALUES (1);"
+    ),
     Migration(2, "bump", "SELECT pg_sleep(0.2); UPDATE counter SET n = n + 1;"),
 ]
 
@@ -85,9 +87,13 @@ def test_failed_migration_is_rolled_back_and_reported(postgres_url: str, schema_
         Migration(2, "broken", "CREATE TABLE half (x int); INSERT INTO half VALUES (1/0);"),
     ]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        with pytest.raises(DatabaseError, match=r"migration 0002_broken failed and was rolled back"):
+        with pytest.raises(
+            DatabaseError, match=r"migration 0002_broken failed and was rolled back"
+        ):
             migrate(conn, schema_name, broken)
-        assert conn.execute("SELECT to_regclass(%s)", (f"{schema_name}.half",)).fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass(%s)", (f"{schema_name}.half",)).fetchone() == (
+            None,
+        )
         states = migration_status(conn, schema_name, broken)
         assert [(s.version, s.applied_at is not None) for s in states] == [(1, True), (2, False)]
         # The lock was released: a fixed migration list applies at once.
@@ -112,9 +118,11 @@ def test_database_from_a_newer_release_is_refused(postgres_url: str, schema_name
 def test_waits_for_another_process_then_gives_up(postgres_url: str, schema_name: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key(schema_name),))
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            with pytest.raises(DatabaseError, match="another process has been applying"):
-                migrate(conn, schema_name, STRICT_MIGRATIONS, lock_timeout=0.3)
+        with (
+            psycopg.connect(postgres_url, autocommit=True) as conn,
+            pytest.raises(DatabaseError, match="another process has been applying"),
+        ):
+            migrate(conn, schema_name, STRICT_MIGRATIONS, lock_timeout=0.3)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +134,7 @@ def test_waits_for_another_process_then_gives_up(postgres_url: str, schema_name:
     ],
 )
 def test_bad_url_is_named_without_the_password(url: str, expected: str) -> None:
-    settings = Settings(database_url=url)  # type: ignore[arg-type]
+    settings = Settings(database_url=url)
     with pytest.raises(DatabaseError) as info:
         Database.start(settings)
     assert "hunter2-secret" not in str(info.value)
@@ -135,7 +143,7 @@ def test_bad_url_is_named_without_the_password(url: str, expected: str) -> None:
 
 def test_unreachable_server_is_one_line_without_password() -> None:
     settings = Settings(
-        database_url="postgresql://app:hunter2-secret@127.0.0.1:1/db",  # type: ignore[arg-type]
+        database_url="postgresql://app:hunter2-secret@127.0.0.1:1/db",
         database_connect_timeout=2,
     )
     with pytest.raises(DatabaseError) as info:

@@ -42,13 +42,13 @@ def test_vendor_credentials_use_standard_names_and_never_print(
 def test_config_file_is_read_and_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
-        'port = 7000\nhost = "0.0.0.0"\nanthropic_api_key = "from-file"\n', encoding="utf-8"
+        'port = 7000\nhost = "10.1.2.3"\nanthropic_api_key = "from-file"\n', encoding="utf-8"
     )
     monkeypatch.setenv("FENGCHAO_CONFIG_FILE", str(config))
     monkeypatch.setenv("FENGCHAO_PORT", "7100")
     settings = load_settings()
     assert settings.port == 7100
-    assert settings.host == "0.0.0.0"
+    assert settings.host == "10.1.2.3"
     assert settings.anthropic_api_key is not None
     assert settings.anthropic_api_key.get_secret_value() == "from-file"
 
@@ -84,7 +84,7 @@ def test_bad_config_file_is_one_clear_line(
 
 def test_missing_explicit_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FENGCHAO_CONFIG_FILE", str(tmp_path / "nope.toml"))
-    with pytest.raises(ConfigurationError, match="nope.toml .* does not exist"):
+    with pytest.raises(ConfigurationError, match=r"nope\.toml .* does not exist"):
         load_settings()
 
 

@@ -213,7 +213,9 @@ class Database:
             row = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
             ).fetchone()
-            instance = conn.execute("SELECT created_at, created_by_version FROM instance").fetchone()
+            instance = conn.execute(
+                "SELECT created_at, created_by_version FROM instance"
+            ).fetchone()
             conn.commit()
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             migrations = migration_status(conn, self.schema)
