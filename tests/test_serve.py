@@ -39,8 +39,11 @@ def data_home(tmp_path: Path) -> Path:
 def servers() -> Iterator[list[ServeProcess]]:
     started: list[ServeProcess] = []
     yield started
-    for server in started:
-        server.kill()
+    for server in started:  # graceful first, so no embedded postgres outlives the test
+        try:
+            server.stop(timeout=30)
+        finally:
+            server.kill()
 
 
 def serve(servers: list[ServeProcess], *args: str, **env: str) -> ServeProcess:
