@@ -14,6 +14,7 @@ import pytest
 from fengchao_chains.catalog import load_catalog
 from fengchao_chains.db.migrate import discover_migrations
 from tests.processes import ServeProcess, clean_env, postgres_running_on, run_cli, wait_until
+from tests.sdk import run_sdk
 
 # /aigc/models/ item fields and the types the fengchao SDK validates (protocol doc, section 4).
 SDK_MODEL_FIELDS = {
@@ -203,3 +204,23 @@ def test_serve_honours_host_and_log_level_flags(servers: list[ServeProcess]) -> 
     server.stop()
     assert not any(" INFO " in line for line in server.lines), server.stderr
     assert os.environ.get("FENGCHAO_LOG_LEVEL") is None
+
+
+def test_published_fengchao_sdk_reads_the_model_list(servers: list[ServeProcess]) -> None:
+    server = serve(servers)
+    base_url = server.wait_ready()
+    result = run_sdk(
+        "response = client.models()\n"
+        "result = {'status': response.status,\n"
+        "          'cards': [card.model_dump() for card in response.data.data],\n"
+        "          'qwen': client.check_model_channel('Qwen1.5-0.5B-Chat'),\n"
+        "          'glm': client.check_model_channel('glm-4')}",
+        base_url,
+    )
+    assert result["status"] == 200
+    cards = {card["id"]: card for card in result["cards"]}
+    assert list(cards) == list(load_catalog())
+    assert cards["glm-4"]["in_price"] == 0.1
+    assert cards["glm-4"]["mode"] == ["invoke", "async", "async_result", "stream"]
+    # The SDK routes 本地模型 to /aigc/local_chat/ and everything else to /aigc/chat/.
+    assert (result["qwen"], result["glm"]) == ("本地模型", "在线模型")

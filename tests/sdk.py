@@ -1,0 +1,55 @@
+"""The published fengchao SDK (2.5.1), unchanged, in its own virtual environment.
+
+It pins pydantic 2.6.1 and requests 2.31.0, so it cannot share the project's environment.
+The venv is built once per machine next to the project's venv and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import Any
+
+SDK_REQUIREMENT = "fengchao==2.5.1"
+SDK_VENV = Path(sys.prefix) / "fengchao-sdk-2.5.1"
+
+
+def sdk_python() -> Path:
+    """The SDK venv's interpreter, creating the venv on first use."""
+    python = SDK_VENV / "bin" / "python"
+    marker = SDK_VENV / ".installed"
+    if not marker.exists():
+        venv.create(SDK_VENV, with_pip=True, clear=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", SDK_REQUIREMENT],
+            check=True,
+            timeout=600,
+        )
+        marker.touch()
+    return python
+
+
+def run_sdk(script: str, base_url: str, timeout: float = 120) -> Any:
+    """Run ``script`` with the SDK imported and ``client`` bound to ``base_url``; the script
+    sets ``result``, which comes back through JSON."""
+    program = (
+        "import json\n"
+        "from fengchao import FengChao\n"
+        "client = FengChao(api_key='sdk-test-key', secret_key='sdk-test-secret',"
+        f" base_url={base_url!r})\n"
+        f"{script}\n"
+        "print(json.dumps(result, ensure_ascii=False, default=str))\n"
+    )
+    completed = subprocess.run(
+        [str(sdk_python()), "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise AssertionError(f"SDK script failed:\n{completed.stderr}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
