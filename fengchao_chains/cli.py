@@ -180,7 +180,7 @@ def db(
     from fengchao_chains.db import Database
 
     settings = settings_from()
-    configure_logging("WARNING")
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
     database = guarded(lambda: Database.start(settings))
     try:
         status = guarded(database.status)

@@ -209,16 +209,16 @@ class Database:
 
     def status(self) -> DatabaseStatus:
         with self.pool.connection() as conn:
-            server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+            version = conn.execute("SHOW server_version").fetchone()
+            server_version = str(version[0]) if version else "unknown"
             row = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
             ).fetchone()
             instance = conn.execute(
                 "SELECT created_at, created_by_version FROM instance"
             ).fetchone()
-            conn.commit()
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
             migrations = migration_status(conn, self.schema)
+            conn.commit()
         return DatabaseStatus(
             mode="embedded" if self.embedded is not None else "external",
             target=self.target,
