@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fengchao_chains.db import Database, redact_conninfo
 from fengchao_chains.db.migrate import (
@@ -158,3 +161,63 @@ def test_redact_conninfo() -> None:
     assert redact_conninfo("postgresql://u:p@h:5433/d") == "u@h:5433/d"
     assert redact_conninfo("host=/tmp/s dbname=x user=y password=z") == "y@/tmp/s:5432/x"
     assert redact_conninfo("not a dsn = =") == "<unparseable connection string>"
+
+
+@pytest.fixture
+def limited_database(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """A new database owned by a role that is not a superuser: (its URL, a superuser URL)."""
+    suffix = uuid.uuid4().hex[:10]
+    role, dbname = f"fc_role_{suffix}", f"fc_db_{suffix}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        try:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test server does not let this user create roles")
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(dbname), sql.Identifier(role)
+            )
+        )
+    yield (
+        make_conninfo(postgres_url, user=role, dbname=dbname),
+        make_conninfo(postgres_url, dbname=dbname),
+    )
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_user_who_may_not_create_pgvector_is_told_what_to_do(
+    limited_database: tuple[str, str],
+) -> None:
+    url, _ = limited_database
+    with pytest.raises(
+        DatabaseError, match=r"ask an administrator to run: CREATE EXTENSION vector"
+    ):
+        Database.start(Settings(database_url=url))
+
+
+def test_pgvector_installed_by_an_administrator_in_its_own_schema(
+    limited_database: tuple[str, str],
+) -> None:
+    url, admin_url = limited_database
+    role = conninfo_to_dict(url)["user"]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA extensions")
+        admin.execute("CREATE EXTENSION vector SCHEMA extensions")
+        admin.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA extensions TO {}").format(sql.Identifier(str(role)))
+        )
+    database = Database.start(Settings(database_url=url))
+    try:
+        assert database.vector_schema == "extensions"
+        with database.pool.connection() as conn:
+            row = conn.execute("SELECT '[3,4]'::vector <-> '[0,0]'::vector").fetchone()
+            assert row == (5.0,)
+            owner = conn.execute(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = 'fengchao'"
+                " AND tablename = 'instance'"
+            ).fetchone()
+            assert owner == (role,)
+    finally:
+        database.close()

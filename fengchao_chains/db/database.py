@@ -22,10 +22,10 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from fengchao_chains.db.embedded import EmbeddedPostgres
 from fengchao_chains.db.migrate import (
     MigrationState,
-    ensure_vector_extension,
     migrate,
     migration_status,
     search_path,
+    vector_extension_schema,
 )
 from fengchao_chains.errors import DatabaseError
 from fengchao_chains.settings import Settings
@@ -115,7 +115,7 @@ class Database:
                 migrate(
                     conn, settings.database_schema, lock_timeout=settings.migration_lock_timeout
                 )
-                vector_schema = ensure_vector_extension(conn)
+                vector_schema = vector_extension_schema(conn) or "public"
         except psycopg.OperationalError as exc:
             reason = _first_line(exc, password)
             raise DatabaseError(f"cannot connect to PostgreSQL at {target}: {reason}") from None

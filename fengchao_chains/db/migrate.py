@@ -68,16 +68,25 @@ def advisory_lock_key(schema: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def ensure_vector_extension(conn: psycopg.Connection) -> str:
-    """Create pgvector if missing and return the schema it lives in."""
+def vector_extension_schema(conn: psycopg.Connection) -> str | None:
+    """The schema pgvector is installed in, or None when it is not enabled."""
     row = conn.execute(
         "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
         " WHERE e.extname = 'vector'"
     ).fetchone()
-    if row:
-        return str(row[0])
+    return str(row[0]) if row else None
+
+
+def ensure_vector_extension(conn: psycopg.Connection) -> str:
+    """Create pgvector if missing and return the schema it lives in."""
+    existing = vector_extension_schema(conn)
+    if existing:
+        return existing
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+    except psycopg.errors.UniqueViolation:
+        # Another schema's migrations created it at the same moment (their lock is not ours).
+        return vector_extension_schema(conn) or "public"
     except psycopg.errors.InsufficientPrivilege:
         raise DatabaseError(
             "the pgvector extension is not enabled in this database and this user may not"
