@@ -225,6 +225,36 @@ def db(
         stdout.print(f"  {m.version:04d}_{m.name:<30} {when}", markup=False)
 
 
+# --------------------------------------------------------------------------- config ------
+@app.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Show the effective settings (secrets shown only as set or unset)."""
+    from pydantic import SecretStr
+
+    from fengchao_chains.settings import CONFIG_FILE_ENV, config_file_in_use
+
+    settings = settings_from()
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = "(set)"
+        elif isinstance(value, list):
+            value = [str(item) for item in value]
+        elif value is not None and not isinstance(value, int | float | bool):
+            value = str(value)
+        values[name] = value
+    source = config_file_in_use()
+    if as_json:
+        stdout.print_json(json.dumps({"config_file": source and str(source), **values}))
+        return
+    stdout.print(f"config file ({CONFIG_FILE_ENV}): {source or 'none'}", markup=False)
+    for name, value in values.items():
+        stdout.print(f"{name} = {value if value is not None else '(unset)'}", markup=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -150,15 +150,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_file = _config_file_to_read()
+        config_file = config_file_in_use()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
 
-def _config_file_to_read() -> Path | None:
-    """The config file, if any; an explicitly named file must exist and parse."""
+def config_file_in_use() -> Path | None:
+    """The config file settings are read from, if any; an explicitly named file must exist
+    and parse."""
     explicit = os.environ.get(CONFIG_FILE_ENV)
     path = Path(explicit).expanduser() if explicit else default_config_file()
     if not path.exists():

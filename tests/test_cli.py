@@ -47,3 +47,25 @@ def test_db_reports_external_database(postgres_url: str, schema_name: str) -> No
     applied = len(discover_migrations())
     assert f"migrations: {applied} applied, 0 pending" in result.stdout
     assert f"schema:     {schema_name}" in result.stdout
+
+
+def test_config_shows_effective_settings_without_secrets(tmp_path) -> None:
+    config_file = tmp_path / "fengchao.toml"
+    config_file.write_text('port = 9100\nmoonshot_api_key = "sk-moon-secret"\n', encoding="utf-8")
+    env = clean_env(
+        FENGCHAO_CONFIG_FILE=str(config_file),
+        OPENAI_API_KEY="sk-openai-secret",
+        FENGCHAO_DATABASE_URL="postgresql://u:db-secret@h/d",
+    )
+    result = run_cli("config", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["config_file"] == str(config_file)
+    assert shown["port"] == 9100
+    assert shown["openai_api_key"] == "(set)"
+    assert shown["moonshot_api_key"] == "(set)"
+    assert shown["database_url"] == "(set)"
+    assert shown["anthropic_api_key"] is None
+    text = run_cli("config", env=env).stdout
+    for secret in ("sk-moon-secret", "sk-openai-secret", "db-secret"):
+        assert secret not in result.stdout + text
