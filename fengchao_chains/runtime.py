@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fengchao_chains.catalog import Catalog, get_catalog
 from fengchao_chains.db import Database
+from fengchao_chains.errors import ConfigurationError, UnknownModelError
 from fengchao_chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ class Runtime:
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
         catalog = get_catalog(settings)  # a broken catalog fails before the database starts
+        try:
+            catalog[settings.default_model]
+        except UnknownModelError as exc:
+            raise ConfigurationError(f"FENGCHAO_DEFAULT_MODEL: {exc}") from None
         database = Database.start(settings)
         return cls(settings=settings, catalog=catalog, database=database)
 

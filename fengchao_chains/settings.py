@@ -8,19 +8,22 @@ Vendor credentials are read from each vendor's own standard variable (``OPENAI_A
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -78,7 +81,7 @@ class Settings(BaseSettings):
         default_factory=lambda: platformdirs.user_data_path(APP_NAME),
         description="Embedded database, uploads and other state.",
     )
-    catalog_files: list[Path] = Field(
+    catalog_files: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Extra model-catalog TOML files, applied in order."
     )
 
@@ -126,6 +129,19 @@ class Settings(BaseSettings):
         if not _IDENTIFIER.match(value):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
         return value
+
+    @field_validator("catalog_files", mode="before")
+    @classmethod
+    def _split_path_list(cls, value: Any) -> Any:
+        """From the environment: a JSON list, or paths joined with ``:`` like ``PATH``."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("is neither a JSON list nor ':'-separated paths") from None
+        return [part for part in value.split(os.pathsep) if part]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -191,6 +207,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigurationError(describe_validation_error(exc, "invalid settings")) from None
+    except SettingsError as exc:  # a value pydantic-settings could not even decode
+        raise ConfigurationError(f"invalid settings: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
+from fengchao_chains.errors import ConfigurationError
+from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import create_app
 from fengchao_chains.settings import Settings
 
@@ -33,3 +36,9 @@ def test_catalog_override_reaches_the_api(settings: Settings, tmp_path) -> None:
     assert data["glm-4"]["in_price"] == 0.05
     assert data["glm-4"]["price"] == 0.05
     assert "BLOOMZ-7B" not in data
+
+
+def test_unknown_default_model_fails_start_with_suggestions(settings: Settings) -> None:
+    bad = settings.model_copy(update={"default_model": "glm4"})
+    with pytest.raises(ConfigurationError, match=r"^FENGCHAO_DEFAULT_MODEL: unknown model 'glm4'"):
+        Runtime.start(bad)

@@ -113,3 +113,24 @@ def test_every_setting_is_documented() -> None:
             else f"FENGCHAO_{name.upper()}"
         )
         assert env_name in documented, f"{env_name} is missing from docs/configuration.md"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('["/a.toml", "/b.toml"]', [Path("/a.toml"), Path("/b.toml")]),
+        ("/a.toml:/b.toml", [Path("/a.toml"), Path("/b.toml")]),
+        ("/a.toml", [Path("/a.toml")]),
+    ],
+)
+def test_catalog_files_from_env_as_json_or_path_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[Path]
+) -> None:
+    monkeypatch.setenv("FENGCHAO_CATALOG_FILES", value)
+    assert load_settings().catalog_files == expected
+
+
+def test_undecodable_list_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FENGCHAO_CATALOG_FILES", "[not json")
+    with pytest.raises(ConfigurationError, match=r"catalog_files: .*neither a JSON list"):
+        load_settings()
