@@ -7,6 +7,19 @@ and must never carry a secret.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+
+def one_line(exc: BaseException, *, redact: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line report; ``redact`` (a secret
+    the message might quote, such as a password) is replaced by ``***``."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"{Path(str(exc.cmd[0])).name} exited with status {exc.returncode}"
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else type(exc).__name__
+    return text.replace(redact, "***") if redact else text
+
 
 class FengchaoError(Exception):
     """Base class for every error this package raises on purpose."""

@@ -27,7 +27,7 @@ from fengchao_chains.db.migrate import (
     search_path,
     vector_extension_schema,
 )
-from fengchao_chains.errors import DatabaseError
+from fengchao_chains.errors import DatabaseError, one_line
 from fengchao_chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ def _validated_conninfo(url: str) -> str:
             " (expected postgresql://user:password@host:port/dbname)"
         ) from None
     return url
-
-
-def _first_line(exc: BaseException, secret: str | None) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if secret:
-        text = text.replace(secret, "***")
-    return text
 
 
 @dataclass
@@ -103,8 +96,8 @@ class Database:
         cls, url: str, settings: Settings, embedded: EmbeddedPostgres | None
     ) -> Database:
         password = str(conninfo_to_dict(url).get("password") or "")
-        target = redact_conninfo(url)
         timeout = settings.database_connect_timeout
+        pool: ConnectionPool | None = None
         try:
             with psycopg.connect(
                 url,
@@ -116,31 +109,33 @@ class Database:
                     conn, settings.database_schema, lock_timeout=settings.migration_lock_timeout
                 )
                 vector_schema = vector_extension_schema(conn) or "public"
-        except psycopg.OperationalError as exc:
-            reason = _first_line(exc, password)
-            raise DatabaseError(f"cannot connect to PostgreSQL at {target}: {reason}") from None
+            database = cls(
+                conninfo=url,
+                schema=settings.database_schema,
+                vector_schema=vector_schema,
+                embedded=embedded,
+                pool_min_size=settings.database_pool_min_size,
+                pool_max_size=max(settings.database_pool_max_size, settings.database_pool_min_size),
+                connect_timeout=timeout,
+            )
+            pool = ConnectionPool(
+                database.pool_conninfo,
+                min_size=database.pool_min_size,
+                max_size=database.pool_max_size,
+                configure=_configure_sync,
+                timeout=timeout,
+                open=False,
+                name="fengchao-sync",
+            )
+            pool.open(wait=True, timeout=timeout)
         except psycopg.Error as exc:
-            reason = _first_line(exc, password)
+            if pool is not None:
+                pool.close()
+            target, reason = redact_conninfo(url), one_line(exc, redact=password)
+            if isinstance(exc, psycopg.OperationalError):
+                raise DatabaseError(f"cannot connect to PostgreSQL at {target}: {reason}") from None
             raise DatabaseError(f"PostgreSQL at {target} refused start-up: {reason}") from None
-        database = cls(
-            conninfo=url,
-            schema=settings.database_schema,
-            vector_schema=vector_schema,
-            embedded=embedded,
-            pool_min_size=settings.database_pool_min_size,
-            pool_max_size=max(settings.database_pool_max_size, settings.database_pool_min_size),
-            connect_timeout=timeout,
-        )
-        database._pool = ConnectionPool(
-            database.pool_conninfo,
-            min_size=database.pool_min_size,
-            max_size=database.pool_max_size,
-            configure=_configure_sync,
-            timeout=timeout,
-            open=False,
-            name="fengchao-sync",
-        )
-        database._pool.open(wait=True, timeout=timeout)
+        database._pool = pool
         return database
 
     async def open_async_pool(self) -> AsyncConnectionPool:

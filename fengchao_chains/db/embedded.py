@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from fengchao_chains.errors import ConfigurationError, DatabaseError
+from fengchao_chains.errors import ConfigurationError, DatabaseError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class EmbeddedPostgres:
             self._server = get_server(self.pgdata, cleanup_mode="stop")
             uri: str = self._server.get_uri()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
-            reason = _last_log_problem(self.log_file) or _short(exc)
+            reason = _last_log_problem(self.log_file) or one_line(exc)
             raise DatabaseError(
                 f"embedded PostgreSQL in {self.pgdata} failed to start: {reason}"
                 f" (server log: {self.log_file})"
@@ -106,7 +106,7 @@ class EmbeddedPostgres:
         try:
             server.cleanup()
         except Exception as exc:  # stopping must never mask the real exit reason
-            logger.warning("embedded postgres: stop failed: %s", _short(exc))
+            logger.warning("embedded postgres: stop failed: %s", one_line(exc))
 
     def handles(self) -> list[int]:
         """Pids of the live processes sharing this server (for ``fengchao db``)."""
@@ -130,10 +130,3 @@ def _last_log_problem(log_file: Path) -> str | None:
         if any(tag in line for tag in ("FATAL:", "PANIC:", "ERROR:", "could not")):
             return line.strip()
     return None
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, subprocess.CalledProcessError):
-        return f"{Path(str(exc.cmd[0])).name} exited with status {exc.returncode}"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from fengchao_chains import __version__
-from fengchao_chains.errors import DatabaseError
+from fengchao_chains.errors import DatabaseError, one_line
 
 MIGRATIONS_PACKAGE = "fengchao_chains.db.migrations"
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -221,8 +221,9 @@ def _apply(conn: psycopg.Connection, schema: str, vector_schema: str, migration:
                 (migration.version, migration.name, migration.checksum, __version__),
             )
     except psycopg.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseError(f"migration {label} failed and was rolled back: {first_line}") from None
+        raise DatabaseError(
+            f"migration {label} failed and was rolled back: {one_line(exc)}"
+        ) from None
 
 
 def search_path(schema: str, vector_schema: str) -> str:
