@@ -35,17 +35,13 @@ stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    stderr.print(f"error: {message}", markup=False)
-    return typer.Exit(code)
-
-
 def guarded(action: Callable[[], T]) -> T:
     """Run ``action``; report our own errors as one line instead of a traceback."""
     try:
         return action()
     except FengchaoError as exc:
-        raise fail(str(exc)) from None
+        stderr.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
