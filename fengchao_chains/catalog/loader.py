@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from difflib import get_close_matches
 from importlib import resources
 from pathlib import Path
@@ -64,24 +65,50 @@ class Catalog(Mapping[str, ModelCard]):
 def load_catalog(extra_files: Iterable[Path] = ()) -> Catalog:
     """The packaged catalog with ``extra_files`` applied in order."""
     packaged = resources.files("fengchao_chains.catalog").joinpath(PACKAGED_CATALOG)
-    fields: dict[str, dict[str, Any]] = {}
-    cards: dict[str, ModelCard] = {}
-    _apply_file(fields, cards, f"packaged catalog {PACKAGED_CATALOG}", packaged.read_text("utf-8"))
+    merger = _Merger(known_vendors=vendor_names())
+    merger.apply(f"packaged catalog {PACKAGED_CATALOG}", packaged.read_text("utf-8"))
     for path in extra_files:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise ConfigurationError(f"catalog file {path} cannot be read: {reason}") from None
-        _apply_file(fields, cards, f"catalog file {path}", text)
-    return Catalog(cards.values())
+        merger.apply(f"catalog file {path}", text)
+    return Catalog(merger.cards.values())
 
 
-def _apply_file(
-    fields: dict[str, dict[str, Any]], cards: dict[str, ModelCard], source: str, text: str
-) -> None:
-    """Merge one file into ``fields`` and re-validate every card it touches, so an error names
-    the file that caused it."""
+@dataclass
+class _Merger:
+    """Raw fields and validated cards so far; each file re-validates every card it touches,
+    so an error names the file that caused it."""
+
+    known_vendors: set[str]
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cards: dict[str, ModelCard] = field(default_factory=dict)
+
+    def apply(self, source: str, text: str) -> None:
+        defaults, models = _parse(source, text)
+        for model_id, entry in models.items():
+            base = self.fields.get(model_id, defaults)  # an existing id merges key by key
+            self.fields[model_id] = {**base, **entry, "id": model_id}
+            self.cards[model_id] = self._validate(model_id, source)
+
+    def _validate(self, model_id: str, source: str) -> ModelCard:
+        try:
+            card = ModelCard.model_validate(self.fields[model_id])
+        except ValidationError as exc:
+            message = describe_validation_error(exc, f"{source}: models.{model_id}")
+            raise ConfigurationError(message) from None
+        if card.vendor not in self.known_vendors:
+            raise ConfigurationError(
+                f"{source}: models.{model_id}.vendor: unknown vendor {card.vendor!r}"
+                f" (known: {', '.join(sorted(self.known_vendors))})"
+            )
+        return card
+
+
+def _parse(source: str, text: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One file's ``[defaults]`` and its ``[models."<id>"]`` tables."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -99,21 +126,4 @@ def _apply_file(
     for model_id, entry in models.items():
         if not isinstance(entry, dict):
             raise ConfigurationError(f"{source}: models.{model_id} must be a table")
-        base = fields.get(model_id, defaults)
-        fields[model_id] = {**base, **entry, "id": model_id}
-        cards[model_id] = _validate(model_id, fields[model_id], source)
-
-
-def _validate(model_id: str, fields: dict[str, Any], source: str) -> ModelCard:
-    try:
-        card = ModelCard.model_validate(fields)
-    except ValidationError as exc:
-        message = describe_validation_error(exc, f"{source}: models.{model_id}")
-        raise ConfigurationError(message) from None
-    known = vendor_names()
-    if card.vendor not in known:
-        raise ConfigurationError(
-            f"{source}: models.{model_id}.vendor: unknown vendor {card.vendor!r}"
-            f" (known: {', '.join(sorted(known))})"
-        )
-    return card
+    return defaults, models
