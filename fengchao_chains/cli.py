@@ -134,9 +134,10 @@ def models(
 
     settings = settings_from()
     catalog = guarded(lambda: get_catalog(settings))
+    available = {vendor: is_available(vendor) for vendor in {c.vendor for c in catalog.values()}}
     if as_json:
         rows = [
-            card.model_dump(mode="json") | {"available": is_available(card.vendor)}
+            card.model_dump(mode="json") | {"available": available[card.vendor]}
             for card in catalog.values()
         ]
         stdout.print_json(json.dumps(rows, ensure_ascii=False))
@@ -162,7 +163,7 @@ def models(
             f"{card.max_input_token}/{card.max_output_token}",
             f"{card.in_price:g}/{card.out_price:g} {card.unit}",
             "yes" if card.accepts_files else "",
-            "yes" if is_available(card.vendor) else "not yet",
+            "yes" if available[card.vendor] else "not yet",
         )
     stdout.print(table)
 
