@@ -39,16 +39,10 @@ def default_config_file() -> Path:
     return platformdirs.user_config_path(APP_NAME) / "config.toml"
 
 
-def _vendor_secret(*names: str) -> Any:
-    """A credential field read from the vendor's standard env var (or its lower-case name
-    in the config file)."""
-    field_name = names[0].lower()
-    return Field(default=None, validation_alias=AliasChoices(*names, field_name))
-
-
-def _vendor_url(*names: str) -> Any:
-    field_name = names[0].lower()
-    return Field(default=None, validation_alias=AliasChoices(*names, field_name))
+def _vendor_env(name: str) -> Any:
+    """A vendor setting read from the vendor's own standard env var ``name`` (no prefix), or
+    from its lower-case name in the config file."""
+    return Field(default=None, validation_alias=AliasChoices(name, name.lower()))
 
 
 class Settings(BaseSettings):
@@ -99,29 +93,29 @@ class Settings(BaseSettings):
     )
 
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
-    openai_api_key: SecretStr | None = _vendor_secret("OPENAI_API_KEY")
-    openai_base_url: str | None = _vendor_url("OPENAI_BASE_URL")
-    zhipuai_api_key: SecretStr | None = _vendor_secret("ZHIPUAI_API_KEY")
-    zhipuai_base_url: str | None = _vendor_url("ZHIPUAI_BASE_URL")
-    qianfan_ak: SecretStr | None = _vendor_secret("QIANFAN_AK")
-    qianfan_sk: SecretStr | None = _vendor_secret("QIANFAN_SK")
-    qianfan_base_url: str | None = _vendor_url("QIANFAN_BASE_URL")
-    anthropic_api_key: SecretStr | None = _vendor_secret("ANTHROPIC_API_KEY")
-    anthropic_base_url: str | None = _vendor_url("ANTHROPIC_BASE_URL")
-    volc_accesskey: SecretStr | None = _vendor_secret("VOLC_ACCESSKEY")
-    volc_secretkey: SecretStr | None = _vendor_secret("VOLC_SECRETKEY")
-    volc_maas_base_url: str | None = _vendor_url("VOLC_MAAS_BASE_URL")
-    ark_api_key: SecretStr | None = _vendor_secret("ARK_API_KEY")
-    ark_base_url: str | None = _vendor_url("ARK_BASE_URL")
-    moonshot_api_key: SecretStr | None = _vendor_secret("MOONSHOT_API_KEY")
-    moonshot_base_url: str | None = _vendor_url("MOONSHOT_BASE_URL")
-    sensenova_access_key_id: SecretStr | None = _vendor_secret("SENSENOVA_ACCESS_KEY_ID")
-    sensenova_secret_access_key: SecretStr | None = _vendor_secret("SENSENOVA_SECRET_ACCESS_KEY")
-    sensenova_api_base: str | None = _vendor_url("SENSENOVA_API_BASE")
-    internlm_api_key: SecretStr | None = _vendor_secret("INTERNLM_API_KEY")
-    internlm_base_url: str | None = _vendor_url("INTERNLM_BASE_URL")
-    tgi_base_url: str | None = _vendor_url("TGI_BASE_URL")
-    hf_token: SecretStr | None = _vendor_secret("HF_TOKEN")
+    openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")
+    openai_base_url: str | None = _vendor_env("OPENAI_BASE_URL")
+    zhipuai_api_key: SecretStr | None = _vendor_env("ZHIPUAI_API_KEY")
+    zhipuai_base_url: str | None = _vendor_env("ZHIPUAI_BASE_URL")
+    qianfan_ak: SecretStr | None = _vendor_env("QIANFAN_AK")
+    qianfan_sk: SecretStr | None = _vendor_env("QIANFAN_SK")
+    qianfan_base_url: str | None = _vendor_env("QIANFAN_BASE_URL")
+    anthropic_api_key: SecretStr | None = _vendor_env("ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = _vendor_env("ANTHROPIC_BASE_URL")
+    volc_accesskey: SecretStr | None = _vendor_env("VOLC_ACCESSKEY")
+    volc_secretkey: SecretStr | None = _vendor_env("VOLC_SECRETKEY")
+    volc_maas_base_url: str | None = _vendor_env("VOLC_MAAS_BASE_URL")
+    ark_api_key: SecretStr | None = _vendor_env("ARK_API_KEY")
+    ark_base_url: str | None = _vendor_env("ARK_BASE_URL")
+    moonshot_api_key: SecretStr | None = _vendor_env("MOONSHOT_API_KEY")
+    moonshot_base_url: str | None = _vendor_env("MOONSHOT_BASE_URL")
+    sensenova_access_key_id: SecretStr | None = _vendor_env("SENSENOVA_ACCESS_KEY_ID")
+    sensenova_secret_access_key: SecretStr | None = _vendor_env("SENSENOVA_SECRET_ACCESS_KEY")
+    sensenova_api_base: str | None = _vendor_env("SENSENOVA_API_BASE")
+    internlm_api_key: SecretStr | None = _vendor_env("INTERNLM_API_KEY")
+    internlm_base_url: str | None = _vendor_env("INTERNLM_BASE_URL")
+    tgi_base_url: str | None = _vendor_env("TGI_BASE_URL")
+    hf_token: SecretStr | None = _vendor_env("HF_TOKEN")
 
     @field_validator("database_schema")
     @classmethod

