@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,10 +109,10 @@ def postgres_running_on(pgdata: Path) -> bool:
     return False
 
 
-def wait_until(predicate: object, timeout: float = 15) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
+        if predicate():
             return True
         time.sleep(0.05)
     return False
