@@ -85,11 +85,13 @@ class _Merger:
     known_vendors: set[str]
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     cards: dict[str, ModelCard] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, source: str, text: str) -> None:
         defaults, models = _parse(source, text)
+        self.defaults = {**self.defaults, **defaults}  # later files inherit earlier defaults
         for model_id, entry in models.items():
-            base = self.fields.get(model_id, defaults)  # an existing id merges key by key
+            base = self.fields.get(model_id, self.defaults)  # an existing id merges key by key
             self.fields[model_id] = {**base, **entry, "id": model_id}
             self.cards[model_id] = self._validate(model_id, source)
 

@@ -32,8 +32,8 @@ class ChatModelFactory(Protocol):
 # ``None`` marks a vendor whose implementation has not been built yet: its models are listed
 # but fail with a clear "not available" error. Vendor issues fill these in.
 BUILTIN_VENDORS: dict[str, str | None] = {
-    "openai": None,
-    "openai_compatible": None,
+    "openai": "fengchao_chains.llms.openai_compatible:create_openai",
+    "openai_compatible": "fengchao_chains.llms.openai_compatible:create_compatible",
     "zhipu": None,
     "qianfan": None,
     "anthropic": None,

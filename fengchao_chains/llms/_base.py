@@ -1,0 +1,425 @@
+"""What every vendor chat model shares: standard parameters, the four call modes, usage.
+
+A vendor module subclasses :class:`VendorChatModel` and fills in a few hooks: the request
+for a conversation (one payload builder for streaming and not), how to sign it, how to read
+an answer, a stream decoder for its SSE events and how to map its errors. The four modes
+(``_generate``, ``_stream``, ``_agenerate``, ``_astream``) are written once here, natively
+sync and async over the shared HTTP layer, so no vendor wraps sync code in threads.
+
+Usage and the response metadata (finish reason, model name, request id) travel on exactly
+one chunk of a stream, the last, so adding the chunks up gives the right totals whatever
+the vendor's own habit (cumulative usage on every chunk, usage split over two events, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+import httpx
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, SecretStr
+
+from fengchao_chains.llms import _http
+from fengchao_chains.llms._http import ResponseMeta, VendorRequest
+from fengchao_chains.llms._sse import ServerSentEvent, aiter_events, iter_events
+from fengchao_chains.llms.errors import (
+    AuthenticationError,
+    ContextTooLongError,
+    InvalidRequestError,
+    RateLimitError,
+    UpstreamError,
+    VendorError,
+)
+
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-tt-logid", "x-log-id")
+
+
+def usage(prompt_tokens: int | None, completion_tokens: int | None) -> UsageMetadata:
+    """LangChain usage from a vendor's prompt and completion token counts."""
+    input_tokens = int(prompt_tokens or 0)
+    output_tokens = int(completion_tokens or 0)
+    return UsageMetadata(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+    )
+
+
+def result(
+    text: str,
+    *,
+    usage_metadata: UsageMetadata | None,
+    metadata: dict[str, Any],
+    message_id: str | None = None,
+) -> ChatResult:
+    """A one-generation ChatResult; ``metadata`` becomes the message's response_metadata."""
+    message = AIMessage(
+        content=text,
+        usage_metadata=usage_metadata,
+        response_metadata={k: v for k, v in metadata.items() if v is not None},
+        id=message_id,
+    )
+    info = {"finish_reason": metadata.get("finish_reason")}
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
+
+
+class StreamDecoder:
+    """Turns one vendor's SSE events into chunks; subclasses implement :meth:`feed`.
+
+    ``feed`` updates the state below and returns text chunks; ``done`` stops reading early
+    (at ``[DONE]`` or the vendor's end event). :meth:`finish` then emits the one closing
+    chunk that carries usage and the response metadata.
+    """
+
+    def __init__(self, model: VendorChatModel, meta: ResponseMeta) -> None:
+        self.model = model
+        self.done = False
+        self.finish_reason: str | None = None
+        self.model_name: str | None = model.model
+        self.request_id: str | None = meta.request_id
+        self.message_id: str | None = None
+        self.usage: UsageMetadata | None = None
+        self.extra: dict[str, Any] = {}
+
+    def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
+        raise NotImplementedError
+
+    def text(self, text: str) -> list[ChatGenerationChunk]:
+        """A content chunk (none for empty text)."""
+        if not text:
+            return []
+        return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
+
+    def finish(self) -> list[ChatGenerationChunk]:
+        metadata = {
+            "finish_reason": self.finish_reason,
+            "model_name": self.model_name,
+            "request_id": self.request_id,
+            **self.extra,
+        }
+        message = AIMessageChunk(
+            content="",
+            id=self.message_id,
+            usage_metadata=self.usage,
+            response_metadata={k: v for k, v in metadata.items() if v is not None},
+            chunk_position="last",
+        )
+        info = {"finish_reason": self.finish_reason}
+        return [ChatGenerationChunk(message=message, generation_info=info)]
+
+
+class VendorChatModel(BaseChatModel):
+    """Base of the vendor chat models; not used directly."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    vendor_name: ClassVar[str] = ""
+    """The vendor's name in the catalog and in errors."""
+
+    default_base_url: ClassVar[str] = ""
+
+    model: str = Field(alias="model_name")
+    """The vendor's model name (or endpoint id)."""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    timeout: float | None = Field(default=60.0, alias="request_timeout")
+    """Seconds to wait for the vendor (connect, and each read); ``None`` waits forever."""
+    max_retries: int = 2
+    """Retries after the first attempt, on 429, 5xx and connection errors."""
+    base_url: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Vendor parameters sent with every call (the vendor's own names)."""
+    streaming: bool = False
+    """Accepted for LangChain compatibility; ``invoke`` then streams under the hood."""
+    http_client: httpx.Client | None = Field(default=None, exclude=True)
+    """A client of your own (proxies, certificates); default: the shared pool."""
+    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+
+    # ------------------------------------------------------------------ vendor hooks
+
+    def _chat_request(
+        self, messages: list[BaseMessage], params: dict[str, Any], *, stream: bool
+    ) -> VendorRequest:
+        """The request for a conversation; ``params`` are the standard parameters that are
+        set (temperature, top_p, max_tokens, stop) merged with model_kwargs and call kwargs."""
+        raise NotImplementedError
+
+    def _parse_response(self, body: Any, meta: ResponseMeta) -> ChatResult:
+        raise NotImplementedError
+
+    def _stream_decoder(self, meta: ResponseMeta) -> StreamDecoder:
+        raise NotImplementedError
+
+    def _sign(self, request: VendorRequest) -> dict[str, str]:
+        """Authentication headers for one attempt (may fetch or mint a token)."""
+        return {}
+
+    async def _asign(self, request: VendorRequest) -> dict[str, str]:
+        return self._sign(request)
+
+    def _forget_credentials(self) -> None:
+        """Drop a cached token so the next attempt gets a fresh one."""
+
+    def _check_body(self, body: Any, meta: ResponseMeta) -> None:
+        """Raise the vendor's error if a 200 answer carries one."""
+
+    def _prepare(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        """A hook for vendors that must call the vendor before chatting (file uploads)."""
+        return messages
+
+    async def _aprepare(self, messages: list[BaseMessage]) -> list[BaseMessage]:
+        return messages
+
+    def _error_from_response(self, status: int, body: Any, meta: ResponseMeta) -> VendorError:
+        """Map an HTTP error answer; the default reads OpenAI-style ``{"error": {...}}``."""
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or error)
+            code = error.get("code") or error.get("type")
+        else:
+            message, code = (
+                (str(body)[:300] if body else httpx.codes.get_reason_phrase(status)),
+                None,
+            )
+        return self._error(status, message, code=code, meta=meta)
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def _error(
+        self,
+        status: int | None,
+        message: str,
+        *,
+        code: str | int | None = None,
+        meta: ResponseMeta | None = None,
+        kind: type[VendorError] | None = None,
+    ) -> VendorError:
+        """The project error for an HTTP status (or an explicit ``kind``)."""
+        fields: dict[str, Any] = {
+            "vendor": self.vendor_name,
+            "status_code": status,
+            "code": code,
+            "request_id": meta.request_id if meta else None,
+        }
+        if kind is None:
+            kind = _kind_for_status(status, message)
+        if issubclass(kind, RateLimitError):
+            return kind(message, retry_after=_retry_after(meta), **fields)
+        return kind(message, **fields)
+
+    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
+        for name in REQUEST_ID_HEADERS:
+            if headers.get(name):
+                return str(headers[name])
+        if isinstance(body, dict):
+            for key in ("request_id", "id", "log_id"):
+                if isinstance(body.get(key), (str, int)):
+                    return str(body[key])
+        return None
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout)
+
+    def _url(self, path: str) -> str:
+        return (self.base_url or self.default_base_url).rstrip("/") + path
+
+    def _params(self, stop: list[str] | None, **kwargs: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "stop": stop if stop is not None else self.stop,
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        return {**params, **self.model_kwargs, **kwargs}
+
+    @staticmethod
+    def _secret(value: SecretStr | None) -> str:
+        return value.get_secret_value() if value is not None else ""
+
+    def _require(self, value: SecretStr | None, env: str) -> str:
+        """A credential's value, or a clear error naming the variable that supplies it."""
+        if value is None or not value.get_secret_value():
+            raise AuthenticationError(
+                f"no credentials: set {env} or pass them to the model", vendor=self.vendor_name
+            )
+        return value.get_secret_value()
+
+    # ------------------------------------------------------------------ LangChain
+
+    @property
+    def _llm_type(self) -> str:
+        return f"fengchao-{self.vendor_name}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "base_url": self._url(""), **self._params(None)}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=self.vendor_name,
+            ls_model_name=str(kwargs.get("model") or self.model),
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        request = self._chat_request(
+            self._prepare(messages), self._params(stop, **kwargs), stream=False
+        )
+        body, meta = _http.send(self, request, self.http_client)
+        return self._parse_response(body, meta)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        prepared = await self._aprepare(messages)
+        request = self._chat_request(prepared, self._params(stop, **kwargs), stream=False)
+        body, meta = await _http.asend(self, request, self.http_async_client)
+        return self._parse_response(body, meta)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = self._chat_request(
+            self._prepare(messages), self._params(stop, **kwargs), stream=True
+        )
+        with _http.open_stream(self, request, self.http_client) as opened:
+            chunks: Iterable[ChatGenerationChunk]
+            if not opened.is_sse:
+                chunks = _whole(self._parse_response(opened.whole_body, opened.meta))
+            else:
+                chunks = self._decode(iter_events(self, opened.response), opened.meta)
+            for chunk in chunks:
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        prepared = await self._aprepare(messages)
+        request = self._chat_request(prepared, self._params(stop, **kwargs), stream=True)
+        async with _http.aopen_stream(self, request, self.http_async_client) as opened:
+            if not opened.is_sse:
+                for chunk in _whole(self._parse_response(opened.whole_body, opened.meta)):
+                    yield chunk
+                return
+            decoder = self._stream_decoder(opened.meta)
+            async for event in aiter_events(self, opened.response):
+                for chunk in decoder.feed(event):
+                    if run_manager and chunk.text:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+                if decoder.done:
+                    break
+            for chunk in decoder.finish():
+                yield chunk
+
+    def _decode(
+        self, events: Iterator[ServerSentEvent], meta: ResponseMeta
+    ) -> Iterator[ChatGenerationChunk]:
+        decoder = self._stream_decoder(meta)
+        for event in events:
+            yield from decoder.feed(event)
+            if decoder.done:
+                break
+        yield from decoder.finish()
+
+
+def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:
+    """A complete answer to a stream request as the one chunk a stream would end with."""
+    message = chat_result.generations[0].message
+    chunk = AIMessageChunk(
+        content=message.content,
+        id=message.id,
+        usage_metadata=getattr(message, "usage_metadata", None),
+        response_metadata=message.response_metadata,
+        chunk_position="last",
+    )
+    return [
+        ChatGenerationChunk(
+            message=chunk, generation_info=chat_result.generations[0].generation_info
+        )
+    ]
+
+
+def _kind_for_status(status: int | None, message: str) -> type[VendorError]:
+    lowered = message.lower()
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 429:
+        return RateLimitError
+    if status is not None and status >= 500:
+        return UpstreamError
+    if any(
+        word in lowered
+        for word in (
+            "context length",
+            "context_length",
+            "too long",
+            "maximum context",
+            "exceeds the limit",
+        )
+    ):
+        return ContextTooLongError
+    if status is not None and 400 <= status < 500:
+        return InvalidRequestError
+    return UpstreamError
+
+
+def _retry_after(meta: ResponseMeta | None) -> float | None:
+    if meta is None:
+        return None
+    raw = meta.headers.get("retry-after-ms")
+    if raw:
+        try:
+            return float(raw) / 1000
+        except ValueError:
+            pass
+    raw = meta.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds)

@@ -1,0 +1,174 @@
+"""What every fake vendor shares: credentials, scripted faults, deterministic replies.
+
+A fake answers every conversation with a deterministic reply (by default it echoes the last
+user message), counts tokens with a simple rule (one per CJK character, word or punctuation
+mark), honours ``max_tokens`` (finish reason ``length``) and stop sequences, and refuses a
+prompt longer than its ``context_window``. Tests script failures with :meth:`FakeVendor.inject`;
+each request takes the next scripted fault, and each vendor's fake renders it in that
+vendor's own error format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from starlette.responses import StreamingResponse
+
+_TOKEN = re.compile(r"\s*(?:[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|\w+|[^\w\s])", re.UNICODE)
+
+
+def split_tokens(text: str) -> list[str]:
+    """The fake tokenizer: pieces that join back into ``text`` (minus trailing space)."""
+    return _TOKEN.findall(text)
+
+
+def count_tokens(text: str) -> int:
+    return len(split_tokens(text))
+
+
+class Fault(StrEnum):
+    """Failures a test can script; each fake renders them in its vendor's format."""
+
+    UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    CONTEXT_TOO_LONG = "context_too_long"
+    CONTENT_FILTERED = "content_filtered"
+    MID_STREAM_ERROR = "mid_stream_error"
+    CUT_STREAM = "cut_stream"
+    SLOW = "slow"
+
+
+@dataclass
+class FaultSpec:
+    fault: Fault
+    retry_after: float | None = None
+    delay: float = 0.0
+    after_chunks: int = 2
+
+
+@dataclass
+class Reply:
+    """One answer: the pieces a stream sends, and the figures for usage."""
+
+    pieces: list[str]
+    prompt_tokens: int
+    finish_reason: str
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class StreamCut(Exception):
+    """Raised inside a streaming body to drop the connection mid-stream."""
+
+
+def echo(last_user_text: str) -> str:
+    return f"Echo: {last_user_text}" if last_user_text else "Echo: (empty)"
+
+
+@dataclass
+class FakeVendor:
+    """State shared by a fake's routes; subclasses add the vendor's routes in ``app``."""
+
+    context_window: int = 8192
+    reply: Callable[[str], str] = echo
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _faults: deque[FaultSpec] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inject(
+        self,
+        fault: Fault | str,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        delay: float = 0.0,
+        after_chunks: int = 2,
+    ) -> None:
+        """Make the next ``times`` requests fail with ``fault``."""
+        spec = FaultSpec(
+            Fault(fault), retry_after=retry_after, delay=delay, after_chunks=after_chunks
+        )
+        with self._lock:
+            self._faults.extend([spec] * times)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def next_fault(self) -> FaultSpec | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def record(self, **request: Any) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    @property
+    def last_request(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+    def compose(
+        self,
+        prompt_text: str,
+        last_user_text: str,
+        *,
+        max_tokens: int | None = None,
+        stop: Iterable[str] | str | None = None,
+    ) -> Reply:
+        """The reply to a conversation (``prompt_text`` is all of it, for usage)."""
+        text = self.reply(last_user_text)
+        finish = "stop"
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        for word in stops:
+            if word and word in text:
+                text = text[: text.index(word)]
+        pieces = split_tokens(text)
+        if max_tokens is not None and len(pieces) > max_tokens:
+            pieces, finish = pieces[:max_tokens], "length"
+        return Reply(pieces, count_tokens(prompt_text), finish)
+
+    def too_long(self, prompt_text: str) -> bool:
+        return count_tokens(prompt_text) > self.context_window
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def sse_response(
+    events: AsyncIterator[str], *, headers: dict[str, str] | None = None
+) -> StreamingResponse:
+    """A ``text/event-stream`` answer from already framed events."""
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def paced(fault: FaultSpec | None) -> None:
+    """Apply a SLOW fault's delay."""
+    if fault is not None and fault.fault is Fault.SLOW and fault.delay:
+        await asyncio.sleep(fault.delay)
+
+
+def bearer(headers: Any) -> str:
+    """The token of an ``Authorization: Bearer`` header ('' if absent)."""
+    value = str(headers.get("authorization", ""))
+    return value[7:].strip() if value.lower().startswith("bearer ") else value.strip()
