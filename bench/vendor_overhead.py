@@ -132,7 +132,10 @@ def measure_ours(case: Case, url: str, calls: int) -> dict[str, float]:
         for _ in model.stream(QUESTION):
             pass
 
-    return {"invoke": _timed(lambda: model.invoke(QUESTION), calls), "stream": _timed(stream, calls)}
+    return {
+        "invoke": _timed(lambda: model.invoke(QUESTION), calls),
+        "stream": _timed(stream, calls),
+    }
 
 
 def measure_sdk(case: Case, url: str, calls: int) -> dict[str, float]:
@@ -140,7 +143,10 @@ def measure_sdk(case: Case, url: str, calls: int) -> dict[str, float]:
     program = SDK_TIMER.format(setup=setup, calls=calls)
     completed = subprocess.run(
         [str(sdk_python(case.sdk_group)), "-c", program],
-        capture_output=True, text=True, check=False, timeout=1800,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"{case.sdk_group} SDK failed:\n{completed.stderr[-3000:]}")
@@ -153,10 +159,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--vendors", default=",".join(CASES), help="comma-separated")
     args = parser.parse_args()
-    print(f"{args.calls} calls per client and mode; mean ms per call "
-          "(overhead = minus the floor)")
-    print("| vendor | mode | floor | sdk | ours | sdk overhead | our overhead | ours/sdk "
-          "(overhead) | ours/sdk (total) |")
+    print(f"{args.calls} calls per client and mode; mean ms per call (overhead = minus the floor)")
+    print(
+        "| vendor | mode | floor | sdk | ours | sdk overhead | our overhead | ours/sdk "
+        "(overhead) | ours/sdk (total) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.vendors.split(","):
         case = CASES[name]
@@ -167,8 +174,11 @@ def main() -> None:
         for mode in ("invoke", "stream"):
             f, s, o = (floor[mode] * 1000, sdk[mode] * 1000, ours[mode] * 1000)
             s_over, o_over = max(s - f, 1e-6), max(o - f, 0.0)
-            print(f"| {name} | {mode} | {f:.3f} | {s:.3f} | {o:.3f} | {s - f:.3f} | {o - f:.3f}"
-                  f" | {o_over / s_over:.2f} | {o / s:.2f} |", flush=True)
+            print(
+                f"| {name} | {mode} | {f:.3f} | {s:.3f} | {o:.3f} | {s - f:.3f} | {o - f:.3f}"
+                f" | {o_over / s_over:.2f} | {o / s:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
