@@ -39,6 +39,7 @@ test-slow: $(STAMP)-dev
 
 bench: $(STAMP)-dev
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/vendor_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
