@@ -200,8 +200,13 @@ def test_get_chat_model_builds_the_vendor_model_from_the_card(
 
 
 def test_vendor_without_implementation_is_not_available() -> None:
-    with pytest.raises(ModelNotAvailableError, match=r"'glm-4' is not available.*'zhipu'"):
-        get_chat_model("glm-4")
+    registry.BUILTIN_VENDORS["zhipu"] = None
+    registry.unregister_vendor("zhipu")
+    try:
+        with pytest.raises(ModelNotAvailableError, match=r"'glm-4' is not available.*'zhipu'"):
+            get_chat_model("glm-4")
+    finally:
+        registry.BUILTIN_VENDORS["zhipu"] = "fengchao_chains.llms.zhipu:create"
 
 
 def test_unknown_id_through_factory() -> None:
