@@ -363,20 +363,24 @@ class VendorChatModel(BaseChatModel):
 
 
 def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:
-    """A complete answer to a stream request as the one chunk a stream would end with."""
-    message = chat_result.generations[0].message
-    chunk = AIMessageChunk(
-        content=message.content,
+    """A complete answer to a stream request, as a stream would carry it: the text, then
+    the closing chunk with usage and the response metadata."""
+    generation = chat_result.generations[0]
+    message = generation.message
+    chunks = []
+    if message.content:
+        chunks.append(
+            ChatGenerationChunk(message=AIMessageChunk(content=message.content, id=message.id))
+        )
+    closing = AIMessageChunk(
+        content="",
         id=message.id,
         usage_metadata=getattr(message, "usage_metadata", None),
         response_metadata=message.response_metadata,
         chunk_position="last",
     )
-    return [
-        ChatGenerationChunk(
-            message=chunk, generation_info=chat_result.generations[0].generation_info
-        )
-    ]
+    chunks.append(ChatGenerationChunk(message=closing, generation_info=generation.generation_info))
+    return chunks
 
 
 def _kind_for_status(status: int | None, message: str) -> type[VendorError]:
