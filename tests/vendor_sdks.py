@@ -19,7 +19,7 @@ from typing import Any
 SDK_GROUPS: dict[str, tuple[str, ...]] = {
     "openai": ("openai==3.54.0",),
     "anthropic": ("anthropic==2.12.0",),
-    "zhipuai": ("zhipuai==2.1.5.20250825",),
+    "zhipuai": ("zhipuai==2.1.5.20250825", "sniffio==1.3.1"),
     "qianfan": ("qianfan==0.4.12.3",),
     "sensenova": ("sensenova==1.0.6",),
     "volcengine": ("volcengine==1.0.229", "volcengine-ark-runtime==5.0.54"),

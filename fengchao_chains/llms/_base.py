@@ -80,9 +80,10 @@ class StreamDecoder:
 
     def __init__(self, model: VendorChatModel, meta: ResponseMeta) -> None:
         self.model = model
+        self.meta = meta
         self.done = False
         self.finish_reason: str | None = None
-        self.model_name: str | None = model.model
+        self.model_name: str | None = meta.model or model.model
         self.request_id: str | None = meta.request_id
         self.message_id: str | None = None
         self.usage: UsageMetadata | None = None
@@ -287,10 +288,10 @@ class VendorChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request = self._chat_request(
-            self._prepare(messages), self._params(stop, **kwargs), stream=False
-        )
+        params = self._params(stop, **kwargs)
+        request = self._chat_request(self._prepare(messages), params, stream=False)
         body, meta = _http.send(self, request, self.http_client)
+        meta.model = str(params.get("model") or self.model)
         return self._parse_response(body, meta)
 
     async def _agenerate(
@@ -301,8 +302,10 @@ class VendorChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prepared = await self._aprepare(messages)
-        request = self._chat_request(prepared, self._params(stop, **kwargs), stream=False)
+        params = self._params(stop, **kwargs)
+        request = self._chat_request(prepared, params, stream=False)
         body, meta = await _http.asend(self, request, self.http_async_client)
+        meta.model = str(params.get("model") or self.model)
         return self._parse_response(body, meta)
 
     def _stream(
@@ -312,10 +315,10 @@ class VendorChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._chat_request(
-            self._prepare(messages), self._params(stop, **kwargs), stream=True
-        )
+        params = self._params(stop, **kwargs)
+        request = self._chat_request(self._prepare(messages), params, stream=True)
         with _http.open_stream(self, request, self.http_client) as opened:
+            opened.meta.model = str(params.get("model") or self.model)
             chunks: Iterable[ChatGenerationChunk]
             if not opened.is_sse:
                 chunks = _whole(self._parse_response(opened.whole_body, opened.meta))
@@ -334,8 +337,10 @@ class VendorChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         prepared = await self._aprepare(messages)
-        request = self._chat_request(prepared, self._params(stop, **kwargs), stream=True)
+        params = self._params(stop, **kwargs)
+        request = self._chat_request(prepared, params, stream=True)
         async with _http.aopen_stream(self, request, self.http_async_client) as opened:
+            opened.meta.model = str(params.get("model") or self.model)
             if not opened.is_sse:
                 for chunk in _whole(self._parse_response(opened.whole_body, opened.meta)):
                     yield chunk

@@ -76,6 +76,9 @@ class ResponseMeta:
     status_code: int
     headers: httpx.Headers
     request_id: str | None
+    model: str | None = None
+    """The model the call asked for (a per-call ``model=`` wins over the instance's), for
+    vendors whose answers do not name it."""
 
 
 class Exchange(Protocol):

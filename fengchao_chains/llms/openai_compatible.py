@@ -25,6 +25,7 @@ from fengchao_chains.llms._sse import ServerSentEvent, event_json
 from fengchao_chains.llms.errors import (
     ContentFilteredError,
     ContextTooLongError,
+    UpstreamError,
     VendorError,
 )
 from fengchao_chains.settings import Settings
@@ -95,6 +96,14 @@ class ChatOpenAICompatible(VendorChatModel):
         error = super()._error_from_response(status, body, meta)
         return self._refine(error, body, meta)
 
+    def _mid_stream_error(self, data: dict[str, Any], meta: ResponseMeta) -> VendorError:
+        """An ``{"error": ...}`` event after the stream began (no HTTP status of its own)."""
+        detail = data.get("error")
+        message = str(detail.get("message") or detail) if isinstance(detail, dict) else str(detail)
+        code = detail.get("code") or detail.get("type") if isinstance(detail, dict) else None
+        error = self._error(None, message, code=code, meta=meta, kind=UpstreamError)
+        return self._refine(error, data, meta)
+
     def _refine(self, error: VendorError, body: Any, meta: ResponseMeta | None) -> VendorError:
         """Tell context-length and content-filter errors apart by their code or type."""
         detail = body.get("error") if isinstance(body, dict) else None
@@ -123,8 +132,7 @@ class OpenAIStreamDecoder(StreamDecoder):
             return []
         data = event_json(self.model, event)
         if isinstance(data, dict) and data.get("error"):
-            error = self.model._error_from_response(500, data, None)  # type: ignore[arg-type]
-            raise self.model._refine(error, data, None)
+            raise self.model._mid_stream_error(data, self.meta)
         self.message_id = self.message_id or data.get("id")
         self.model_name = data.get("model") or self.model_name
         choices = data.get("choices") or []

@@ -227,9 +227,11 @@ def test_error_mid_stream_is_raised_not_retried(
 ) -> None:
     openai_fake.inject(Fault.MID_STREAM_ERROR)
     received: list[AIMessageChunk] = []
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamError) as caught:
         for chunk in model.stream("one two three four"):
             received.append(chunk)
+    assert caught.value.request_id and caught.value.request_id.startswith("req_")
+    assert caught.value.status_code is None  # the stream had begun with a 200
     assert "".join(str(c.content) for c in received) == "Echo:"
     assert len(openai_fake.requests) == 1
 
