@@ -38,7 +38,13 @@ from fengchao_chains.llms.errors import (
     VendorError,
 )
 
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-tt-logid", "x-log-id")
+REQUEST_ID_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "x-baidu-request-id",
+    "x-tt-logid",
+    "x-log-id",
+)
 
 
 def usage(prompt_tokens: int | None, completion_tokens: int | None) -> UsageMetadata:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,25 @@ from fengchao_chains.llms.errors import (
 )
 
 logger = logging.getLogger("fengchao_chains.llms")
+
+
+class _RedactQueryStrings(logging.Filter):
+    """httpx logs every request's URL at INFO. Some vendors put credentials in the query
+    string (Qianfan's ``access_token``, and its token request's ``client_secret``), so query
+    values are masked before any handler sees the line."""
+
+    _QUERY_VALUE = re.compile(r"([?&][^=&\s\"']+)=[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = self._QUERY_VALUE.sub(r"\1=***", message), None
+        return True
+
+
+_httpx_logger = logging.getLogger("httpx")
+if not any(isinstance(f, _RedactQueryStrings) for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(_RedactQueryStrings())
 
 MAX_RETRY_AFTER = 60.0
 """Longest ``Retry-After`` honoured; a vendor asking for more gets the error instead."""
