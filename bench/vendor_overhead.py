@@ -17,6 +17,7 @@ the issue targets is ours/sdk (overhead over the floor, and total). Target: <= 1
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -24,15 +25,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from langchain_core.language_models import BaseChatModel  # noqa: E402
+from langchain_core.messages import BaseMessage, HumanMessage  # noqa: E402
 
+from fengchao_chains.llms._base import VendorChatModel  # noqa: E402
+from fengchao_chains.llms._http import VendorRequest  # noqa: E402
+from fengchao_chains.testing.fakes.sensenova import TEST_ACCESS_KEY, TEST_SECRET_KEY  # noqa: E402
+from fengchao_chains.testing.fakes.volcengine import FAKE_ACCESS_KEY, FAKE_SECRET_KEY  # noqa: E402
 from fengchao_chains.testing.serve import serve_in_process  # noqa: E402
 from tests.vendor_sdks import sdk_python  # noqa: E402
 
@@ -57,47 +62,172 @@ class Case:
     """One vendor: how to serve its fake, build our model, and drive its official SDK."""
 
     fake: Callable[[], Any]
-    ours: Callable[[str], BaseChatModel]
+    """Builds the fake's ASGI app (called in the server's child process)."""
+    ours: Callable[[str], VendorChatModel]
     sdk_group: str
     sdk_setup: str
-    """Python run in the SDK venv with ``URL`` defined; must define ``invoke()`` and
-    ``stream()``."""
-    raw: Callable[[str], tuple[str, dict[str, str], dict[str, Any]]]
-    """(url, headers, json body) of the plain HTTP request, for the floor."""
+    """Python run in the SDK venv with ``URL`` and ``QUESTION`` defined; it must define
+    ``invoke()`` and ``stream()``."""
 
 
-def _openai_fake() -> Any:
-    from fengchao_chains.testing.fakes.openai import FakeOpenAI
+def _app(module: str, cls: str, **kwargs: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        fake_class = getattr(importlib.import_module(module), cls)
+        return fake_class(**kwargs).app
 
-    return FakeOpenAI().app
-
-
-def _openai_ours(url: str) -> BaseChatModel:
-    from fengchao_chains.llms.openai_compatible import ChatOpenAI
-
-    return ChatOpenAI(model="gpt-3.5-turbo", api_key="sk-test", base_url=f"{url}/v1")
+    return build
 
 
-OPENAI_SDK = """
+def _model(
+    module: str, cls: str, base_suffix: str = "", **kwargs: Any
+) -> Callable[[str], VendorChatModel]:
+    def build(url: str) -> VendorChatModel:
+        model_class = getattr(importlib.import_module(module), cls)
+        return cast(VendorChatModel, model_class(base_url=url + base_suffix, **kwargs))
+
+    return build
+
+
+FAKES = "fengchao_chains.testing.fakes"
+LLMS = "fengchao_chains.llms"
+
+CASES: dict[str, Case] = {
+    "openai": Case(
+        _app(f"{FAKES}.openai", "FakeOpenAI"),
+        _model(
+            f"{LLMS}.openai_compatible",
+            "ChatOpenAI",
+            model="gpt-3.5-turbo",
+            api_key="sk-test",
+            base_suffix="/v1",
+        ),
+        "openai",
+        """
 from openai import OpenAI
-client = OpenAI(base_url=URL + "/v1", api_key="sk-test", max_retries=2)
+client = OpenAI(base_url=URL + "/v1", api_key="sk-test")
 MESSAGES = [{"role": "user", "content": QUESTION}]
 def invoke():
-    return client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES)
+    client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES)
 def stream():
     for _ in client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES,
                                             stream=True, stream_options={"include_usage": True}):
         pass
-"""
-
-
-def _openai_raw(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": QUESTION}]}
-    return f"{url}/v1/chat/completions", {"Authorization": "Bearer sk-test"}, body
-
-
-CASES: dict[str, Case] = {
-    "openai": Case(_openai_fake, _openai_ours, "openai", OPENAI_SDK, _openai_raw),
+""",
+    ),
+    "anthropic": Case(
+        _app(f"{FAKES}.anthropic", "FakeAnthropic"),
+        _model(
+            f"{LLMS}.anthropic",
+            "ChatAnthropicMessages",
+            model="claude-3-sonnet-20240229",
+            api_key="sk-ant-test",
+        ),
+        "anthropic",
+        """
+from anthropic import Anthropic
+client = Anthropic(base_url=URL, api_key="sk-ant-test")
+MESSAGES = [{"role": "user", "content": QUESTION}]
+def invoke():
+    client.messages.create(model="claude-3-sonnet-20240229", max_tokens=1024, messages=MESSAGES)
+def stream():
+    for _ in client.messages.create(model="claude-3-sonnet-20240229", max_tokens=1024,
+                                    messages=MESSAGES, stream=True):
+        pass
+""",
+    ),
+    "zhipu": Case(
+        _app(f"{FAKES}.zhipu", "FakeZhipu"),
+        _model(
+            f"{LLMS}.zhipu",
+            "ChatZhipu",
+            model="glm-4",
+            api_key="zhipu-test-id.zhipu-test-secret",
+            base_suffix="/api/paas/v4",
+        ),
+        "zhipuai",
+        """
+from zhipuai import ZhipuAI
+client = ZhipuAI(api_key="zhipu-test-id.zhipu-test-secret", base_url=URL + "/api/paas/v4")
+MESSAGES = [{"role": "user", "content": QUESTION}]
+def invoke():
+    client.chat.completions.create(model="glm-4", messages=MESSAGES)
+def stream():
+    for _ in client.chat.completions.create(model="glm-4", messages=MESSAGES, stream=True):
+        pass
+""",
+    ),
+    "volcengine": Case(
+        _app(f"{FAKES}.volcengine", "FakeVolcengineMaas"),
+        _model(
+            f"{LLMS}.volcengine",
+            "ChatVolcengineMaas",
+            model="skylark-pro-public",
+            api_key=FAKE_ACCESS_KEY,
+            secret_key=FAKE_SECRET_KEY,
+        ),
+        "volcengine",
+        f"""
+from volcengine.maas import MaasService
+maas = MaasService(URL.removeprefix("http://"), "cn-beijing")
+maas.service_info.scheme = "http"
+maas.set_ak("{FAKE_ACCESS_KEY}")
+maas.set_sk("{FAKE_SECRET_KEY}")
+REQUEST = {{"model": {{"name": "skylark-pro-public"}},
+           "messages": [{{"role": "user", "content": QUESTION}}]}}
+def invoke():
+    maas.chat(REQUEST)
+def stream():
+    for _ in maas.stream_chat(REQUEST):
+        pass
+""",
+    ),
+    "ark": Case(
+        _app(f"{FAKES}.ark", "FakeArk", api_keys={"ark-test-key"}),
+        _model(
+            f"{LLMS}.ark",
+            "ChatArk",
+            model="ep-20240101-bench",
+            api_key="ark-test-key",
+            base_suffix="/api/v3",
+        ),
+        "volcengine",
+        """
+from volcenginesdkarkruntime import Ark
+client = Ark(base_url=URL + "/api/v3", api_key="ark-test-key")
+MESSAGES = [{"role": "user", "content": QUESTION}]
+def invoke():
+    client.chat.completions.create(model="ep-20240101-bench", messages=MESSAGES)
+def stream():
+    for _ in client.chat.completions.create(model="ep-20240101-bench", messages=MESSAGES,
+                                            stream=True, stream_options={"include_usage": True}):
+        pass
+""",
+    ),
+    "sensenova": Case(
+        _app(f"{FAKES}.sensenova", "FakeSenseNova"),
+        _model(
+            f"{LLMS}.sensenova",
+            "ChatSenseNova",
+            model="SenseChat-5",
+            api_key=TEST_ACCESS_KEY,
+            secret_key=TEST_SECRET_KEY,
+            base_suffix="/v1",
+        ),
+        "sensenova",
+        f"""
+import sensenova
+sensenova.access_key_id = "{TEST_ACCESS_KEY}"
+sensenova.secret_access_key = "{TEST_SECRET_KEY}"
+sensenova.api_base = URL + "/v1"
+MESSAGES = [{{"role": "user", "content": QUESTION}}]
+def invoke():
+    sensenova.ChatCompletion.create(model="SenseChat-5", messages=MESSAGES)
+def stream():
+    for _ in sensenova.ChatCompletion.create(model="SenseChat-5", messages=MESSAGES,
+                                             stream=True):
+        pass
+""",
+    ),
 }
 
 
@@ -111,15 +241,28 @@ def _timed(fn: Callable[[], object], calls: int) -> float:
 
 
 def measure_floor(case: Case, url: str, calls: int) -> dict[str, float]:
-    target, headers, body = case.raw(url)
+    """A bare httpx client sending exactly what our model sends (signed once: the fakes
+    accept a signature or token again within its validity)."""
+    model = case.ours(url)
+    question: list[BaseMessage] = [HumanMessage(QUESTION)]
+    sent: dict[bool, tuple[VendorRequest, dict[str, str]]] = {}
+    for streaming in (False, True):
+        request = model._chat_request(question, model._params(None), stream=streaming)
+        sent[streaming] = (request, {**request.headers, **model._sign(request)})
     with httpx.Client() as client:
 
         def invoke() -> None:
-            client.post(target, headers=headers, json=body).json()
+            request, headers = sent[False]
+            client.post(
+                request.url, params=request.params, headers=headers, content=request.body
+            ).json()
 
         def stream() -> None:
-            with client.stream("POST", target, headers=headers, json={**body, "stream": True}) as r:
-                for _ in r.iter_lines():
+            request, headers = sent[True]
+            with client.stream(
+                "POST", request.url, params=request.params, headers=headers, content=request.body
+            ) as response:
+                for _ in response.iter_lines():
                     pass
 
         return {"invoke": _timed(invoke, calls), "stream": _timed(stream, calls)}

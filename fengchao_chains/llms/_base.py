@@ -42,6 +42,7 @@ REQUEST_ID_HEADERS = (
     "x-request-id",
     "request-id",
     "x-baidu-request-id",
+    "msh-request-id",
     "x-tt-logid",
     "x-log-id",
 )
@@ -295,9 +296,10 @@ class VendorChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         params = self._params(stop, **kwargs)
+        asked = str(params.get("model") or self.model)  # before the builder pops it
         request = self._chat_request(self._prepare(messages), params, stream=False)
         body, meta = _http.send(self, request, self.http_client)
-        meta.model = str(params.get("model") or self.model)
+        meta.model = asked
         return self._parse_response(body, meta)
 
     async def _agenerate(
@@ -309,9 +311,10 @@ class VendorChatModel(BaseChatModel):
     ) -> ChatResult:
         prepared = await self._aprepare(messages)
         params = self._params(stop, **kwargs)
+        asked = str(params.get("model") or self.model)  # before the builder pops it
         request = self._chat_request(prepared, params, stream=False)
         body, meta = await _http.asend(self, request, self.http_async_client)
-        meta.model = str(params.get("model") or self.model)
+        meta.model = asked
         return self._parse_response(body, meta)
 
     def _stream(
@@ -322,9 +325,10 @@ class VendorChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         params = self._params(stop, **kwargs)
+        asked = str(params.get("model") or self.model)  # before the builder pops it
         request = self._chat_request(self._prepare(messages), params, stream=True)
         with _http.open_stream(self, request, self.http_client) as opened:
-            opened.meta.model = str(params.get("model") or self.model)
+            opened.meta.model = asked
             chunks: Iterable[ChatGenerationChunk]
             if not opened.is_sse:
                 chunks = _whole(self._parse_response(opened.whole_body, opened.meta))
@@ -344,9 +348,10 @@ class VendorChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         prepared = await self._aprepare(messages)
         params = self._params(stop, **kwargs)
+        asked = str(params.get("model") or self.model)  # before the builder pops it
         request = self._chat_request(prepared, params, stream=True)
         async with _http.aopen_stream(self, request, self.http_async_client) as opened:
-            opened.meta.model = str(params.get("model") or self.model)
+            opened.meta.model = asked
             if not opened.is_sse:
                 for chunk in _whole(self._parse_response(opened.whole_body, opened.meta)):
                     yield chunk

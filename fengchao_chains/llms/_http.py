@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -81,9 +82,9 @@ class VendorRequest:
     data: dict[str, str] | None = None
     stream: bool = False
 
-    @property
+    @functools.cached_property
     def body(self) -> bytes:
-        """The exact bytes sent, which request-signing schemes hash."""
+        """The exact bytes sent, which request-signing schemes hash (serialised once)."""
         if self.json_body is None:
             return b""
         return json.dumps(self.json_body, ensure_ascii=False).encode()

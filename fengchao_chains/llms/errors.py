@@ -28,6 +28,7 @@ __all__ = [
     "ContextTooLongError",
     "CredentialsExpiredError",
     "InvalidRequestError",
+    "QuotaExceededError",
     "RateLimitError",
     "UpstreamError",
     "VendorConnectionError",
@@ -81,6 +82,13 @@ class RateLimitError(VendorError, ModelRateLimitError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
         self.retry_after = retry_after
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class QuotaExceededError(RateLimitError):
+    """The account's balance or allowance is used up: reported like a rate limit (often
+    HTTP 429) but not retried, since waiting a few seconds cannot help."""
+
+    is_retryable = False
 
 
 class InvalidRequestError(VendorError, ModelInvalidRequestError):

@@ -53,6 +53,7 @@ from fengchao_chains.llms.errors import (
     ContextTooLongError,
     CredentialsExpiredError,
     InvalidRequestError,
+    QuotaExceededError,
     RateLimitError,
     UpstreamError,
     VendorError,
@@ -357,10 +358,9 @@ class ChatQianfan(VendorChatModel):
             kind = ContextTooLongError
         else:
             kind = InvalidRequestError
-        error = self._error(status, message, code=code, meta=meta, kind=kind)
         if code in _QUOTA_CODES:
-            error.is_retryable = False
-        return error
+            kind = QuotaExceededError
+        return self._error(status, message, code=code, meta=meta, kind=kind)
 
 
 class QianfanStreamDecoder(StreamDecoder):

@@ -20,7 +20,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import httpx
 from langchain_core.messages import BaseMessage
@@ -139,12 +139,12 @@ def sign_request(
     body_sha256 = hashlib.sha256(body).hexdigest()
     signed = {**headers, "X-Date": x_date, "X-Content-Sha256": body_sha256}
     names = signed_header_names(signed)
-    parsed = httpx.URL(url)
+    parsed = urlsplit(url)
     signature = signature_v4(
         secret_key=secret_key,
         method=method,
-        path=parsed.path,
-        query=parsed.params.multi_items(),
+        path=unquote(parsed.path),
+        query=parse_qsl(parsed.query, keep_blank_values=True),
         headers={k: v for k, v in signed.items() if k.lower() in names},
         body_sha256=body_sha256,
         x_date=x_date,
@@ -218,11 +218,12 @@ class ChatVolcengineMaas(VendorChatModel):
     def _sign(self, request: VendorRequest) -> dict[str, str]:
         access_key = self._require(self.api_key, "VOLC_ACCESSKEY")
         secret_key = self._require(self.secret_key, "VOLC_SECRETKEY")
-        host = httpx.URL(request.url).netloc.decode("ascii")
+        host = urlsplit(request.url).netloc
         headers = {**request.headers, "Host": host}
+        query = urlencode(request.params) if request.params else ""
         signature = sign_request(
             request.method,
-            str(httpx.URL(request.url, params=request.params or None)),
+            f"{request.url}?{query}" if query else request.url,
             headers,
             request.body,
             access_key=access_key,

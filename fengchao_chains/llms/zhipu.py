@@ -39,6 +39,7 @@ from fengchao_chains.llms.errors import (
     ContextTooLongError,
     CredentialsExpiredError,
     InvalidRequestError,
+    QuotaExceededError,
     RateLimitError,
     UpstreamError,
     VendorError,
@@ -53,18 +54,11 @@ TOKEN_REFRESH_MARGIN = 30
 """A cached token is replaced this many seconds before it expires."""
 
 
-class QuotaExhaustedError(RateLimitError):
-    """The account is in arrears or its daily allowance is used up (codes 1113, 1304):
-    reported as a rate limit, like Zhipu's own HTTP 429, but retrying cannot help."""
-
-    is_retryable = False
-
-
 _ERROR_KINDS: dict[str, type[VendorError]] = {
     **dict.fromkeys(("1000", "1001", "1002", "1004"), AuthenticationError),
     **dict.fromkeys(("1110", "1111", "1112", "1120", "1121", "1220"), AuthenticationError),
     "1003": CredentialsExpiredError,
-    **dict.fromkeys(("1113", "1304"), QuotaExhaustedError),
+    **dict.fromkeys(("1113", "1304"), QuotaExceededError),
     **dict.fromkeys(("1302", "1303", "1305"), RateLimitError),
     "1261": ContextTooLongError,
     **dict.fromkeys(("1300", "1301"), ContentFilteredError),

@@ -24,13 +24,14 @@ from fengchao_chains.llms.errors import (
     ContextTooLongError,
     CredentialsExpiredError,
     InvalidRequestError,
+    QuotaExceededError,
     RateLimitError,
     UpstreamError,
     VendorConnectionError,
     VendorError,
     VendorTimeoutError,
 )
-from fengchao_chains.llms.zhipu import ChatZhipu, QuotaExhaustedError, mint_token
+from fengchao_chains.llms.zhipu import ChatZhipu, mint_token
 from fengchao_chains.settings import load_settings
 from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.zhipu import FakeZhipu
@@ -399,8 +400,8 @@ def test_faults_map_to_the_tree_without_retry(
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        ((429, "1113"), (QuotaExhaustedError, 1)),  # in arrears: a 429 no retry can fix
-        ((429, "1304"), (QuotaExhaustedError, 1)),
+        ((429, "1113"), (QuotaExceededError, 1)),  # in arrears: a 429 no retry can fix
+        ((429, "1304"), (QuotaExceededError, 1)),
         ((429, "1305"), (RateLimitError, 2)),
         ((429, "1303"), (RateLimitError, 2)),
         ((400, "1211"), (InvalidRequestError, 1)),
