@@ -114,6 +114,53 @@ def stream():
         pass
 """,
     ),
+    "qianfan": Case(
+        _app(f"{FAKES}.qianfan", "FakeQianfan"),
+        _model(
+            f"{LLMS}.qianfan",
+            "ChatQianfan",
+            model="completions_pro",
+            api_key="qf-ak",
+            secret_key="qf-sk",
+        ),
+        "qianfan",
+        """
+import os, tempfile
+os.environ.update({"QIANFAN_BASE_URL": URL, "QIANFAN_CONSOLE_API_BASE_URL": URL,
+                   "QIANFAN_IAM_BASE_URL": URL, "QIANFAN_AK": "qf-ak", "QIANFAN_SK": "qf-sk",
+                   "QIANFAN_DISABLE_CACHE": "true", "HOME": tempfile.mkdtemp()})
+import qianfan
+chat = qianfan.ChatCompletion()
+MESSAGES = [{"role": "user", "content": QUESTION}]
+def invoke():
+    chat.do(endpoint="completions_pro", messages=MESSAGES)
+def stream():
+    for _ in chat.do(endpoint="completions_pro", messages=MESSAGES, stream=True):
+        pass
+""",
+    ),
+    "moonshot": Case(
+        _app(f"{FAKES}.moonshot", "FakeMoonshot"),
+        _model(
+            f"{LLMS}.moonshot",
+            "ChatMoonshot",
+            model="moonshot-v1-8k",
+            api_key="sk-test",
+            base_suffix="/v1",
+        ),
+        "openai",
+        """
+from openai import OpenAI
+client = OpenAI(base_url=URL + "/v1", api_key="sk-test")
+MESSAGES = [{"role": "user", "content": QUESTION}]
+def invoke():
+    client.chat.completions.create(model="moonshot-v1-8k", messages=MESSAGES)
+def stream():
+    for _ in client.chat.completions.create(model="moonshot-v1-8k", messages=MESSAGES,
+                                            stream=True):
+        pass
+""",
+    ),
     "anthropic": Case(
         _app(f"{FAKES}.anthropic", "FakeAnthropic"),
         _model(
