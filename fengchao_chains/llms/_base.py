@@ -13,6 +13,8 @@ the vendor's own habit (cumulative usage on every chunk, usage split over two ev
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -357,12 +359,16 @@ class VendorChatModel(BaseChatModel):
                     yield chunk
                 return
             decoder = self._stream_decoder(opened.meta)
-            async for event in aiter_events(self, opened.response):
+            events = aiter_events(self, opened.response)
+            async for event in events:
                 for chunk in decoder.feed(event):
                     if run_manager and chunk.text:
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
                 if decoder.done:
+                    with contextlib.suppress(VendorError):  # the answer is complete
+                        async for _ in _after_end(events):
+                            pass
                     break
             for chunk in decoder.finish():
                 yield chunk
@@ -374,8 +380,26 @@ class VendorChatModel(BaseChatModel):
         for event in events:
             yield from decoder.feed(event)
             if decoder.done:
+                with contextlib.suppress(VendorError):  # the answer is complete
+                    for _ in itertools.islice(events, AFTER_END_EVENTS):
+                        pass
                 break
         yield from decoder.finish()
+
+
+AFTER_END_EVENTS = 16
+"""Events read (and ignored) after a stream's end event, so the response is read to its end
+and its connection goes back to the pool; a vendor that keeps talking past that many gets
+its connection closed instead."""
+
+
+async def _after_end(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    count = 0
+    async for event in events:
+        count += 1
+        if count >= AFTER_END_EVENTS:
+            return
+        yield event
 
 
 def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:

@@ -255,6 +255,18 @@ async def test_stream_is_retried_before_the_first_byte(
     assert len(openai_fake.requests) == 2
 
 
+async def test_streams_give_their_connection_back_to_the_pool(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    for _ in range(3):
+        assert "".join(str(c.content) for c in model.stream("hi")) == "Echo: hi"
+    for _ in range(3):
+        assert "".join([str(c.content) async for c in model.astream("hi")]) == "Echo: hi"
+    peers = [r["peer"] for r in openai_fake.requests]
+    assert len(set(peers[:3])) == 1, "each sync stream opened a new connection"
+    assert len(set(peers[3:])) == 1, "each async stream opened a new connection"
+
+
 async def test_concurrent_async_calls_share_the_pool(model: ChatOpenAICompatible) -> None:
     answers = await asyncio.gather(*(model.ainvoke(f"n{i}") for i in range(20)))
     assert [a.content for a in answers] == [f"Echo: n{i}" for i in range(20)]

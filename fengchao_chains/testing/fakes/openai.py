@@ -138,7 +138,8 @@ class FakeOpenAI(FakeVendor):
                 "invalid_request_error",
                 None,
             )
-        self.record(body=body, headers=dict(request.headers), path=request.url.path)
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        self.record(body=body, headers=dict(request.headers), path=request.url.path, peer=peer)
         fault = self.next_fault()
         await paced(fault)
         if token not in self.api_keys:
