@@ -2,9 +2,11 @@
 
 A vendor module subclasses :class:`VendorChatModel` and fills in a few hooks: the request
 for a conversation (one payload builder for streaming and not), how to sign it, how to read
-an answer, a stream decoder for its SSE events and how to map its errors. The four modes
-(``_generate``, ``_stream``, ``_agenerate``, ``_astream``) are written once here, natively
-sync and async over the shared HTTP layer, so no vendor wraps sync code in threads.
+an answer, a stream decoder for its SSE events and how to map its errors; where its API
+falls short, an :class:`AnswerFilter` finishes the answer (stop sequences, usage estimates).
+The four modes (``_generate``, ``_stream``, ``_agenerate``, ``_astream``) are written once
+here, natively sync and async over the shared HTTP layer, so no vendor overrides them and
+none wraps sync code in threads.
 
 Usage and the response metadata (finish reason, model name, request id) travel on exactly
 one chunk of a stream, the last, so adding the chunks up gives the right totals whatever
@@ -30,7 +32,7 @@ from pydantic import ConfigDict, Field, SecretStr
 
 from fengchao_chains.llms import _http
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
-from fengchao_chains.llms._sse import ServerSentEvent, aiter_events, iter_events
+from fengchao_chains.llms._sse import ServerSentEvent, aiter_events, event_json, iter_events
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContextTooLongError,
@@ -61,6 +63,13 @@ def usage(prompt_tokens: int | None, completion_tokens: int | None) -> UsageMeta
     )
 
 
+def openai_usage(raw: dict[str, Any] | None) -> UsageMetadata | None:
+    """LangChain usage from the OpenAI-named counts most vendors report (None for none)."""
+    if not raw:
+        return None
+    return usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
+
+
 def result(
     text: str,
     *,
@@ -87,6 +96,10 @@ class StreamDecoder:
     chunk that carries usage and the response metadata.
     """
 
+    end_event: ClassVar[str | None] = None
+    """For vendors whose streams must close with an end event (``done``): what it is called.
+    A stream that stops without it lost its end (finish reason, usage) and is an error."""
+
     def __init__(self, model: VendorChatModel, meta: ResponseMeta) -> None:
         self.model = model
         self.meta = meta
@@ -101,6 +114,19 @@ class StreamDecoder:
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
         raise NotImplementedError
 
+    def data(self, event: ServerSentEvent) -> dict[str, Any] | None:
+        """An event's JSON object, or None for ``data: [DONE]``, which ends the stream
+        (OpenAI's convention); anything else is an :class:`UpstreamError`."""
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return None
+        data = event_json(self.model, event)
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                f"unexpected stream event: {event.data[:200]!r}", vendor=self.model.vendor_name
+            )
+        return data
+
     def text(self, text: str) -> list[ChatGenerationChunk]:
         """A content chunk (none for empty text)."""
         if not text:
@@ -108,6 +134,12 @@ class StreamDecoder:
         return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
 
     def finish(self) -> list[ChatGenerationChunk]:
+        if self.end_event and not self.done:
+            raise UpstreamError(
+                f"the stream ended before {self.end_event}",
+                vendor=self.model.vendor_name,
+                request_id=self.request_id,
+            )
         metadata = {
             "finish_reason": self.finish_reason,
             "model_name": self.model_name,
@@ -123,6 +155,18 @@ class StreamDecoder:
         )
         info = {"finish_reason": self.finish_reason}
         return [ChatGenerationChunk(message=message, generation_info=info)]
+
+
+class AnswerFilter:
+    """Adjusts one call's answer for what the vendor's API does not do itself (SenseNova's
+    stop sequences, InternLM's usage estimate): the whole result, or each chunk of a stream
+    (``None`` holds a chunk back). One is made per call, so it may keep state."""
+
+    def whole(self, answer: ChatResult) -> ChatResult:
+        return answer
+
+    def chunk(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk | None:
+        return chunk
 
 
 class VendorChatModel(BaseChatModel):
@@ -182,6 +226,19 @@ class VendorChatModel(BaseChatModel):
     def _check_body(self, body: Any, meta: ResponseMeta) -> None:
         """Raise the vendor's error if a 200 answer carries one."""
 
+    def _call_messages(
+        self, messages: list[BaseMessage], kwargs: dict[str, Any]
+    ) -> list[BaseMessage]:
+        """The conversation a call sends; a vendor takes its own call arguments out of
+        ``kwargs`` here, before the rest become request parameters (Moonshot's ``files=``)."""
+        return messages
+
+    def _answer_filter(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> AnswerFilter:
+        """What adjusts this call's answer (by default nothing)."""
+        return AnswerFilter()
+
     def _prepare(self, messages: list[BaseMessage]) -> list[BaseMessage]:
         """A hook for vendors that must call the vendor before chatting (file uploads)."""
         return messages
@@ -225,6 +282,15 @@ class VendorChatModel(BaseChatModel):
         if issubclass(kind, RateLimitError):
             return kind(message, retry_after=_retry_after(meta), **fields)
         return kind(message, **fields)
+
+    def _as_kind(
+        self, error: VendorError, kind: type[VendorError] | None, meta: ResponseMeta | None
+    ) -> VendorError:
+        """``error`` made a ``kind`` (for vendors whose codes say more than the HTTP status);
+        unchanged if it already is one or ``kind`` is None."""
+        if kind is None or isinstance(error, kind):
+            return error
+        return self._error(error.status_code, error.message, code=error.code, meta=meta, kind=kind)
 
     def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
         for name in REQUEST_ID_HEADERS:
@@ -297,12 +363,12 @@ class VendorChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        params = self._params(stop, **kwargs)
-        asked = str(params.get("model") or self.model)  # before the builder pops it
-        request = self._chat_request(self._prepare(messages), params, stream=False)
+        messages = self._call_messages(messages, kwargs)
+        answer = self._answer_filter(messages, stop, kwargs)
+        request, asked = self._request(self._prepare(messages), stop, kwargs, stream=False)
         body, meta = _http.send(self, request, self.http_client)
         meta.model = asked
-        return self._parse_response(body, meta)
+        return answer.whole(self._parse_response(body, meta))
 
     async def _agenerate(
         self,
@@ -311,13 +377,12 @@ class VendorChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        prepared = await self._aprepare(messages)
-        params = self._params(stop, **kwargs)
-        asked = str(params.get("model") or self.model)  # before the builder pops it
-        request = self._chat_request(prepared, params, stream=False)
+        messages = self._call_messages(messages, kwargs)
+        answer = self._answer_filter(messages, stop, kwargs)
+        request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=False)
         body, meta = await _http.asend(self, request, self.http_async_client)
         meta.model = asked
-        return self._parse_response(body, meta)
+        return answer.whole(self._parse_response(body, meta))
 
     def _stream(
         self,
@@ -326,9 +391,9 @@ class VendorChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        params = self._params(stop, **kwargs)
-        asked = str(params.get("model") or self.model)  # before the builder pops it
-        request = self._chat_request(self._prepare(messages), params, stream=True)
+        messages = self._call_messages(messages, kwargs)
+        answer = self._answer_filter(messages, stop, kwargs)
+        request, asked = self._request(self._prepare(messages), stop, kwargs, stream=True)
         with _http.open_stream(self, request, self.http_client) as opened:
             opened.meta.model = asked
             chunks: Iterable[ChatGenerationChunk]
@@ -336,7 +401,10 @@ class VendorChatModel(BaseChatModel):
                 chunks = _whole(self._parse_response(opened.whole_body, opened.meta))
             else:
                 chunks = self._decode(iter_events(self, opened.response), opened.meta)
-            for chunk in chunks:
+            for raw in chunks:
+                chunk = answer.chunk(raw)
+                if chunk is None:
+                    continue
                 if run_manager and chunk.text:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
@@ -348,30 +416,36 @@ class VendorChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        prepared = await self._aprepare(messages)
-        params = self._params(stop, **kwargs)
-        asked = str(params.get("model") or self.model)  # before the builder pops it
-        request = self._chat_request(prepared, params, stream=True)
+        messages = self._call_messages(messages, kwargs)
+        answer = self._answer_filter(messages, stop, kwargs)
+        request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=True)
         async with _http.aopen_stream(self, request, self.http_async_client) as opened:
             opened.meta.model = asked
+            chunks: AsyncIterator[ChatGenerationChunk]
             if not opened.is_sse:
-                for chunk in _whole(self._parse_response(opened.whole_body, opened.meta)):
-                    yield chunk
-                return
-            decoder = self._stream_decoder(opened.meta)
-            events = aiter_events(self, opened.response)
-            async for event in events:
-                for chunk in decoder.feed(event):
-                    if run_manager and chunk.text:
-                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                    yield chunk
-                if decoder.done:
-                    with contextlib.suppress(VendorError):  # the answer is complete
-                        async for _ in _after_end(events):
-                            pass
-                    break
-            for chunk in decoder.finish():
+                chunks = _aiter(_whole(self._parse_response(opened.whole_body, opened.meta)))
+            else:
+                chunks = self._adecode(aiter_events(self, opened.response), opened.meta)
+            async for raw in chunks:
+                chunk = answer.chunk(raw)
+                if chunk is None:
+                    continue
+                if run_manager and chunk.text:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
+
+    def _request(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> tuple[VendorRequest, str]:
+        """A call's request, and the model it asks for (read before the builder may pop it)."""
+        params = self._params(stop, **kwargs)
+        asked = str(params.get("model") or self.model)
+        return self._chat_request(messages, params, stream=stream), asked
 
     def _decode(
         self, events: Iterator[ServerSentEvent], meta: ResponseMeta
@@ -385,6 +459,21 @@ class VendorChatModel(BaseChatModel):
                         pass
                 break
         yield from decoder.finish()
+
+    async def _adecode(
+        self, events: AsyncIterator[ServerSentEvent], meta: ResponseMeta
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        decoder = self._stream_decoder(meta)
+        async for event in events:
+            for chunk in decoder.feed(event):
+                yield chunk
+            if decoder.done:
+                with contextlib.suppress(VendorError):  # the answer is complete
+                    async for _ in _after_end(events):
+                        pass
+                break
+        for chunk in decoder.finish():
+            yield chunk
 
 
 AFTER_END_EVENTS = 16
@@ -400,6 +489,11 @@ async def _after_end(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[Se
         if count >= AFTER_END_EVENTS:
             return
         yield event
+
+
+async def _aiter(chunks: Iterable[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
+    for chunk in chunks:
+        yield chunk
 
 
 def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:

@@ -177,10 +177,10 @@ class AnthropicStreamDecoder(StreamDecoder):
     (e.g. tool-use deltas) are skipped, ``error`` is raised."""
 
     model: ChatAnthropicMessages
+    end_event = "message_stop"
 
     def __init__(self, model: ChatAnthropicMessages, meta: ResponseMeta) -> None:
         super().__init__(model, meta)
-        self.meta = meta
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
 
@@ -220,12 +220,6 @@ class AnthropicStreamDecoder(StreamDecoder):
             self.output_tokens = int(raw["output_tokens"])
 
     def finish(self) -> list[ChatGenerationChunk]:
-        if not self.done:
-            raise UpstreamError(
-                "stream ended before message_stop",
-                vendor=self.model.vendor_name,
-                request_id=self.request_id,
-            )
         if self.input_tokens is not None or self.output_tokens is not None:
             self.usage = usage(self.input_tokens, self.output_tokens)
         return super().finish()

@@ -35,7 +35,7 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
-from fengchao_chains.llms._base import StreamDecoder, result, usage
+from fengchao_chains.llms._base import StreamDecoder, openai_usage, result, usage
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import openai_messages
@@ -48,7 +48,7 @@ from fengchao_chains.llms.errors import (
     UpstreamError,
     VendorError,
 )
-from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible, OpenAIStreamDecoder
+from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.settings import Settings
 
 ARK_BASE_URL = "https://ark.cn-beijing.volces.com/api/v3"
@@ -90,9 +90,6 @@ class ChatArk(ChatOpenAICompatible):
     def _sign(self, request: VendorRequest) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._require(self.api_key, 'ARK_API_KEY')}"}
 
-    def _stream_decoder(self, meta: ResponseMeta) -> StreamDecoder:
-        return ArkStreamDecoder(self, meta)
-
     def _refine(self, error: VendorError, body: Any, meta: ResponseMeta | None) -> VendorError:
         detail = body.get("error") if isinstance(body, dict) else None
         if not isinstance(detail, dict):
@@ -100,33 +97,14 @@ class ChatArk(ChatOpenAICompatible):
         kind = _kind_for_code(str(detail.get("code") or ""), error.message)
         if kind is None:
             return super()._refine(error, body, meta)
-        if type(error) is kind:
-            return error
-        return self._error(error.status_code, error.message, code=error.code, meta=meta, kind=kind)
+        return self._as_kind(error, kind, meta)
 
-    def _chunk_error(self, data: dict[str, Any], meta: ResponseMeta) -> VendorError:
-        """An error sent as a stream chunk, after the answer began with HTTP 200."""
+    def _mid_stream_error(self, data: dict[str, Any], meta: ResponseMeta) -> VendorError:
+        """An error sent as a stream chunk (on every route), mapped by Ark's code."""
         detail = data["error"] if isinstance(data["error"], dict) else {"message": data["error"]}
         message = str(detail.get("message") or "the stream reported an error")
         error = self._error(None, message, code=detail.get("code"), meta=meta)
         return self._refine(error, {"error": detail}, meta)
-
-
-class ArkStreamDecoder(OpenAIStreamDecoder):
-    """OpenAI's stream, with an error chunk mapped by Ark's code and keeping the request id."""
-
-    model: ChatArk
-
-    def __init__(self, model: ChatArk, meta: ResponseMeta) -> None:
-        super().__init__(model, meta)
-        self.meta = meta
-
-    def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
-        if '"error"' in event.data:
-            data = event_json(self.model, event)
-            if isinstance(data, dict) and data.get("error"):
-                raise self.model._chunk_error(data, self.meta)
-        return super().feed(event)
 
 
 @dataclass
@@ -165,9 +143,7 @@ class BotTrace:
                 sum(int(m.get("prompt_tokens") or 0) for m in self.model_usage),
                 sum(int(m.get("completion_tokens") or 0) for m in self.model_usage),
             )
-        if self.totals:
-            return usage(self.totals.get("prompt_tokens"), self.totals.get("completion_tokens"))
-        return None
+        return openai_usage(self.totals)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -229,7 +205,7 @@ class ChatArkBot(ChatArk):
             usage_metadata=trace.usage_metadata(),
             metadata={
                 "finish_reason": choice.get("finish_reason"),
-                "model_name": body.get("model") or self.model,
+                "model_name": body.get("model") or meta.model or self.model,
                 "request_id": meta.request_id or body.get("req_id") or body.get("id"),
                 **trace.metadata(),
             },
@@ -248,7 +224,6 @@ class ArkBotStreamDecoder(StreamDecoder):
 
     def __init__(self, model: ChatArkBot, meta: ResponseMeta) -> None:
         super().__init__(model, meta)
-        self.meta = meta
         self.trace = BotTrace()
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
@@ -259,7 +234,7 @@ class ArkBotStreamDecoder(StreamDecoder):
         if not isinstance(data, dict):
             return []
         if data.get("error"):
-            raise self.model._chunk_error(data, self.meta)
+            raise self.model._mid_stream_error(data, self.meta)
         self.trace.add(data)
         self.message_id = self.message_id or data.get("id") or data.get("req_id")
         self.request_id = self.request_id or data.get("req_id")
@@ -279,21 +254,19 @@ class ArkBotStreamDecoder(StreamDecoder):
 
 def create(card: ModelCard, settings: Settings, **overrides: Any) -> ChatArk:
     """Catalog factory for vendor ``ark`` (``vendor_model``: an endpoint id or model name)."""
-    kwargs = card_kwargs(
-        card,
-        base_url=settings.ark_base_url or ARK_BASE_URL,
-        credentials={"api_key": settings.ark_api_key},
-        overrides=overrides,
-    )
-    return ChatArk(**kwargs)
+    return ChatArk(**_card_kwargs(card, settings, overrides))
 
 
 def create_bot(card: ModelCard, settings: Settings, **overrides: Any) -> ChatArkBot:
     """Catalog factory for vendor ``ark_bot`` (``vendor_model``: the bot id)."""
-    kwargs = card_kwargs(
+    return ChatArkBot(**_card_kwargs(card, settings, overrides))
+
+
+def _card_kwargs(card: ModelCard, settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Both Ark vendors take the same settings: one key and base URL serve chat and bots."""
+    return card_kwargs(
         card,
         base_url=settings.ark_base_url or ARK_BASE_URL,
         credentials={"api_key": settings.ark_api_key},
         overrides=overrides,
     )
-    return ChatArkBot(**kwargs)

@@ -46,11 +46,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -58,7 +56,13 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
-from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, result, usage
+from fengchao_chains.llms._base import (
+    AnswerFilter,
+    StreamDecoder,
+    VendorChatModel,
+    result,
+    usage,
+)
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import role_of, text_of
@@ -201,77 +205,41 @@ class ChatInternLM(VendorChatModel):
             message = str(body)[:300]
         return self._error(status, message, code=code, meta=meta, kind=_kind(status, message))
 
-    # ------------------------------------------------------------------ usage and streams
+    def _answer_filter(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> AnswerFilter:
+        return _UsageEstimate(messages, self.vendor_name) if self.estimate_usage else AnswerFilter()
 
-    def _fill_usage(
-        self, message: BaseMessage, messages: list[BaseMessage], reply: str | None = None
-    ) -> None:
-        """Estimate usage (flagged) when the vendor sent none."""
-        if not isinstance(message, AIMessage) or message.usage_metadata is not None:
-            return
-        if not self.estimate_usage:
-            return
-        prompt = sum(estimate_tokens(text_of(m, self.vendor_name)) for m in messages)
-        answer = str(message.content) if reply is None else reply
-        message.usage_metadata = usage(prompt, estimate_tokens(answer))
-        message.response_metadata["usage_estimated"] = True
-        logger.debug("%s: the answer had no usage; estimated it", self.vendor_name)
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        answer = super()._generate(messages, stop, run_manager, **kwargs)
-        self._fill_usage(answer.generations[0].message, messages)
+class _UsageEstimate(AnswerFilter):
+    """Estimates (and flags) usage when the answer carries none. A stream gets it on its
+    closing chunk only (the base delivers the whole answer as its text, then that chunk), so
+    a summed stream counts it once."""
+
+    def __init__(self, messages: list[BaseMessage], vendor: str) -> None:
+        self.messages = messages
+        self.vendor = vendor
+        self.text = ""
+
+    def whole(self, answer: ChatResult) -> ChatResult:
+        message = answer.generations[0].message
+        self._fill(message, str(message.content))
         return answer
 
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        answer = await super()._agenerate(messages, stop, run_manager, **kwargs)
-        self._fill_usage(answer.generations[0].message, messages)
-        return answer
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        text = ""
-        for chunk in super()._stream(messages, stop, run_manager, **kwargs):
-            text += chunk.text
-            yield self._fill_closing_usage(chunk, messages, text)
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        text = ""
-        async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
-            text += chunk.text
-            yield self._fill_closing_usage(chunk, messages, text)
-
-    def _fill_closing_usage(
-        self, chunk: ChatGenerationChunk, messages: list[BaseMessage], text: str
-    ) -> ChatGenerationChunk:
-        """The base delivers the whole answer as its text, then a closing chunk; only the
-        closing chunk gets the (estimated) usage, so a summed stream counts it once."""
+    def chunk(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk | None:
+        self.text += chunk.text
         message = chunk.message
         if isinstance(message, AIMessageChunk) and message.chunk_position == "last":
-            self._fill_usage(message, messages, text)
+            self._fill(message, self.text)
         return chunk
+
+    def _fill(self, message: BaseMessage, reply: str) -> None:
+        if not isinstance(message, AIMessage) or message.usage_metadata is not None:
+            return
+        prompt = sum(estimate_tokens(text_of(m, self.vendor)) for m in self.messages)
+        message.usage_metadata = usage(prompt, estimate_tokens(reply))
+        message.response_metadata["usage_estimated"] = True
+        logger.debug("%s: the answer had no usage; estimated it", self.vendor)
 
 
 def _data(body: Any) -> dict[str, Any]:

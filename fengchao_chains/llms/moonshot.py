@@ -43,14 +43,12 @@ import mimetypes
 import os
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr
 
@@ -139,59 +137,19 @@ class ChatMoonshot(ChatOpenAICompatible):
             message = str(body.get("message") or body["error"])
             return self._error(status, message, code=body["error"], meta=meta)
         error = super()._error_from_response(status, body, meta)
-        overflow = "token limit" in error.message.lower()
-        if overflow and type(error) is InvalidRequestError:
-            return self._error(
-                status, error.message, code=error.code, meta=meta, kind=ContextTooLongError
-            )
+        if "token limit" in error.message.lower() and type(error) is InvalidRequestError:
+            return self._as_kind(error, ContextTooLongError, meta)
         if error.code == "exceeded_current_quota_error":
-            return self._error(
-                status, error.message, code=error.code, meta=meta, kind=QuotaExceededError
-            )
+            return self._as_kind(error, QuotaExceededError, meta)
         return error
 
     # ------------------------------------------------------------------ documents
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        messages = attach_files(messages, kwargs.pop("files", None), self.vendor_name)
-        return super()._generate(messages, stop, run_manager, **kwargs)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        messages = attach_files(messages, kwargs.pop("files", None), self.vendor_name)
-        return await super()._agenerate(messages, stop, run_manager, **kwargs)
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        messages = attach_files(messages, kwargs.pop("files", None), self.vendor_name)
-        yield from super()._stream(messages, stop, run_manager, **kwargs)
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        messages = attach_files(messages, kwargs.pop("files", None), self.vendor_name)
-        async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
-            yield chunk
+    def _call_messages(
+        self, messages: list[BaseMessage], kwargs: dict[str, Any]
+    ) -> list[BaseMessage]:
+        """Per-call ``files=`` become file blocks of the last human message."""
+        return attach_files(messages, kwargs.pop("files", None), self.vendor_name)
 
     def _prepare(self, messages: list[BaseMessage]) -> list[BaseMessage]:
         plan = plan_documents(messages, self.vendor_name)

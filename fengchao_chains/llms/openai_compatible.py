@@ -17,11 +17,11 @@ from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
 from fengchao_chains.errors import ConfigurationError
-from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, result, usage
+from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, openai_usage, result
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import openai_messages
-from fengchao_chains.llms._sse import ServerSentEvent, event_json
+from fengchao_chains.llms._sse import ServerSentEvent
 from fengchao_chains.llms.errors import (
     ContentFilteredError,
     ContextTooLongError,
@@ -76,10 +76,9 @@ class ChatOpenAICompatible(VendorChatModel):
 
     def _parse_response(self, body: Any, meta: ResponseMeta) -> ChatResult:
         choice = (body.get("choices") or [{}])[0]
-        raw_usage = body.get("usage") or choice.get("usage") or {}
         return result(
             (choice.get("message") or {}).get("content") or "",
-            usage_metadata=_usage(raw_usage) if raw_usage else None,
+            usage_metadata=openai_usage(body.get("usage") or choice.get("usage")),
             metadata={
                 "finish_reason": choice.get("finish_reason"),
                 "model_name": body.get("model") or self.model,
@@ -115,9 +114,7 @@ class ChatOpenAICompatible(VendorChatModel):
             kind = ContextTooLongError
         elif codes & _FILTER_CODES:
             kind = ContentFilteredError
-        if kind is None or isinstance(error, kind):
-            return error
-        return self._error(error.status_code, error.message, code=error.code, meta=meta, kind=kind)
+        return self._as_kind(error, kind, meta)
 
 
 class OpenAIStreamDecoder(StreamDecoder):
@@ -127,11 +124,10 @@ class OpenAIStreamDecoder(StreamDecoder):
     model: ChatOpenAICompatible
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
-        if event.data.strip() == "[DONE]":
-            self.done = True
+        data = self.data(event)
+        if data is None:
             return []
-        data = event_json(self.model, event)
-        if isinstance(data, dict) and data.get("error"):
+        if data.get("error"):
             raise self.model._mid_stream_error(data, self.meta)
         self.message_id = self.message_id or data.get("id")
         self.model_name = data.get("model") or self.model_name
@@ -139,14 +135,10 @@ class OpenAIStreamDecoder(StreamDecoder):
         choice = choices[0] if choices else {}
         raw_usage = data.get("usage") or choice.get("usage")
         if raw_usage:
-            self.usage = _usage(raw_usage)
+            self.usage = openai_usage(raw_usage)
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         return self.text((choice.get("delta") or {}).get("content") or "")
-
-
-def _usage(raw: dict[str, Any]) -> Any:
-    return usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
 
 
 class ChatOpenAI(ChatOpenAICompatible):

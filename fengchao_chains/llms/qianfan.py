@@ -25,28 +25,22 @@ What differs from OpenAI's protocol, and why the code below exists:
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import threading
-import time
-import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from langchain_core.messages import BaseMessage
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
 from fengchao_chains.llms import _http
-from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, result, usage
+from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, openai_usage, result
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import role_of, split_system, text_of
 from fengchao_chains.llms._sse import ServerSentEvent, event_json
+from fengchao_chains.llms._tokens import Made, TokenCache, digest
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -94,60 +88,9 @@ def takes_system_prompt(endpoint: str) -> bool:
 # --------------------------------------------------------------------------- access tokens
 
 
-@dataclass
-class _Token:
-    value: str
-    expires_at: float  # time.monotonic()
-
-
 _Key = tuple[str, str, str]  # base URL, AK, digest of SK
 
-
-class _TokenCache:
-    """Access tokens shared by every model in the process, one per (base URL, AK, SK).
-
-    A lock per key makes concurrent first calls fetch once: a thread lock for sync callers,
-    an asyncio lock per event loop for async ones (a thread lock would block the loop).
-    """
-
-    def __init__(self) -> None:
-        self._tokens: dict[_Key, _Token] = {}
-        self._lock = threading.Lock()
-        self._fetch_locks: dict[_Key, threading.Lock] = {}
-        self._async_locks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[_Key, asyncio.Lock]
-        ] = weakref.WeakKeyDictionary()
-
-    def get(self, key: _Key) -> str | None:
-        with self._lock:
-            token = self._tokens.get(key)
-        return token.value if token and token.expires_at > time.monotonic() else None
-
-    def put(self, key: _Key, value: str, expires_in: float) -> None:
-        # Refresh a little early so a token never expires between check and use.
-        lifetime = expires_in - min(300.0, expires_in / 10)
-        with self._lock:
-            self._tokens[key] = _Token(value, time.monotonic() + lifetime)
-
-    def forget(self, key: _Key) -> None:
-        with self._lock:
-            self._tokens.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._tokens.clear()
-
-    def fetch_lock(self, key: _Key) -> threading.Lock:
-        with self._lock:
-            return self._fetch_locks.setdefault(key, threading.Lock())
-
-    def afetch_lock(self, key: _Key) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            return self._async_locks.setdefault(loop, {}).setdefault(key, asyncio.Lock())
-
-
-TOKENS = _TokenCache()
+TOKENS = TokenCache()
 """The process-wide access-token cache (``TOKENS.clear()`` forgets every token)."""
 
 
@@ -215,7 +158,7 @@ class ChatQianfan(VendorChatModel):
     def _token_key(self) -> _Key:
         ak = self._require(self.api_key, "QIANFAN_AK")
         sk = self._require(self.secret_key, "QIANFAN_SK")
-        return (self._url(""), ak, hashlib.sha256(sk.encode()).hexdigest())
+        return (self._url(""), ak, digest(sk))
 
     def _token_request(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         params = {
@@ -228,51 +171,40 @@ class ChatQianfan(VendorChatModel):
         )
 
     def _sign(self, request: VendorRequest) -> dict[str, str]:
-        key = self._token_key()
-        token = TOKENS.get(key)
-        if token is None:
-            with TOKENS.fetch_lock(key):
-                token = TOKENS.get(key)
-                if token is None:
-                    client = self.http_client or _http.sync_client()
-                    try:
-                        response = client.send(self._token_request(client))
-                    except httpx.HTTPError as exc:
-                        raise _http.transport_error(
-                            self, exc, during="access token request failed"
-                        ) from None
-                    token = self._store_token(key, response)
-        request.params["access_token"] = token
+        request.params["access_token"] = TOKENS.get(self._token_key(), self._fetch_token)
         return {}
 
     async def _asign(self, request: VendorRequest) -> dict[str, str]:
-        key = self._token_key()
-        token = TOKENS.get(key)
-        if token is None:
-            async with TOKENS.afetch_lock(key):
-                token = TOKENS.get(key)
-                if token is None:
-                    client = self.http_async_client or _http.async_client()
-                    try:
-                        response = await client.send(self._token_request(client))
-                    except httpx.HTTPError as exc:
-                        raise _http.transport_error(
-                            self, exc, during="access token request failed"
-                        ) from None
-                    token = self._store_token(key, response)
-        request.params["access_token"] = token
+        request.params["access_token"] = await TOKENS.aget(self._token_key(), self._afetch_token)
         return {}
 
-    def _store_token(self, key: _Key, response: httpx.Response) -> str:
-        """Cache the token of an OAuth answer, or raise why there is none."""
+    def _fetch_token(self, now: float) -> Made:
+        client = self.http_client or _http.sync_client()
+        try:
+            response = client.send(self._token_request(client))
+        except httpx.HTTPError as exc:
+            raise _http.transport_error(self, exc, during="access token request failed") from None
+        return self._read_token(response, now)
+
+    async def _afetch_token(self, now: float) -> Made:
+        client = self.http_async_client or _http.async_client()
+        try:
+            response = await client.send(self._token_request(client))
+        except httpx.HTTPError as exc:
+            raise _http.transport_error(self, exc, during="access token request failed") from None
+        return self._read_token(response, now)
+
+    def _read_token(self, response: httpx.Response, now: float) -> Made:
+        """The token of an OAuth answer (reused until a little before it expires, so it never
+        expires between check and use), or the error saying why there is none."""
         try:
             body = response.json()
         except ValueError:
             body = None
         meta = ResponseMeta(response.status_code, response.headers, None)
         if isinstance(body, dict) and body.get("access_token"):
-            TOKENS.put(key, str(body["access_token"]), float(body.get("expires_in") or 2592000))
-            return str(body["access_token"])
+            lifetime = float(body.get("expires_in") or 2592000)
+            return str(body["access_token"]), now + lifetime - min(300.0, lifetime / 10)
         if isinstance(body, dict) and body.get("error"):
             # invalid_client: "unknown client id" (AK) or "Client authentication failed" (SK)
             message = f"access token refused: {body.get('error_description') or body['error']}"
@@ -291,10 +223,9 @@ class ChatQianfan(VendorChatModel):
     # ----------------------------------------------------------------- answers
 
     def _parse_response(self, body: Any, meta: ResponseMeta) -> ChatResult:
-        raw_usage = body.get("usage") or {}
         return result(
             str(body.get("result") or ""),
-            usage_metadata=_usage(raw_usage) if raw_usage else None,
+            usage_metadata=openai_usage(body.get("usage")),
             metadata={
                 "finish_reason": _finish_reason(body),
                 "model_name": meta.model or self.model,
@@ -368,10 +299,7 @@ class QianfanStreamDecoder(StreamDecoder):
     increment in ``result`` and usage so far (the last event's usage is the total)."""
 
     model: ChatQianfan
-
-    def __init__(self, model: ChatQianfan, meta: ResponseMeta) -> None:
-        super().__init__(model, meta)
-        self.meta = meta
+    end_event = "its last event (is_end)"
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
         data = event_json(self.model, event)
@@ -381,20 +309,11 @@ class QianfanStreamDecoder(StreamDecoder):
         self.message_id = self.message_id or data.get("id")
         self.request_id = self.request_id or data.get("id")
         if data.get("usage"):
-            self.usage = _usage(data["usage"])
+            self.usage = openai_usage(data["usage"])
         if data.get("is_end"):
             self.done = True
             self.finish_reason = _finish_reason(data)
         return self.text(str(data.get("result") or ""))
-
-    def finish(self) -> list[ChatGenerationChunk]:
-        if not self.done:
-            raise UpstreamError(
-                "the stream ended before its last event (is_end)",
-                vendor=self.model.vendor_name,
-                request_id=self.request_id,
-            )
-        return super().finish()
 
 
 def qianfan_messages(
@@ -435,10 +354,6 @@ def _finish_reason(body: dict[str, Any]) -> str:
     if reason:
         return _FINISH_REASONS.get(str(reason), str(reason))
     return "length" if body.get("is_truncated") else "stop"
-
-
-def _usage(raw: dict[str, Any]) -> UsageMetadata:
-    return usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
 
 
 def _with_id(meta: ResponseMeta, body: dict[str, Any]) -> ResponseMeta:

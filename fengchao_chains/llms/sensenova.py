@@ -31,15 +31,11 @@ undocumented, so errors are mapped by HTTP status and refined by their message.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import jwt
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -47,11 +43,18 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
-from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, result, usage
+from fengchao_chains.llms._base import (
+    AnswerFilter,
+    StreamDecoder,
+    VendorChatModel,
+    result,
+    usage,
+)
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import role_of, text_of
 from fengchao_chains.llms._sse import ServerSentEvent, event_json
+from fengchao_chains.llms._tokens import Made, TokenCache, digest
 from fengchao_chains.llms.errors import (
     ContentFilteredError,
     ContextTooLongError,
@@ -69,8 +72,8 @@ REFRESH_MARGIN = 60.0
 """Seconds before expiry at which a cached token is replaced (at most half its lifetime)."""
 _NEAR_ZERO = 0.000001  # the API's precision is six decimals
 
-_tokens: dict[tuple[str, str, int], tuple[str, float]] = {}
-_tokens_lock = threading.Lock()
+_tokens = TokenCache(clock=time.time)
+"""Minted JWTs, one per key pair and lifetime, shared by every model instance and thread."""
 
 
 class ChatSenseNova(VendorChatModel):
@@ -138,39 +141,34 @@ class ChatSenseNova(VendorChatModel):
     def _sign(self, request: VendorRequest) -> dict[str, str]:
         if self.secret_key is None or not self.secret_key.get_secret_value():
             return {"Authorization": f"Bearer {self._require(self.api_key, ACCESS_KEY_ENV)}"}
-        return {"Authorization": f"Bearer {self._token()}"}
+        return {"Authorization": f"Bearer {_tokens.get(self._token_key(), self._mint)}"}
 
     def _token_key(self) -> tuple[str, str, int]:
         access_key = self._require(self.api_key, ACCESS_KEY_ENV)
         secret = self._require(self.secret_key, SECRET_KEY_ENV)
-        return access_key, hashlib.sha256(secret.encode()).hexdigest(), self.token_ttl
+        return access_key, digest(secret), self.token_ttl
 
-    def _token(self) -> str:
-        """The cached JWT for this key pair, minted again when it is about to expire.
-        Minting is pure computation, so holding the lock is fine in async code too."""
-        key = self._token_key()
-        margin = min(REFRESH_MARGIN, self.token_ttl / 2)
-        with _tokens_lock:
-            now = time.time()
-            cached = _tokens.get(key)
-            if cached is not None and cached[1] - now > margin:
-                return cached[0]
-            issued = int(now)
-            claims = {"iss": key[0], "exp": issued + self.token_ttl, "nbf": issued - 5}
-            token = jwt.encode(
-                claims,
-                self._secret(self.secret_key),
-                algorithm="HS256",
-                headers={"alg": "HS256", "typ": "JWT"},
-            )
-            _tokens[key] = (token, float(issued + self.token_ttl))
-            return token
+    def _mint(self, now: float) -> Made:
+        """A JWT as the SDK mints it, reused until REFRESH_MARGIN (at most half its lifetime)
+        before it expires. Minting is pure computation, so it is fine in async code too."""
+        issued = int(now)
+        claims = {
+            "iss": self._secret(self.api_key),
+            "exp": issued + self.token_ttl,
+            "nbf": issued - 5,
+        }
+        token = jwt.encode(
+            claims,
+            self._secret(self.secret_key),
+            algorithm="HS256",
+            headers={"alg": "HS256", "typ": "JWT"},
+        )
+        return token, issued + self.token_ttl - min(REFRESH_MARGIN, self.token_ttl / 2)
 
     def _forget_credentials(self) -> None:
         if not (self._secret(self.api_key) and self._secret(self.secret_key)):
             return  # a platform API key: nothing minted, nothing to forget
-        with _tokens_lock:
-            _tokens.pop(self._token_key(), None)
+        _tokens.forget(self._token_key())
 
     # ------------------------------------------------------------------ answers
 
@@ -233,61 +231,9 @@ class ChatSenseNova(VendorChatModel):
             kind=ContentFilteredError,
         )
 
-    # ------------------------------------------------------------------ LangChain
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        answer = super()._generate(messages, stop, run_manager, **kwargs)
-        return self._finisher(stop, kwargs).whole(answer)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        answer = await super()._agenerate(messages, stop, run_manager, **kwargs)
-        return self._finisher(stop, kwargs).whole(answer)
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        finisher = self._finisher(stop, kwargs)
-        for raw in super()._stream(messages, stop, None, **kwargs):
-            chunk = finisher.chunk(raw)
-            if chunk is None:
-                continue
-            if run_manager and chunk.text:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        finisher = self._finisher(stop, kwargs)
-        async for raw in super()._astream(messages, stop, None, **kwargs):
-            chunk = finisher.chunk(raw)
-            if chunk is None:
-                continue
-            if run_manager and chunk.text:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    def _finisher(self, stop: list[str] | None, kwargs: dict[str, Any]) -> _Finisher:
+    def _answer_filter(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> AnswerFilter:
         stops = stop if stop is not None else self.stop
         return _Finisher(stops or [], str(kwargs.get("model") or self.model))
 
@@ -297,10 +243,6 @@ class SenseNovaStreamDecoder(StreamDecoder):
     key is the vendor failing mid-stream."""
 
     model: ChatSenseNova
-
-    def __init__(self, model: ChatSenseNova, meta: ResponseMeta) -> None:
-        super().__init__(model, meta)
-        self.meta = meta
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
         if event.data.strip() == "[DONE]":
@@ -325,7 +267,7 @@ class SenseNovaStreamDecoder(StreamDecoder):
         return self.text(_message_text(choice.get("delta")))
 
 
-class _Finisher:
+class _Finisher(AnswerFilter):
     """Applies what the API does not do itself to an answer or a stream of chunks: stop
     sequences (text is held back only while it could still begin one) and the model name."""
 

@@ -24,17 +24,16 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import httpx
 from langchain_core.messages import BaseMessage
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
-from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, result, usage
+from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, openai_usage, result
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import openai_messages
-from fengchao_chains.llms._sse import ServerSentEvent, event_json
+from fengchao_chains.llms._sse import ServerSentEvent
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -239,10 +238,9 @@ class ChatVolcengineMaas(VendorChatModel):
 
     def _parse_response(self, body: Any, meta: ResponseMeta) -> ChatResult:
         choice = body.get("choice") or {}
-        raw_usage = body.get("usage")
         return result(
             (choice.get("message") or {}).get("content") or "",
-            usage_metadata=_usage(raw_usage) if raw_usage else None,
+            usage_metadata=openai_usage(body.get("usage")),
             metadata={
                 "finish_reason": choice.get("finish_reason"),
                 "model_name": meta.model or self.model,
@@ -298,35 +296,22 @@ def _carries_error(data: Any) -> bool:
     return isinstance(error, dict) and error.get("code_n") != 0
 
 
-def _usage(raw: dict[str, Any]) -> UsageMetadata:
-    return usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
-
-
 class MaasStreamDecoder(StreamDecoder):
     """``data:{ChatResp}`` events with content increments, up to ``data:[DONE]``."""
 
     model: ChatVolcengineMaas
 
-    def __init__(self, model: ChatVolcengineMaas, meta: ResponseMeta) -> None:
-        super().__init__(model, meta)
-        self.meta = meta
-
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
-        if event.data.strip() == "[DONE]":
-            self.done = True
+        data = self.data(event)
+        if data is None:
             return []
-        data = event_json(self.model, event)
-        if not isinstance(data, dict):
-            raise UpstreamError(
-                f"unexpected stream event: {event.data[:200]!r}", vendor=self.model.vendor_name
-            )
         self.request_id = data.get("req_id") or self.request_id
         if _carries_error(data):
             meta = ResponseMeta(self.meta.status_code, self.meta.headers, self.request_id)
             raise self.model._maas_error(None, data["error"], meta)
         choice = data.get("choice") or {}
         if data.get("usage"):
-            self.usage = _usage(data["usage"])
+            self.usage = openai_usage(data["usage"])
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         return self.text((choice.get("message") or {}).get("content") or "")

@@ -13,9 +13,7 @@ balance is empty"), so errors are mapped by code first and by status only as a f
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 import time
 from typing import Any
 
@@ -28,11 +26,12 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
-from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, result, usage
+from fengchao_chains.llms._base import StreamDecoder, VendorChatModel, openai_usage, result
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._messages import openai_messages
-from fengchao_chains.llms._sse import ServerSentEvent, event_json
+from fengchao_chains.llms._sse import ServerSentEvent
+from fengchao_chains.llms._tokens import Made, TokenCache, digest
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -106,38 +105,14 @@ def mint_token(api_key: str, *, ttl: float = TOKEN_TTL_SECONDS, now: float | Non
     )
 
 
-class _TokenCache:
-    """One live token per API key, shared by every model object and thread using that key
-    (keyed by a digest, so the cache holds no secrets of its own)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tokens: dict[str, tuple[str, float]] = {}
-
-    @staticmethod
-    def _slot(api_key: str) -> str:
-        return hashlib.sha256(api_key.encode()).hexdigest()
-
-    def get(self, api_key: str) -> str:
-        slot, now = self._slot(api_key), _now()
-        with self._lock:
-            cached = self._tokens.get(slot)
-            if cached is not None and now < cached[1] - TOKEN_REFRESH_MARGIN:
-                return cached[0]
-            token = mint_token(api_key, now=now)
-            self._tokens[slot] = (token, now + TOKEN_TTL_SECONDS)
-            return token
-
-    def forget(self, api_key: str) -> None:
-        with self._lock:
-            self._tokens.pop(self._slot(api_key), None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._tokens.clear()
+def _minted(api_key: str, now: float) -> Made:
+    """A new token for ``api_key``, reused until TOKEN_REFRESH_MARGIN before it expires."""
+    return mint_token(api_key, now=now), now + TOKEN_TTL_SECONDS - TOKEN_REFRESH_MARGIN
 
 
-TOKENS = _TokenCache()
+# ``_now`` is looked up on every call (not bound here), so tests can move the clock.
+TOKENS = TokenCache(clock=lambda: _now())  # noqa: PLW0108
+"""One live token per API key (keyed by a digest), shared by every model and thread."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -175,18 +150,18 @@ class ChatZhipu(VendorChatModel):
 
     def _sign(self, request: VendorRequest) -> dict[str, str]:
         key = self._require(self.api_key, "ZHIPUAI_API_KEY")
-        return {"Authorization": f"Bearer {TOKENS.get(key)}"}
+        token = TOKENS.get(digest(key), lambda now: _minted(key, now))
+        return {"Authorization": f"Bearer {token}"}
 
     def _forget_credentials(self) -> None:
         if self.api_key is not None:
-            TOKENS.forget(self.api_key.get_secret_value())
+            TOKENS.forget(digest(self.api_key.get_secret_value()))
 
     def _parse_response(self, body: Any, meta: ResponseMeta) -> ChatResult:
         choice = (body.get("choices") or [{}])[0]
-        raw_usage = body.get("usage") or {}
         return result(
             (choice.get("message") or {}).get("content") or "",
-            usage_metadata=_usage(raw_usage) if raw_usage else None,
+            usage_metadata=openai_usage(body.get("usage")),
             metadata={
                 "finish_reason": choice.get("finish_reason"),
                 "model_name": body.get("model") or self.model,
@@ -242,12 +217,9 @@ class ZhipuStreamDecoder(StreamDecoder):
     model: ChatZhipu
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
-        if event.data.strip() == "[DONE]":
-            self.done = True
+        data = self.data(event)
+        if data is None:
             return []
-        data = event_json(self.model, event)
-        if not isinstance(data, dict):
-            raise UpstreamError(f"unexpected stream event: {event.data[:200]!r}", vendor="zhipu")
         if data.get("error"):
             meta = ResponseMeta(200, httpx.Headers(), self.request_id)
             raise self.model._zhipu_error(None, data, meta)
@@ -257,14 +229,10 @@ class ZhipuStreamDecoder(StreamDecoder):
         choices = data.get("choices") or []
         choice = choices[0] if choices else {}
         if data.get("usage"):
-            self.usage = _usage(data["usage"])
+            self.usage = openai_usage(data["usage"])
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
         return self.text((choice.get("delta") or {}).get("content") or "")
-
-
-def _usage(raw: dict[str, Any]) -> Any:
-    return usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
 
 
 def create(card: ModelCard, settings: Settings, **overrides: Any) -> ChatZhipu:

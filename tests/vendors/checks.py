@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessageChunk
+
+M = TypeVar("M", bound=BaseChatModel)
+
+# The standard parameters the payload tests set, each vendor mapping them onto its wire.
+STANDARD_PARAMETERS: dict[str, Any] = {"temperature": 0.3, "top_p": 0.9, "max_tokens": 50}
+
+
+def tuned(model: M, **extra: Any) -> M:
+    """``model`` with the standard parameters set, and ``extra`` fields."""
+    return model.model_copy(update={**STANDARD_PARAMETERS, **extra})
 
 
 def summed(chunks: Sequence[BaseMessageChunk]) -> AIMessageChunk:
@@ -63,3 +74,13 @@ def assert_no_secret(secret: str, *things: object) -> None:
     for thing in things:
         for text in (repr(thing), str(thing), repr(getattr(thing, "args", ""))):
             assert secret not in text, f"secret leaked in {type(thing).__name__}"
+
+
+class Tokens(BaseCallbackHandler):
+    """Records the tokens a streamed run reports to its callbacks."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:  # type: ignore[override]
+        self.tokens.append(token)

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from tests.vendors.harness import OPENAI, server_fixture
 
-import pytest
-
-from fengchao_chains.testing.fakes.openai import FakeOpenAI
-from fengchao_chains.testing.serve import serve_in_thread
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[tuple[FakeOpenAI, str]]:
-    fake = FakeOpenAI()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
+openai_server = server_fixture("openai")
+zhipu_server = server_fixture("zhipu")
+qianfan_server = server_fixture("qianfan")
+anthropic_server = server_fixture("anthropic")
+volcengine_server = server_fixture("volcengine")
+ark_server = server_fixture("ark")
+moonshot_server = server_fixture("moonshot")
+sensenova_server = server_fixture("sensenova")
+internlm_server = server_fixture("internlm")
 
 
-@pytest.fixture
-def openai_fake(openai_server: tuple[FakeOpenAI, str]) -> Iterator[FakeOpenAI]:
-    fake, _ = openai_server
-    fake.clear_faults()
-    fake.requests.clear()
-    yield fake
-    fake.clear_faults()
+openai_fake = OPENAI.fixtures(fake="openai_fake")[0]

@@ -1,16 +1,13 @@
-"""The Anthropic Messages chat model against the fake Anthropic server."""
+"""The Anthropic Messages chat model against the fake Anthropic server: what only it does
+(what every vendor shares is in ``test_contract.py``)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,72 +18,38 @@ from fengchao_chains.llms._http import ResponseMeta
 from fengchao_chains.llms.anthropic import ChatAnthropicMessages
 from fengchao_chains.llms.errors import (
     AuthenticationError,
-    ContentFilteredError,
     ContextTooLongError,
     InvalidRequestError,
-    RateLimitError,
     UpstreamError,
-    VendorConnectionError,
     VendorError,
-    VendorTimeoutError,
 )
 from fengchao_chains.settings import load_settings
-from fengchao_chains.testing.fakes._common import Fault, sse_response
+from fengchao_chains.testing.fakes._common import sse_response
 from fengchao_chains.testing.fakes.anthropic import FakeAnthropic, event
 from fengchao_chains.testing.serve import serve_in_thread
-from tests.vendors.checks import assert_four_modes, assert_no_secret, summed
+from tests.vendors.checks import summed, tuned
+from tests.vendors.harness import ANTHROPIC
 
 ANTHROPIC_MODELS = ["claude-3-opus-20240229", "claude-3-sonnet-20240229"]
 KEY = "sk-ant-test"
 
 
-@pytest.fixture(scope="module")
-def anthropic_server() -> Iterator[tuple[FakeAnthropic, str]]:
-    fake = FakeAnthropic()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
+fake, url, model = ANTHROPIC.fixtures()
 
 
-@pytest.fixture
-def fake(anthropic_server: tuple[FakeAnthropic, str]) -> Iterator[FakeAnthropic]:
-    served, _ = anthropic_server
-    served.clear_faults()
-    served.requests.clear()
-    served.context_window = 200_000
-    yield served
-    served.clear_faults()
-    served.context_window = 200_000
-
-
-@pytest.fixture
-def url(anthropic_server: tuple[FakeAnthropic, str]) -> str:
-    return anthropic_server[1]
-
-
-@pytest.fixture
-def model(url: str, fake: FakeAnthropic) -> ChatAnthropicMessages:
-    return ChatAnthropicMessages(
-        model="claude-3-opus-20240229", api_key=KEY, base_url=url, max_retries=2
-    )
-
-
-# --------------------------------------------------------------------------- catalog, modes
+# --------------------------------------------------------------------------- catalog
 
 
 @pytest.mark.parametrize("model_id", ANTHROPIC_MODELS)
-async def test_every_catalog_model_in_all_four_modes(
+def test_catalog_models_send_their_card_and_anthropics_headers(
     model_id: str, url: str, fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
     chat = get_chat_model(model_id, settings=load_settings())
-    assert isinstance(chat, ChatAnthropicMessages)
-    await assert_four_modes(chat, expected_model=model_id)
+    assert chat.invoke("hi").content == "Echo: hi"
     request = fake.last_request
-    assert request["path"] == "/v1/messages"
-    assert request["body"]["model"] == model_id
     assert request["body"]["max_tokens"] == 4096  # the card's max_output_token
-    assert request["headers"]["x-api-key"] == KEY
     assert request["headers"]["anthropic-version"] == "2023-06-01"
     assert "authorization" not in request["headers"]
 
@@ -111,15 +74,8 @@ def test_factory_overrides_win(url: str, fake: FakeAnthropic) -> None:
 def test_payload_maps_standard_parameters(
     model: ChatAnthropicMessages, fake: FakeAnthropic
 ) -> None:
-    tuned = model.model_copy(
-        update={
-            "temperature": 0.3,
-            "top_p": 0.9,
-            "max_tokens": 50,
-            "model_kwargs": {"top_k": 40, "metadata": {"user_id": "u-1"}},
-        }
-    )
-    tuned.invoke([SystemMessage("be brief"), HumanMessage("hi", name="ann")], stop=["\n\n"])
+    tuned_model = tuned(model, model_kwargs={"top_k": 40, "metadata": {"user_id": "u-1"}})
+    tuned_model.invoke([SystemMessage("be brief"), HumanMessage("hi", name="ann")], stop=["\n\n"])
     body = fake.last_request["body"]
     assert body == {
         "model": "claude-3-opus-20240229",
@@ -132,7 +88,7 @@ def test_payload_maps_standard_parameters(
         "top_k": 40,
         "metadata": {"user_id": "u-1"},
     }
-    list(tuned.stream("hi", top_k=5, model="claude-3-sonnet-20240229"))
+    list(tuned_model.stream("hi", top_k=5, model="claude-3-sonnet-20240229"))
     body = fake.last_request["body"]
     assert body["stream"] is True
     assert body["top_k"] == 5
@@ -186,14 +142,8 @@ def test_vendor_rules_on_turn_order_surface_as_invalid_request(
     assert len(fake.requests) == 1
 
 
-def test_max_tokens_and_stop_reach_the_vendor(model: ChatAnthropicMessages) -> None:
-    cut = model.invoke("one two three four five six", max_tokens=3)
-    assert cut.content == "Echo: one"
-    assert cut.response_metadata["finish_reason"] == "max_tokens"
-    assert cut.usage_metadata is not None and cut.usage_metadata["output_tokens"] == 3
+def test_the_stop_sequence_met_is_reported(model: ChatAnthropicMessages) -> None:
     stopped = model.invoke("alpha beta gamma", stop=["beta"])
-    assert stopped.content == "Echo: alpha"
-    assert stopped.response_metadata["finish_reason"] == "stop_sequence"
     assert stopped.response_metadata["stop_sequence"] == "beta"
     streamed = summed(list(model.stream("alpha beta gamma", stop=["beta"])))
     assert streamed.response_metadata["finish_reason"] == "stop_sequence"
@@ -232,44 +182,7 @@ def test_stream_combines_split_usage_exactly_once(
     assert total.id is not None and total.id.startswith("msg_")
 
 
-def test_composes_in_a_chain_with_callbacks(model: ChatAnthropicMessages) -> None:
-    from langchain_core.callbacks import BaseCallbackHandler
-
-    class Tokens(BaseCallbackHandler):
-        def __init__(self) -> None:
-            self.tokens: list[str] = []
-
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:  # type: ignore[override]
-            self.tokens.append(token)
-
-    handler = Tokens()
-    chain = ChatPromptTemplate.from_messages([("system", "terse"), ("human", "{q}")]) | model
-    streamed = "".join(
-        str(c.content) for c in chain.stream({"q": "ping"}, config={"callbacks": [handler]})
-    )
-    assert streamed == "Echo: ping"
-    assert "".join(handler.tokens) == "Echo: ping"
-    assert [m.content for m in chain.batch([{"q": "a"}, {"q": "b"}])] == ["Echo: a", "Echo: b"]
-
-
-async def test_concurrent_async_calls_share_the_pool(model: ChatAnthropicMessages) -> None:
-    answers = await asyncio.gather(*(model.ainvoke(f"n{i}") for i in range(20)))
-    assert [a.content for a in answers] == [f"Echo: n{i}" for i in range(20)]
-
-
 # --------------------------------------------------------------------------- auth
-
-
-def test_bad_key_is_an_authentication_error_without_leaking(url: str, fake: FakeAnthropic) -> None:
-    secret = "sk-ant-this-is-very-secret-123"
-    chat = ChatAnthropicMessages(model="claude-3-opus-20240229", api_key=secret, base_url=url)
-    with pytest.raises(AuthenticationError) as caught:
-        chat.invoke("hi")
-    assert caught.value.status_code == 401
-    assert caught.value.code == "authentication_error"
-    assert caught.value.request_id and caught.value.request_id.startswith("req_")
-    assert len(fake.requests) == 1  # never retried
-    assert_no_secret(secret, chat, caught.value)
 
 
 def test_missing_key_fails_before_calling(fake: FakeAnthropic, url: str) -> None:
@@ -312,41 +225,6 @@ def test_fake_requires_key_and_version_headers(url: str, fake: FakeAnthropic) ->
 # --------------------------------------------------------------------------- errors, retries
 
 
-def test_rate_limit_is_retried_honouring_retry_after(
-    model: ChatAnthropicMessages, fake: FakeAnthropic
-) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=2, retry_after=0.3)
-    started = time.monotonic()
-    assert model.invoke("hi").content == "Echo: hi"
-    assert time.monotonic() - started >= 0.6
-    assert len(fake.requests) == 3
-
-
-def test_rate_limit_gives_up_after_max_retries(
-    model: ChatAnthropicMessages, fake: FakeAnthropic
-) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=5, retry_after=0)
-    with pytest.raises(RateLimitError) as caught:
-        model.invoke("hi")
-    assert caught.value.status_code == 429
-    assert caught.value.code == "rate_limit_error"
-    assert caught.value.retry_after == 0
-    assert caught.value.request_id and caught.value.request_id.startswith("req_")
-    assert len(fake.requests) == 3  # first try + max_retries
-
-
-async def test_server_errors_are_retried_async(
-    model: ChatAnthropicMessages, fake: FakeAnthropic
-) -> None:
-    fake.inject(Fault.SERVER_ERROR, times=1)
-    assert (await model.ainvoke("hi")).content == "Echo: hi"
-    fake.inject(Fault.SERVER_ERROR, times=3)
-    with pytest.raises(UpstreamError) as caught:
-        await model.ainvoke("hi")
-    assert caught.value.status_code == 500
-    assert caught.value.code == "api_error"
-
-
 async def test_overloaded_529_is_retried(model: ChatAnthropicMessages, fake: FakeAnthropic) -> None:
     fake.overload(times=2)
     assert (await model.ainvoke("hi")).content == "Echo: hi"
@@ -357,30 +235,6 @@ async def test_overloaded_529_is_retried(model: ChatAnthropicMessages, fake: Fak
     assert caught.value.status_code == 529
     assert caught.value.code == "overloaded_error"
     assert caught.value.message == "Overloaded"
-
-
-@pytest.mark.parametrize(
-    ("fault", "error", "code"),
-    [
-        (Fault.UNAUTHORIZED, AuthenticationError, "authentication_error"),
-        (Fault.TOKEN_EXPIRED, AuthenticationError, "authentication_error"),
-        (Fault.CONTEXT_TOO_LONG, ContextTooLongError, "invalid_request_error"),
-        (Fault.CONTENT_FILTERED, ContentFilteredError, "invalid_request_error"),
-    ],
-)
-def test_errors_map_to_the_tree_without_retry(
-    model: ChatAnthropicMessages,
-    fake: FakeAnthropic,
-    fault: Fault,
-    error: type[VendorError],
-    code: str,
-) -> None:
-    fake.inject(fault)
-    with pytest.raises(error) as caught:
-        model.invoke("hi")
-    assert caught.value.code == code
-    assert caught.value.request_id and caught.value.request_id.startswith("req_")
-    assert len(fake.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -405,78 +259,10 @@ def test_error_types_map_by_anthropic_type(
     assert mapped.message == message
 
 
-def test_langchain_exception_classes_catch_ours(
+async def test_overloaded_stream_is_retried_before_the_first_byte(
     model: ChatAnthropicMessages, fake: FakeAnthropic
 ) -> None:
-    from langchain_core.exceptions import ContextOverflowError, ModelAuthenticationError
-
-    fake.inject(Fault.UNAUTHORIZED)
-    with pytest.raises(ModelAuthenticationError):
-        model.invoke("hi")
-    fake.inject(Fault.CONTEXT_TOO_LONG)
-    with pytest.raises(ContextOverflowError):
-        model.invoke("hi")
-
-
-def test_prompt_over_the_context_window(model: ChatAnthropicMessages, fake: FakeAnthropic) -> None:
-    fake.context_window = 20
-    with pytest.raises(ContextTooLongError) as caught:
-        model.invoke("word " * 50)
-    assert "prompt is too long" in caught.value.message
-    with pytest.raises(ContextTooLongError):
-        list(model.stream("word " * 50))
-
-
-def test_timeout_is_a_timeout_error(model: ChatAnthropicMessages, fake: FakeAnthropic) -> None:
-    fake.inject(Fault.SLOW, times=3, delay=1.0)
-    quick = model.model_copy(update={"timeout": 0.2, "max_retries": 0})
-    with pytest.raises(VendorTimeoutError):
-        quick.invoke("hi")
-
-
-def test_error_event_mid_stream_is_raised_not_retried(
-    model: ChatAnthropicMessages, fake: FakeAnthropic
-) -> None:
-    fake.inject(Fault.MID_STREAM_ERROR)
-    received: list[AIMessageChunk] = []
-    with pytest.raises(UpstreamError) as caught:
-        for chunk in model.stream("one two three four"):
-            received.append(chunk)
-    assert "".join(str(c.content) for c in received) == "Echo:"
-    assert caught.value.code == "overloaded_error"
-    assert caught.value.request_id and caught.value.request_id.startswith("req_")
-    assert not any(c.usage_metadata for c in received)
-    assert len(fake.requests) == 1
-
-
-async def test_error_event_mid_stream_async(
-    model: ChatAnthropicMessages, fake: FakeAnthropic
-) -> None:
-    fake.inject(Fault.MID_STREAM_ERROR, after_chunks=0)
-    with pytest.raises(UpstreamError, match="Overloaded"):
-        async for _ in model.astream("one two three four"):
-            pass
-    assert len(fake.requests) == 1
-
-
-async def test_cut_stream_is_a_connection_error_not_retried(
-    model: ChatAnthropicMessages, fake: FakeAnthropic
-) -> None:
-    fake.inject(Fault.CUT_STREAM)
-    with pytest.raises(VendorConnectionError):
-        async for _ in model.astream("one two three four"):
-            pass
-    assert len(fake.requests) == 1
-
-
-@pytest.mark.parametrize("overloaded", [True, False])
-async def test_stream_is_retried_before_the_first_byte(
-    model: ChatAnthropicMessages, fake: FakeAnthropic, overloaded: bool
-) -> None:
-    if overloaded:
-        fake.overload()
-    else:
-        fake.inject(Fault.RATE_LIMITED, retry_after=0)
+    fake.overload()
     text = "".join([str(c.content) async for c in model.astream("hi")])
     assert text == "Echo: hi"
     assert len(fake.requests) == 2

@@ -2,92 +2,42 @@
 
 There is no official puyu SDK on PyPI (OpenXLab's ``openxlab`` package only mints the token),
 so unlike the other vendors there is no ``test_sdk_internlm.py``: the fake follows the seed's
-request and the third-party clients cited in ``docs/vendors.md`` section 8a instead.
+request and the third-party clients cited in ``docs/vendors.md`` section 8a instead. What every
+vendor shares is in ``test_contract.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 
-from fengchao_chains import get_chat_model
 from fengchao_chains.llms._http import ResponseMeta
 from fengchao_chains.llms.errors import (
     AuthenticationError,
-    ContentFilteredError,
-    ContextTooLongError,
     InvalidRequestError,
-    RateLimitError,
     UpstreamError,
     VendorConnectionError,
-    VendorTimeoutError,
 )
 from fengchao_chains.llms.internlm import PUYU_BASE_URL, ChatInternLM
 from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.internlm import FakeInternLM
-from fengchao_chains.testing.serve import serve_in_thread
-from tests.vendors.checks import assert_four_modes, assert_no_secret, summed
+from tests.vendors.checks import summed
+from tests.vendors.harness import INTERNLM
 
 TOKEN = "puyu-test-token"
-INTERNLM_MODELS = ["ChatPJLM-latest"]
 
 
-@pytest.fixture(scope="module")
-def puyu_server() -> Iterator[tuple[FakeInternLM, str]]:
-    fake = FakeInternLM()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(puyu_server: tuple[FakeInternLM, str]) -> Iterator[FakeInternLM]:
-    server, _ = puyu_server
-    server.clear_faults()
-    server.requests.clear()
-    yield server
-    server.clear_faults()
-    server.send_usage = True
-    server.context_window = 8192
-
-
-@pytest.fixture
-def base_url(puyu_server: tuple[FakeInternLM, str]) -> str:
-    return f"{puyu_server[1]}/puyu/api/v1"
-
-
-@pytest.fixture
-def model(fake: FakeInternLM, base_url: str) -> ChatInternLM:
-    return ChatInternLM(api_key=TOKEN, base_url=base_url, max_retries=2)
+fake, base_url, model = INTERNLM.fixtures(url="base_url")
 
 
 def _text(chunks: list[AIMessageChunk]) -> str:
     return "".join(str(c.content) for c in chunks)
 
 
-# --------------------------------------------------------------------------- catalog and modes
-
-
-@pytest.mark.parametrize("model_id", INTERNLM_MODELS)
-async def test_every_catalog_model_in_all_four_modes(
-    model_id: str, fake: FakeInternLM, base_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("INTERNLM_API_KEY", TOKEN)
-    monkeypatch.setenv("INTERNLM_BASE_URL", base_url)
-    from fengchao_chains.settings import load_settings
-
-    chat = get_chat_model(model_id, settings=load_settings())
-    assert isinstance(chat, ChatInternLM)
-    await assert_four_modes(chat, expected_model=model_id, question="你好 puyu")
-    request = fake.last_request
-    assert request["path"] == "/puyu/api/v1/chat/completion"
-    assert request["body"]["model"] == model_id
-    assert request["headers"]["authorization"] == TOKEN  # raw, no "Bearer"
+# --------------------------------------------------------------------------- endpoint
 
 
 def test_default_endpoint_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,13 +110,6 @@ def test_per_call_model_overrides_the_model(model: ChatInternLM, fake: FakeInter
     answer = model.invoke("hi", model="ChatPJLM-0.2")
     assert fake.last_request["body"]["model"] == "ChatPJLM-0.2"
     assert answer.response_metadata["model_name"] == "ChatPJLM-0.2"
-
-
-def test_max_tokens_and_stop_reach_the_vendor(model: ChatInternLM) -> None:
-    cut = model.invoke("one two three four five six", max_tokens=3)
-    assert cut.response_metadata["finish_reason"] == "length"
-    assert cut.usage_metadata is not None and cut.usage_metadata["output_tokens"] == 3
-    assert model.invoke("alpha beta gamma", stop=["beta"]).content == "Echo: alpha"
 
 
 def test_only_the_first_of_n_choices_is_the_answer(model: ChatInternLM, fake: FakeInternLM) -> None:
@@ -262,43 +205,7 @@ def test_bearer_form_is_sent_unchanged(fake: FakeInternLM, base_url: str) -> Non
     assert fake.last_request["headers"]["authorization"] == f"Bearer {TOKEN}"
 
 
-def test_bad_token_is_rejected_and_never_leaks(fake: FakeInternLM, base_url: str) -> None:
-    secret = "eyJ0eXBlIjoiSldUIn0.very-secret-token"
-    chat = ChatInternLM(api_key=secret, base_url=base_url, max_retries=2)
-    with pytest.raises(AuthenticationError) as caught:
-        chat.invoke("hi")
-    assert caught.value.status_code == 401
-    assert caught.value.request_id and caught.value.request_id.startswith("puyu-req-")
-    assert len(fake.requests) == 1  # not retried
-    assert_no_secret(secret, chat, caught.value)
-
-
 # --------------------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize(
-    ("fault", "error", "status"),
-    [
-        (Fault.UNAUTHORIZED, AuthenticationError, 401),
-        (Fault.TOKEN_EXPIRED, AuthenticationError, 401),
-        (Fault.CONTEXT_TOO_LONG, ContextTooLongError, 200),
-        (Fault.CONTENT_FILTERED, ContentFilteredError, 200),
-    ],
-)
-def test_errors_map_to_the_tree_without_retry(
-    model: ChatInternLM,
-    fake: FakeInternLM,
-    fault: Fault,
-    error: type[Exception],
-    status: int,
-) -> None:
-    fake.inject(fault)
-    with pytest.raises(error) as caught:
-        model.invoke("hi")
-    assert getattr(caught.value, "status_code", None) == status
-    if status == 200:
-        assert getattr(caught.value, "code", None) == "-1"
-    assert len(fake.requests) == 1
 
 
 def test_malformed_request_is_invalid(fake: FakeInternLM, base_url: str) -> None:
@@ -309,23 +216,6 @@ def test_malformed_request_is_invalid(fake: FakeInternLM, base_url: str) -> None
         chat.invoke([ChatMessage(role="function", content="x")])
     assert caught.value.status_code == 400
     assert "role" in caught.value.message
-
-
-def test_langchain_exception_classes_catch_ours(model: ChatInternLM, fake: FakeInternLM) -> None:
-    from langchain_core.exceptions import ContextOverflowError, ModelAuthenticationError
-
-    fake.inject(Fault.UNAUTHORIZED)
-    with pytest.raises(ModelAuthenticationError):
-        model.invoke("hi")
-    fake.inject(Fault.CONTEXT_TOO_LONG)
-    with pytest.raises(ContextOverflowError):
-        model.invoke("hi")
-
-
-def test_prompt_over_the_context_window(model: ChatInternLM, fake: FakeInternLM) -> None:
-    fake.context_window = 20
-    with pytest.raises(ContextTooLongError):
-        model.invoke("word " * 50)
 
 
 def test_business_error_in_a_200_is_retried_then_raised(
@@ -342,36 +232,6 @@ def test_business_error_in_a_200_is_retried_then_raised(
 
 
 # --------------------------------------------------------------------------- retries
-
-
-def test_rate_limit_is_retried_honouring_retry_after(
-    model: ChatInternLM, fake: FakeInternLM
-) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=2, retry_after=0.3)
-    started = time.monotonic()
-    assert model.invoke("hi").content == "Echo: hi"
-    assert time.monotonic() - started >= 0.6
-    assert len(fake.requests) == 3
-
-
-def test_rate_limit_gives_up_after_max_retries(model: ChatInternLM, fake: FakeInternLM) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=5, retry_after=0)
-    with pytest.raises(RateLimitError) as caught:
-        model.invoke("hi")
-    assert caught.value.status_code == 429
-    assert caught.value.retry_after == 0
-    assert caught.value.request_id and caught.value.request_id.startswith("puyu-req-")
-    assert len(fake.requests) == 3
-
-
-async def test_server_errors_are_retried_async(model: ChatInternLM, fake: FakeInternLM) -> None:
-    fake.inject(Fault.SERVER_ERROR)
-    assert (await model.ainvoke("hi")).content == "Echo: hi"
-    fake.inject(Fault.SERVER_ERROR, times=3)
-    with pytest.raises(UpstreamError) as caught:
-        await model.ainvoke("hi")
-    assert caught.value.status_code == 500
-    assert len(fake.requests) == 5
 
 
 def test_cut_connection_is_a_connection_error(model: ChatInternLM, fake: FakeInternLM) -> None:
@@ -396,15 +256,3 @@ async def test_cut_stream_is_retried_because_nothing_was_delivered(
         for chunk in model.model_copy(update={"max_retries": 0}).stream("one two three four"):
             received.append(chunk)
     assert received == []
-
-
-def test_timeout_is_a_timeout_error(model: ChatInternLM, fake: FakeInternLM) -> None:
-    fake.inject(Fault.SLOW, times=3, delay=1.0)
-    quick = model.model_copy(update={"timeout": 0.2, "max_retries": 0})
-    with pytest.raises(VendorTimeoutError):
-        quick.invoke("hi")
-
-
-async def test_concurrent_async_calls(model: ChatInternLM) -> None:
-    answers = await asyncio.gather(*(model.ainvoke(f"n{i}") for i in range(20)))
-    assert [a.content for a in answers] == [f"Echo: n{i}" for i in range(20)]

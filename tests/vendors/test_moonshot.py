@@ -1,20 +1,17 @@
-"""The Moonshot chat model, with its Files API, against the fake Moonshot server."""
+"""The Moonshot chat model, with its Files API, against the fake Moonshot server (what every
+vendor shares is in ``test_contract.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from langchain_core.exceptions import ContextOverflowError
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,52 +24,18 @@ from fengchao_chains.llms.errors import (
     ContextTooLongError,
     InvalidRequestError,
     RateLimitError,
-    UpstreamError,
-    VendorConnectionError,
-    VendorTimeoutError,
 )
 from fengchao_chains.llms.moonshot import ChatMoonshot
-from fengchao_chains.settings import load_settings
 from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.moonshot import FakeFile, FakeMoonshot
 from fengchao_chains.testing.serve import serve_in_thread
-from tests.vendors.checks import assert_four_modes, assert_no_secret, summed
+from tests.vendors.checks import assert_no_secret, summed, tuned
+from tests.vendors.harness import MOONSHOT
 
-MOONSHOT_MODELS = ["moonshot-v1-8k", "moonshot-v1-32k", "moonshot-v1-128k"]
 NOTES = "会议纪要：周五发布 v2。\nNotes: ship v2 on Friday."
 
 
-@pytest.fixture(scope="module")
-def moonshot_server() -> Iterator[tuple[FakeMoonshot, str]]:
-    fake = FakeMoonshot()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(moonshot_server: tuple[FakeMoonshot, str]) -> Iterator[FakeMoonshot]:
-    served, _ = moonshot_server
-    defaults = FakeMoonshot()
-    served.clear_faults()
-    served.requests.clear()
-    served.files.clear()
-    yield served
-    served.clear_faults()
-    served.files.clear()
-    served.exhausted = defaults.exhausted
-    served.context_window = defaults.context_window
-    served.max_file_bytes = defaults.max_file_bytes
-    served.too_large_message = defaults.too_large_message
-
-
-@pytest.fixture
-def url(moonshot_server: tuple[FakeMoonshot, str]) -> str:
-    return f"{moonshot_server[1]}/v1"
-
-
-@pytest.fixture
-def model(url: str, fake: FakeMoonshot) -> ChatMoonshot:
-    return ChatMoonshot(model="moonshot-v1-8k", api_key="sk-test", base_url=url, max_retries=2)
+fake, url, model = MOONSHOT.fixtures()
 
 
 def chats(fake: FakeMoonshot) -> list[dict[str, Any]]:
@@ -100,19 +63,6 @@ def document_message(fake: FakeMoonshot, index: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- chat
 
 
-@pytest.mark.parametrize("model_id", MOONSHOT_MODELS)
-async def test_every_catalog_model_in_all_four_modes(
-    model_id: str, url: str, fake: FakeMoonshot, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MOONSHOT_API_KEY", "sk-test")
-    monkeypatch.setenv("MOONSHOT_BASE_URL", url)
-    chat = get_chat_model(model_id, settings=load_settings())
-    assert isinstance(chat, ChatMoonshot)
-    await assert_four_modes(chat, expected_model=model_id)
-    assert {r["body"]["model"] for r in chats(fake)} == {model_id}
-    assert all(r["headers"]["authorization"] == "Bearer sk-test" for r in chats(fake))
-
-
 def test_factory_overrides_win_over_settings(url: str, fake: FakeMoonshot) -> None:
     from fengchao_chains.settings import Settings
 
@@ -125,15 +75,8 @@ def test_factory_overrides_win_over_settings(url: str, fake: FakeMoonshot) -> No
 
 
 def test_payload_maps_standard_parameters(model: ChatMoonshot, fake: FakeMoonshot) -> None:
-    tuned = model.model_copy(
-        update={
-            "temperature": 0.3,
-            "top_p": 0.9,
-            "max_tokens": 50,
-            "model_kwargs": {"presence_penalty": 0.5, "n": 1},
-        }
-    )
-    tuned.invoke([SystemMessage("be brief"), HumanMessage("hi")], stop=["\n\n"])
+    tuned_model = tuned(model, model_kwargs={"presence_penalty": 0.5, "n": 1})
+    tuned_model.invoke([SystemMessage("be brief"), HumanMessage("hi")], stop=["\n\n"])
     body = chats(fake)[-1]["body"]
     assert body == {
         "model": "moonshot-v1-8k",
@@ -149,7 +92,7 @@ def test_payload_maps_standard_parameters(model: ChatMoonshot, fake: FakeMoonsho
         "n": 1,
         "stream": False,
     }
-    answer = tuned.invoke("hi", model="moonshot-v1-128k")
+    answer = tuned_model.invoke("hi", model="moonshot-v1-128k")
     assert chats(fake)[-1]["body"]["model"] == "moonshot-v1-128k"
     assert answer.response_metadata["model_name"] == "moonshot-v1-128k"
 
@@ -157,17 +100,11 @@ def test_payload_maps_standard_parameters(model: ChatMoonshot, fake: FakeMoonsho
 def test_stream_usage_comes_from_the_last_choice_without_stream_options(
     model: ChatMoonshot, fake: FakeMoonshot
 ) -> None:
-    chunks = list(model.stream("count these words please"))
+    streamed = summed(list(model.stream("count these words please")))
     body = chats(fake)[-1]["body"]
     assert body["stream"] is True
     assert "stream_options" not in body
-    assert len([c for c in chunks if c.usage_metadata]) == 1
-    streamed = summed(chunks)
-    answer = model.invoke("count these words please")
-    assert streamed.content == answer.content == "Echo: count these words please"
-    assert streamed.usage_metadata == answer.usage_metadata
-    assert answer.usage_metadata == {"input_tokens": 4, "output_tokens": 6, "total_tokens": 10}
-    assert streamed.response_metadata["finish_reason"] == "stop"
+    assert streamed.usage_metadata == {"input_tokens": 4, "output_tokens": 6, "total_tokens": 10}
 
 
 def test_request_id_is_moonshots_header(model: ChatMoonshot) -> None:
@@ -177,13 +114,6 @@ def test_request_id_is_moonshots_header(model: ChatMoonshot) -> None:
         request_id = message.response_metadata["request_id"]
         assert len(request_id) == 24 and not request_id.startswith("cmpl-")
     assert answer.id is not None and answer.id.startswith("cmpl-")
-
-
-def test_max_tokens_and_stop_reach_the_vendor(model: ChatMoonshot) -> None:
-    cut = model.invoke("one two three four five six", max_tokens=3)
-    assert cut.response_metadata["finish_reason"] == "length"
-    assert cut.usage_metadata is not None and cut.usage_metadata["output_tokens"] == 3
-    assert model.invoke("alpha beta gamma", stop=["beta"]).content == "Echo: alpha"
 
 
 def test_missing_key_names_the_variable_and_sends_nothing(url: str, fake: FakeMoonshot) -> None:
@@ -202,45 +132,15 @@ def test_key_and_base_url_come_from_the_environment(
     assert ChatMoonshot(model="m").default_base_url == "https://api.moonshot.cn/v1"
 
 
-def test_bad_key_is_an_auth_error_that_never_leaks(url: str, fake: FakeMoonshot) -> None:
+def test_bad_key_on_the_files_api_never_leaks(url: str, fake: FakeMoonshot) -> None:
     secret = "sk-moonshot-very-secret-42"
     chat = ChatMoonshot(model="moonshot-v1-8k", api_key=secret, base_url=url)
     with pytest.raises(AuthenticationError) as caught:
-        chat.invoke("hi")
-    assert caught.value.status_code == 401
-    assert caught.value.code == "invalid_authentication_error"
-    assert caught.value.request_id
-    assert len(fake.requests) == 1
-    with pytest.raises(AuthenticationError) as caught_files:
         chat.invoke("hi", files=[("a.txt", b"text")])
-    assert_no_secret(secret, chat, caught.value, caught_files.value)
-
-
-@pytest.mark.parametrize(
-    ("fault", "error", "code"),
-    [
-        (Fault.UNAUTHORIZED, AuthenticationError, "invalid_authentication_error"),
-        (Fault.CONTEXT_TOO_LONG, ContextTooLongError, "invalid_request_error"),
-        (Fault.CONTENT_FILTERED, ContentFilteredError, "content_filter"),
-    ],
-)
-def test_errors_map_to_the_tree_without_retry(
-    model: ChatMoonshot, fake: FakeMoonshot, fault: Fault, error: type[Exception], code: str
-) -> None:
-    fake.inject(fault)
-    with pytest.raises(error) as caught:
-        model.invoke("hi")
-    assert getattr(caught.value, "code", None) == code
-    assert getattr(caught.value, "status_code", None) in (400, 401)
-    assert len(fake.requests) == 1
-
-
-def test_prompt_over_the_token_limit(model: ChatMoonshot, fake: FakeMoonshot) -> None:
-    fake.context_window = 20
-    with pytest.raises(ContextOverflowError) as caught:
-        model.invoke("word " * 50)
-    assert isinstance(caught.value, ContextTooLongError)
-    assert "exceeded model token limit: 20" in str(caught.value)
+    assert caught.value.status_code == 401
+    assert file_calls(fake) == [("POST", "/v1/files")]
+    assert chats(fake) == []
+    assert_no_secret(secret, chat, caught.value)
 
 
 def test_exhausted_balance_is_not_retried(model: ChatMoonshot, fake: FakeMoonshot) -> None:
@@ -252,83 +152,12 @@ def test_exhausted_balance_is_not_retried(model: ChatMoonshot, fake: FakeMoonsho
     assert len(fake.requests) == 1
 
 
-def test_rate_limit_is_retried_honouring_retry_after(
-    model: ChatMoonshot, fake: FakeMoonshot
-) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=2, retry_after=0.3)
-    started = time.monotonic()
-    assert model.invoke("hi").content == "Echo: hi"
-    assert time.monotonic() - started >= 0.6
-    assert len(fake.requests) == 3
-
-
-def test_rate_limit_gives_up_after_max_retries(model: ChatMoonshot, fake: FakeMoonshot) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=5, retry_after=0)
-    with pytest.raises(RateLimitError) as caught:
-        model.invoke("hi")
-    assert caught.value.code == "rate_limit_reached_error"
-    assert caught.value.retry_after == 0
-    assert caught.value.request_id
-    assert len(fake.requests) == 3
-
-
-async def test_server_errors_are_retried_async(model: ChatMoonshot, fake: FakeMoonshot) -> None:
-    fake.inject(Fault.SERVER_ERROR)
-    assert (await model.ainvoke("hi")).content == "Echo: hi"
-    fake.inject(Fault.SERVER_ERROR, times=3)
-    with pytest.raises(UpstreamError) as caught:
-        await model.ainvoke("hi")
-    assert caught.value.status_code == 500
-    assert caught.value.code == "server_error"
-    assert len(fake.requests) == 5
-
-
-def test_timeout_is_a_timeout_error(model: ChatMoonshot, fake: FakeMoonshot) -> None:
-    fake.inject(Fault.SLOW, delay=1.0)
-    quick = model.model_copy(update={"timeout": 0.2, "max_retries": 0})
-    with pytest.raises(VendorTimeoutError):
-        quick.invoke("hi")
-
-
-def test_error_mid_stream_is_raised_not_retried(model: ChatMoonshot, fake: FakeMoonshot) -> None:
-    fake.inject(Fault.MID_STREAM_ERROR)
-    received: list[AIMessageChunk] = []
-    with pytest.raises(UpstreamError):
-        for chunk in model.stream("one two three four"):
-            received.append(chunk)
-    assert "".join(str(c.content) for c in received) == "Echo:"
-    assert len(fake.requests) == 1
-
-
-async def test_cut_stream_is_a_connection_error_not_retried(
-    model: ChatMoonshot, fake: FakeMoonshot
-) -> None:
-    fake.inject(Fault.CUT_STREAM)
-    with pytest.raises(VendorConnectionError):
-        async for _ in model.astream("one two three four"):
-            pass
-    assert len(fake.requests) == 1
-
-
-async def test_stream_is_retried_before_the_first_byte(
-    model: ChatMoonshot, fake: FakeMoonshot
-) -> None:
-    fake.inject(Fault.SERVER_ERROR)
-    assert "".join([str(c.content) async for c in model.astream("hi")]) == "Echo: hi"
-    assert len(fake.requests) == 2
-
-
 def test_unknown_url_gets_the_gateway_error(moonshot_server: tuple[FakeMoonshot, str]) -> None:
     chat = ChatMoonshot(model="m", api_key="sk-test", base_url=f"{moonshot_server[1]}/v2")
     with pytest.raises(InvalidRequestError) as caught:
         chat.invoke("hi")
     assert caught.value.status_code == 404
     assert caught.value.code == "url.not_found"
-
-
-async def test_concurrent_async_calls(model: ChatMoonshot) -> None:
-    answers = await asyncio.gather(*(model.ainvoke(f"n{i}") for i in range(20)))
-    assert [a.content for a in answers] == [f"Echo: n{i}" for i in range(20)]
 
 
 # ---------------------------------------------------------------------------- documents

@@ -1,11 +1,12 @@
-"""The Qianfan chat model against the fake Qianfan server (OAuth tokens + wenxinworkshop)."""
+"""The Qianfan chat model against the fake Qianfan server (OAuth tokens + wenxinworkshop);
+what every vendor shares is in ``test_contract.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,10 @@ import httpx
 import pytest
 from langchain_core.messages import (
     AIMessage,
-    AIMessageChunk,
     HumanMessage,
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.prompts import ChatPromptTemplate
 
 from fengchao_chains import get_chat_model
 from fengchao_chains.catalog import load_catalog
@@ -32,64 +31,21 @@ from fengchao_chains.llms.errors import (
     QuotaExceededError,
     RateLimitError,
     UpstreamError,
-    VendorConnectionError,
     VendorError,
-    VendorTimeoutError,
 )
-from fengchao_chains.llms.qianfan import TOKENS, ChatQianfan, takes_system_prompt
+from fengchao_chains.llms.qianfan import ChatQianfan, takes_system_prompt
 from fengchao_chains.settings import load_settings
 from fengchao_chains.testing.fakes._common import Fault, FaultSpec, Reply
 from fengchao_chains.testing.fakes.qianfan import CHAT_ROUTE, FakeQianfan
 from fengchao_chains.testing.serve import serve_in_thread
-from tests.vendors.checks import assert_four_modes, assert_no_secret, summed
+from tests.vendors.checks import assert_no_secret, summed, tuned
+from tests.vendors.harness import QIANFAN
 
 AK, SK = "qf-ak", "qf-sk"
-QIANFAN_MODELS = {
-    "ERNIE-Bot-4": "completions_pro",
-    "ERNIE-Bot-8k": "ernie_bot_8k",
-    "ERNIE-Bot": "completions",
-    "ERNIE-Bot-turbo": "eb-instant",
-    "BLOOMZ-7B": "bloomz_7b1",
-    "Llama-2-7b-chat": "llama_2_7b",
-    "Llama-2-13b-chat": "llama_2_13b",
-    "Llama-2-70b-chat": "llama_2_70b",
-    "Mixtral-8x7B-Instruct": "mixtral_8x7b_instruct",
-    "Qianfan-Chinese-Llama-2-7B": "qianfan_chinese_llama_2_7b",
-    "Qianfan-Chinese-Llama-2-13B": "qianfan_chinese_llama_2_13b",
-}
 CHAT_PREFIX = CHAT_ROUTE.removesuffix("{endpoint}")
 
 
-@pytest.fixture(scope="module")
-def qianfan_server() -> Iterator[tuple[FakeQianfan, str]]:
-    fake = FakeQianfan()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(qianfan_server: tuple[FakeQianfan, str]) -> Iterator[FakeQianfan]:
-    served, _ = qianfan_server
-    served.clear_faults()
-    served.requests.clear()
-    served.token_requests = 0
-    served.context_window = 8192
-    TOKENS.clear()
-    yield served
-    served.clear_faults()
-    served.context_window = 8192
-
-
-@pytest.fixture
-def url(qianfan_server: tuple[FakeQianfan, str]) -> str:
-    return qianfan_server[1]
-
-
-@pytest.fixture
-def model(url: str, fake: FakeQianfan) -> ChatQianfan:
-    return ChatQianfan(
-        model="completions_pro", api_key=AK, secret_key=SK, base_url=url, max_retries=2
-    )
+fake, url, model = QIANFAN.fixtures()
 
 
 def qianfan_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -98,19 +54,7 @@ def qianfan_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("QIANFAN_BASE_URL", url)
 
 
-# --------------------------------------------------------------------------- catalog models
-
-
-@pytest.mark.parametrize(("model_id", "endpoint"), QIANFAN_MODELS.items())
-async def test_every_catalog_model_in_all_four_modes(
-    model_id: str, endpoint: str, url: str, fake: FakeQianfan, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    qianfan_env(monkeypatch, url)
-    chat = get_chat_model(model_id, settings=load_settings())
-    assert isinstance(chat, ChatQianfan)
-    await assert_four_modes(chat, expected_model=endpoint)
-    assert {r["path"] for r in fake.requests} == {CHAT_PREFIX + endpoint}
-    assert fake.token_requests == 1  # one token for all ten calls, sync and async
+# --------------------------------------------------------------------------- catalog
 
 
 def test_user_deployed_endpoint_is_a_catalog_entry(
@@ -157,15 +101,8 @@ def test_which_endpoints_take_a_system_prompt() -> None:
 
 
 def test_payload_maps_standard_parameters(model: ChatQianfan, fake: FakeQianfan) -> None:
-    tuned = model.model_copy(
-        update={
-            "temperature": 0.3,
-            "top_p": 0.9,
-            "max_tokens": 50,
-            "model_kwargs": {"penalty_score": 1.2, "user_id": "end-user-1"},
-        }
-    )
-    tuned.invoke([SystemMessage("be brief"), HumanMessage("hi")], stop=["。"])
+    tuned_model = tuned(model, model_kwargs={"penalty_score": 1.2, "user_id": "end-user-1"})
+    tuned_model.invoke([SystemMessage("be brief"), HumanMessage("hi")], stop=["。"])
     sent = fake.last_request
     assert sent["body"] == {
         "messages": [{"role": "user", "content": "hi"}],
@@ -198,16 +135,6 @@ def test_temperature_is_kept_in_qianfans_range(
 ) -> None:
     assert model.invoke("hi", temperature=given).content == "Echo: hi"
     assert fake.last_request["body"]["temperature"] == sent
-
-
-def test_max_tokens_and_stop_reach_the_vendor(model: ChatQianfan) -> None:
-    cut = model.invoke("one two three four five six", max_tokens=3)
-    assert cut.content == "Echo: one"
-    assert cut.response_metadata["finish_reason"] == "length"
-    assert cut.usage_metadata is not None and cut.usage_metadata["output_tokens"] == 3
-    stopped = model.invoke("alpha beta gamma", stop=["beta"])
-    assert stopped.content == "Echo: alpha"
-    assert stopped.response_metadata["finish_reason"] == "stop"
 
 
 def test_consecutive_messages_of_one_role_are_merged(model: ChatQianfan, fake: FakeQianfan) -> None:
@@ -274,9 +201,7 @@ def test_fake_enforces_the_message_rules_like_the_service(url: str, fake: FakeQi
 # --------------------------------------------------------------------------- the answer
 
 
-def test_stream_carries_usage_exactly_once_and_the_last_is_authoritative(
-    model: ChatQianfan,
-) -> None:
+def test_stream_usage_is_the_last_chunks_which_is_authoritative(model: ChatQianfan) -> None:
     chunks = list(model.stream("count these words please"))
     assert [c.content for c in chunks[:-1]] == [
         "Echo",
@@ -288,13 +213,6 @@ def test_stream_carries_usage_exactly_once_and_the_last_is_authoritative(
     ]
     with_usage = [c for c in chunks if c.usage_metadata]
     assert with_usage == [chunks[-1]]
-    total = summed(chunks)
-    non_stream = model.invoke("count these words please")
-    assert total.usage_metadata == non_stream.usage_metadata
-    assert total.usage_metadata is not None and total.usage_metadata["output_tokens"] == 6
-    assert total.content == non_stream.content
-    assert total.response_metadata["finish_reason"] == "stop"
-    assert total.response_metadata["request_id"].startswith("as-")
 
 
 def test_baidu_gateway_request_id_is_preferred(url: str, fake: FakeQianfan) -> None:
@@ -307,26 +225,6 @@ def test_baidu_gateway_request_id_is_preferred(url: str, fake: FakeQianfan) -> N
     assert answer.response_metadata["request_id"] == "fc-req-1"
     assert streamed.response_metadata["request_id"] == "fc-req-1"
     assert answer.id is not None and answer.id.startswith("as-")
-
-
-def test_composes_in_a_chain_with_callbacks(model: ChatQianfan) -> None:
-    from langchain_core.callbacks import BaseCallbackHandler
-
-    class Tokens(BaseCallbackHandler):
-        def __init__(self) -> None:
-            self.tokens: list[str] = []
-
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:  # type: ignore[override]
-            self.tokens.append(token)
-
-    handler = Tokens()
-    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | model
-    streamed = "".join(
-        str(c.content) for c in chain.stream({"q": "ping"}, config={"callbacks": [handler]})
-    )
-    assert streamed == "Echo: ping"
-    assert "".join(handler.tokens) == "Echo: ping"
-    assert [m.content for m in chain.batch([{"q": "a"}, {"q": "b"}])] == ["Echo: a", "Echo: b"]
 
 
 # --------------------------------------------------------------------------- access tokens
@@ -455,53 +353,6 @@ def test_secrets_and_token_stay_out_of_repr_errors_and_logs(
 
 
 @pytest.mark.parametrize(
-    ("fault", "error", "code"),
-    [
-        (Fault.UNAUTHORIZED, AuthenticationError, 6),
-        (Fault.CONTEXT_TOO_LONG, ContextTooLongError, 336103),
-        (Fault.CONTENT_FILTERED, ContentFilteredError, "need_clear_history"),
-    ],
-)
-@pytest.mark.parametrize("streaming", [False, True])
-def test_errors_map_to_the_tree_without_retry(
-    model: ChatQianfan,
-    fake: FakeQianfan,
-    *,
-    fault: Fault,
-    error: type[VendorError],
-    code: int | str,
-    streaming: bool,
-) -> None:
-    fake.inject(fault)
-    with pytest.raises(error) as caught:
-        if streaming:
-            list(model.stream("hi"))
-        else:
-            model.invoke("hi")
-    assert caught.value.code == code
-    assert caught.value.status_code == 200  # Qianfan reports errors in 200 answers
-    assert caught.value.request_id and caught.value.request_id.startswith("as-")
-    assert len(fake.requests) == 1
-
-
-def test_prompt_over_the_context_window(model: ChatQianfan, fake: FakeQianfan) -> None:
-    fake.context_window = 20
-    with pytest.raises(ContextTooLongError):
-        model.invoke("word " * 50)
-
-
-def test_langchain_exception_classes_catch_ours(model: ChatQianfan, fake: FakeQianfan) -> None:
-    from langchain_core.exceptions import ContextOverflowError, ModelAuthenticationError
-
-    fake.inject(Fault.UNAUTHORIZED)
-    with pytest.raises(ModelAuthenticationError):
-        model.invoke("hi")
-    fake.inject(Fault.CONTEXT_TOO_LONG)
-    with pytest.raises(ContextOverflowError):
-        model.invoke("hi")
-
-
-@pytest.mark.parametrize(
     ("code", "message", "kind", "retryable"),
     [
         (110, "Access token invalid or no longer valid", CredentialsExpiredError, False),
@@ -534,71 +385,6 @@ def test_qianfan_error_codes(
     assert caught.value.code == code
     assert caught.value.request_id == "as-1"
     assert bool(caught.value.is_retryable) is retryable
-
-
-def test_rate_limit_is_retried_honouring_retry_after(model: ChatQianfan, fake: FakeQianfan) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=2, retry_after=0.3)
-    started = time.monotonic()
-    assert model.invoke("hi").content == "Echo: hi"
-    assert time.monotonic() - started >= 0.6
-    assert len(fake.requests) == 3
-
-
-def test_rate_limit_gives_up_after_max_retries(model: ChatQianfan, fake: FakeQianfan) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=5, retry_after=0)
-    with pytest.raises(RateLimitError) as caught:
-        model.invoke("hi")
-    assert caught.value.code == 18
-    assert caught.value.retry_after == 0
-    assert len(fake.requests) == 3  # first try + max_retries
-
-
-async def test_server_errors_are_retried_async(model: ChatQianfan, fake: FakeQianfan) -> None:
-    fake.inject(Fault.SERVER_ERROR, times=1)
-    assert (await model.ainvoke("hi")).content == "Echo: hi"
-    fake.inject(Fault.SERVER_ERROR, times=3)
-    with pytest.raises(UpstreamError) as caught:
-        await model.ainvoke("hi")
-    assert caught.value.code == 336000
-    assert len(fake.requests) == 5
-
-
-def test_timeout_is_a_timeout_error(model: ChatQianfan, fake: FakeQianfan) -> None:
-    model.invoke("warm up the token")
-    fake.inject(Fault.SLOW, times=3, delay=1.0)
-    quick = model.model_copy(update={"timeout": 0.2, "max_retries": 0})
-    with pytest.raises(VendorTimeoutError):
-        quick.invoke("hi")
-
-
-def test_error_mid_stream_is_raised_not_retried(model: ChatQianfan, fake: FakeQianfan) -> None:
-    fake.inject(Fault.MID_STREAM_ERROR)
-    received: list[AIMessageChunk] = []
-    with pytest.raises(UpstreamError) as caught:
-        for chunk in model.stream("one two three four"):
-            received.append(chunk)
-    assert "".join(str(c.content) for c in received) == "Echo:"
-    assert caught.value.code == 336000
-    assert len(fake.requests) == 1
-
-
-async def test_cut_stream_is_a_connection_error_not_retried(
-    model: ChatQianfan, fake: FakeQianfan
-) -> None:
-    fake.inject(Fault.CUT_STREAM)
-    with pytest.raises(VendorConnectionError):
-        async for _ in model.astream("one two three four"):
-            pass
-    assert len(fake.requests) == 1
-
-
-async def test_stream_is_retried_before_the_first_byte(
-    model: ChatQianfan, fake: FakeQianfan
-) -> None:
-    fake.inject(Fault.SERVER_ERROR)
-    text = "".join([str(c.content) async for c in model.astream("hi")])
-    assert text == "Echo: hi"
-    assert len(fake.requests) == 2
 
 
 class _NoEndFake(FakeQianfan):

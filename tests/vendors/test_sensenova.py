@@ -1,33 +1,25 @@
-"""SenseNova's chat model against the fake SenseNova server (real HTTP on loopback)."""
+"""SenseNova's chat model against the fake SenseNova server (real HTTP on loopback); what every
+vendor shares is in ``test_contract.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
-from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from fengchao_chains import get_chat_model
 from fengchao_chains.catalog import load_catalog
 from fengchao_chains.llms import sensenova
 from fengchao_chains.llms._http import VendorRequest
 from fengchao_chains.llms.errors import (
     AuthenticationError,
-    ContentFilteredError,
     ContextTooLongError,
     CredentialsExpiredError,
-    RateLimitError,
-    UpstreamError,
-    VendorConnectionError,
-    VendorTimeoutError,
 )
 from fengchao_chains.llms.sensenova import ChatSenseNova
 from fengchao_chains.settings import load_settings
@@ -37,40 +29,14 @@ from fengchao_chains.testing.fakes.sensenova import (
     TEST_SECRET_KEY,
     FakeSenseNova,
 )
-from fengchao_chains.testing.serve import serve_in_thread
-from tests.vendors.checks import assert_four_modes, assert_no_secret, summed
+from tests.vendors.checks import Tokens, summed, tuned
+from tests.vendors.harness import SENSENOVA, SENSENOVA_API_KEY
 
 SENSENOVA_MODELS = ["SenseChat-5"]
-API_KEY = "pk-platform-api-key-0123456789abcdef"
+API_KEY = SENSENOVA_API_KEY  # a platform key the served fake accepts
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeSenseNova, str]]:
-    fake = FakeSenseNova(api_keys={API_KEY})
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def fake(server: tuple[FakeSenseNova, str]) -> Iterator[FakeSenseNova]:
-    fake, _ = server
-    fake.clear_faults()
-    fake.requests.clear()
-    fake.context_window = 8192
-    yield fake
-    fake.clear_faults()
-
-
-@pytest.fixture
-def url(server: tuple[FakeSenseNova, str]) -> str:
-    return f"{server[1]}/v1"
-
-
-@pytest.fixture
-def model(fake: FakeSenseNova, url: str) -> ChatSenseNova:
-    return ChatSenseNova(
-        model="SenseChat-5", api_key=TEST_ACCESS_KEY, secret_key=TEST_SECRET_KEY, base_url=url
-    )
+fake, url, model = SENSENOVA.fixtures()
 
 
 @pytest.fixture
@@ -92,26 +58,12 @@ def auth_of(fake: FakeSenseNova, n: int = -1) -> str:
     return str(fake.requests[n]["headers"]["authorization"])
 
 
-# ------------------------------------------------------------------ catalog and the four modes
+# ------------------------------------------------------------------ catalog
 
 
 def test_the_catalog_lists_exactly_these_sensenova_models() -> None:
     ids = sorted(card.id for card in load_catalog().values() if card.vendor == "sensenova")
     assert ids == sorted(SENSENOVA_MODELS)
-
-
-@pytest.mark.parametrize("model_id", SENSENOVA_MODELS)
-async def test_every_catalog_model_in_all_four_modes(
-    model_id: str, fake: FakeSenseNova, url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SENSENOVA_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-    monkeypatch.setenv("SENSENOVA_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
-    monkeypatch.setenv("SENSENOVA_API_BASE", url)
-    chat = get_chat_model(model_id, settings=load_settings())
-    assert isinstance(chat, ChatSenseNova)
-    await assert_four_modes(chat, expected_model=model_id)
-    assert fake.last_request["body"]["model"] == model_id
-    assert fake.last_request["path"] == "/v1/llm/chat-completions"
 
 
 def test_catalog_factory_overrides_win(fake: FakeSenseNova, url: str) -> None:
@@ -135,16 +87,8 @@ def test_catalog_factory_overrides_win(fake: FakeSenseNova, url: str) -> None:
 def test_payload_maps_standard_and_vendor_parameters(
     model: ChatSenseNova, fake: FakeSenseNova
 ) -> None:
-    tuned = model.model_copy(
-        update={
-            "temperature": 0.3,
-            "top_p": 0.9,
-            "max_tokens": 50,
-            "repetition_penalty": 1.05,
-            "model_kwargs": {"user": "u1", "n": 1},
-        }
-    )
-    tuned.invoke([SystemMessage("be brief"), HumanMessage("hi", name="ann")], stop=["\n\n"])
+    tuned_model = tuned(model, repetition_penalty=1.05, model_kwargs={"user": "u1", "n": 1})
+    tuned_model.invoke([SystemMessage("be brief"), HumanMessage("hi", name="ann")], stop=["\n\n"])
     body = fake.last_request["body"]
     assert body == {
         "model": "SenseChat-5",
@@ -192,13 +136,6 @@ def test_greedy_settings_are_sent_inside_the_open_ranges(
     assert body["top_p"] == 0.999999
 
 
-def test_max_tokens_cuts_the_answer(model: ChatSenseNova) -> None:
-    cut = model.invoke("one two three four five six", max_tokens=3)
-    assert cut.content == "Echo: one"
-    assert cut.response_metadata["finish_reason"] == "length"
-    assert cut.usage_metadata is not None and cut.usage_metadata["output_tokens"] == 3
-
-
 def test_stop_sequences_are_applied_client_side(model: ChatSenseNova, fake: FakeSenseNova) -> None:
     stopped = model.invoke("alpha beta gamma", stop=["beta"])
     assert "stop" not in fake.last_request["body"]  # the API has no such field
@@ -214,20 +151,6 @@ def test_stop_sequences_are_applied_client_side(model: ChatSenseNova, fake: Fake
     assert total.usage_metadata is not None and total.usage_metadata["output_tokens"] == 5
     bound = model.model_copy(update={"stop": ["gamma"]})
     assert bound.invoke("alpha beta gamma").content == "Echo: alpha beta "
-
-
-def test_stream_carries_cumulative_usage_exactly_once(
-    model: ChatSenseNova, fake: FakeSenseNova
-) -> None:
-    chunks = list(model.stream("count these words please"))
-    assert len([c for c in chunks if c.usage_metadata]) == 1
-    total = summed(chunks)
-    non_stream = model.invoke("count these words please")
-    assert total.usage_metadata == non_stream.usage_metadata
-    assert total.usage_metadata == {"input_tokens": 4, "output_tokens": 6, "total_tokens": 10}
-    assert total.content == non_stream.content == "Echo: count these words please"
-    assert total.response_metadata["finish_reason"] == "stop"
-    assert total.response_metadata["request_id"]
 
 
 def test_the_fake_speaks_the_documented_wire_format(url: str) -> None:
@@ -406,21 +329,6 @@ def test_the_fake_refuses_bad_tokens(url: str) -> None:
     assert status_of("")[0] == 401
 
 
-def test_wrong_secret_is_an_authentication_error_not_retried(fake: FakeSenseNova, url: str) -> None:
-    secret = "sk-this-is-very-secret-0123456789abcdef"
-    chat = ChatSenseNova(
-        model="SenseChat-5", api_key=TEST_ACCESS_KEY, secret_key=secret, base_url=url
-    )
-    with pytest.raises(AuthenticationError) as caught:
-        chat.invoke("hi")
-    assert not isinstance(caught.value, CredentialsExpiredError)
-    assert caught.value.code == 16
-    assert len(fake.requests) == 1
-    token = auth_of(fake).removeprefix("Bearer ")
-    assert_no_secret(secret, chat, caught.value)
-    assert_no_secret(token, chat, caught.value)
-
-
 def test_platform_api_key_is_sent_as_the_bearer(fake: FakeSenseNova, url: str) -> None:
     chat = ChatSenseNova(model="SenseChat-5", api_key=API_KEY, base_url=url)
     assert chat.invoke("hi").content == "Echo: hi"
@@ -448,75 +356,7 @@ def test_credentials_and_base_come_from_the_environment(
     assert aliased.invoke("hi").content == "Echo: hi"
 
 
-# ------------------------------------------------------------------ errors and retries
-
-
-def test_rate_limit_is_retried_honouring_retry_after(
-    model: ChatSenseNova, fake: FakeSenseNova
-) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=2, retry_after=0.3)
-    started = time.monotonic()
-    assert model.invoke("hi").content == "Echo: hi"
-    assert time.monotonic() - started >= 0.6
-    assert len(fake.requests) == 3
-
-
-def test_rate_limit_gives_up_after_max_retries(model: ChatSenseNova, fake: FakeSenseNova) -> None:
-    fake.inject(Fault.RATE_LIMITED, times=5, retry_after=0)
-    with pytest.raises(RateLimitError) as caught:
-        model.invoke("hi")
-    assert caught.value.status_code == 429
-    assert caught.value.code == 8
-    assert caught.value.retry_after == 0
-    assert caught.value.request_id
-    assert len(fake.requests) == 3  # first try + max_retries
-
-
-async def test_server_errors_are_retried_async(model: ChatSenseNova, fake: FakeSenseNova) -> None:
-    fake.inject(Fault.SERVER_ERROR, times=1)
-    assert (await model.ainvoke("hi")).content == "Echo: hi"
-    fake.inject(Fault.SERVER_ERROR, times=3)
-    with pytest.raises(UpstreamError) as caught:
-        await model.ainvoke("hi")
-    assert (caught.value.status_code, caught.value.code) == (500, 13)
-
-
-@pytest.mark.parametrize(
-    ("fault", "error", "code"),
-    [
-        (Fault.UNAUTHORIZED, AuthenticationError, 16),
-        (Fault.CONTEXT_TOO_LONG, ContextTooLongError, 3),
-        (Fault.CONTENT_FILTERED, ContentFilteredError, "sensitive"),
-    ],
-)
-def test_errors_map_to_the_tree_without_retry(
-    model: ChatSenseNova, fake: FakeSenseNova, fault: Fault, error: type[Exception], code: Any
-) -> None:
-    fake.inject(fault)
-    with pytest.raises(error) as caught:
-        model.invoke("hi")
-    assert getattr(caught.value, "code", None) == code
-    assert getattr(caught.value, "request_id", None)
-    assert len(fake.requests) == 1
-
-
-async def test_content_filter_in_a_stream(model: ChatSenseNova, fake: FakeSenseNova) -> None:
-    fake.inject(Fault.CONTENT_FILTERED)
-    with pytest.raises(ContentFilteredError):
-        async for _ in model.astream("hi"):
-            pass
-    assert len(fake.requests) == 1
-
-
-def test_langchain_exception_classes_catch_ours(model: ChatSenseNova, fake: FakeSenseNova) -> None:
-    from langchain_core.exceptions import ContextOverflowError, ModelAuthenticationError
-
-    fake.inject(Fault.UNAUTHORIZED)
-    with pytest.raises(ModelAuthenticationError):
-        model.invoke("hi")
-    fake.inject(Fault.CONTEXT_TOO_LONG)
-    with pytest.raises(ContextOverflowError):
-        model.invoke("hi")
+# ------------------------------------------------------------------ errors
 
 
 def test_input_plus_max_new_tokens_must_fit_the_context(
@@ -540,64 +380,11 @@ def test_invalid_request_is_not_retried(model: ChatSenseNova, fake: FakeSenseNov
     assert len(fake.requests) == 1
 
 
-def test_timeout_is_a_timeout_error(model: ChatSenseNova, fake: FakeSenseNova) -> None:
-    fake.inject(Fault.SLOW, times=3, delay=1.0)
-    quick = model.model_copy(update={"timeout": 0.2, "max_retries": 0})
-    with pytest.raises(VendorTimeoutError):
-        quick.invoke("hi")
-
-
-def test_error_mid_stream_is_raised_not_retried(model: ChatSenseNova, fake: FakeSenseNova) -> None:
-    fake.inject(Fault.MID_STREAM_ERROR)
-    received: list[AIMessageChunk] = []
-    with pytest.raises(UpstreamError) as caught:
-        for chunk in model.stream("one two three four"):
-            received.append(chunk)
-    assert "".join(str(c.content) for c in received) == "Echo:"
-    assert caught.value.code == 13
-    assert caught.value.request_id
-    assert len(fake.requests) == 1
-
-
-async def test_cut_stream_is_a_connection_error_not_retried(
-    model: ChatSenseNova, fake: FakeSenseNova
-) -> None:
-    fake.inject(Fault.CUT_STREAM)
-    with pytest.raises(VendorConnectionError):
-        async for _ in model.astream("one two three four"):
-            pass
-    assert len(fake.requests) == 1
-
-
-async def test_stream_is_retried_before_the_first_byte(
-    model: ChatSenseNova, fake: FakeSenseNova
-) -> None:
-    fake.inject(Fault.SERVER_ERROR)
-    text = "".join([str(c.content) async for c in model.astream("hi")])
-    assert text == "Echo: hi"
-    assert len(fake.requests) == 2
-
-
 # ------------------------------------------------------------------ LangChain composition
 
 
-def test_composes_in_a_chain_with_callbacks(model: ChatSenseNova) -> None:
-    class Tokens(BaseCallbackHandler):
-        def __init__(self) -> None:
-            self.tokens: list[str] = []
-
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:  # type: ignore[override]
-            self.tokens.append(token)
-
+def test_stop_words_are_held_back_from_streamed_tokens(model: ChatSenseNova) -> None:
     handler = Tokens()
-    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | model
-    streamed = "".join(
-        str(c.content) for c in chain.stream({"q": "ping pong"}, config={"callbacks": [handler]})
-    )
-    assert streamed == "Echo: ping pong"
-    assert "".join(handler.tokens) == "Echo: ping pong"
     stopped = model.bind(stop=["pong"])
-    handler.tokens.clear()
     list(stopped.stream("ping pong", config={"callbacks": [handler]}))
     assert "".join(handler.tokens) == "Echo: ping "
-    assert [m.content for m in chain.batch([{"q": "a"}, {"q": "b"}])] == ["Echo: a", "Echo: b"]

@@ -1,5 +1,5 @@
 """Zhipu AI (GLM-4) against the fake Zhipu server: JWT auth and its cache, the wire format,
-Zhipu's business error codes, retries and streams."""
+Zhipu's business error codes (what every vendor shares is in ``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -7,36 +7,32 @@ import asyncio
 import itertools
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 
 from fengchao_chains import get_chat_model
 from fengchao_chains.catalog import load_catalog
 from fengchao_chains.llms import zhipu
 from fengchao_chains.llms.errors import (
     AuthenticationError,
-    ContentFilteredError,
     ContextTooLongError,
     CredentialsExpiredError,
     InvalidRequestError,
     QuotaExceededError,
     RateLimitError,
     UpstreamError,
-    VendorConnectionError,
     VendorError,
-    VendorTimeoutError,
 )
 from fengchao_chains.llms.zhipu import ChatZhipu, mint_token
 from fengchao_chains.settings import load_settings
 from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.zhipu import FakeZhipu
-from fengchao_chains.testing.serve import serve_in_thread
-from tests.vendors.checks import assert_four_modes, assert_no_secret, summed
+from tests.vendors.checks import assert_no_secret, summed
+from tests.vendors.harness import ZHIPU
 
 KEY_ID = "zhipu-test-id"
 SECRET = "zhipu-test-secret"
@@ -48,32 +44,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthW
 ZHIPU_MODELS = [card.id for card in load_catalog().values() if card.vendor == "zhipu"]
 
 
-@pytest.fixture(scope="module")
-def zhipu_server() -> Iterator[tuple[FakeZhipu, str]]:
-    fake = FakeZhipu()
-    with serve_in_thread(fake.app) as url:
-        yield fake, url
-
-
-@pytest.fixture
-def zhipu_fake(zhipu_server: tuple[FakeZhipu, str]) -> Iterator[FakeZhipu]:
-    fake, _ = zhipu_server
-    fake.clear_faults()
-    fake.requests.clear()
-    zhipu.TOKENS.clear()
-    yield fake
-    fake.clear_faults()
-    zhipu.TOKENS.clear()
-
-
-@pytest.fixture
-def base_url(zhipu_server: tuple[FakeZhipu, str]) -> str:
-    return f"{zhipu_server[1]}/api/paas/v4"
-
-
-@pytest.fixture
-def model(base_url: str, zhipu_fake: FakeZhipu) -> ChatZhipu:
-    return ChatZhipu(model="glm-4", api_key=KEY, base_url=base_url, max_retries=2)
+zhipu_fake, base_url, model = ZHIPU.fixtures(fake="zhipu_fake", url="base_url")
 
 
 def tokens(fake: FakeZhipu) -> list[str]:
@@ -83,24 +54,11 @@ def tokens(fake: FakeZhipu) -> list[str]:
     return [v.removeprefix("Bearer ") for v in values]
 
 
-# --------------------------------------------------------------------------- catalog, modes
+# --------------------------------------------------------------------------- catalog
 
 
 def test_the_catalog_has_glm_4() -> None:
     assert "glm-4" in ZHIPU_MODELS
-
-
-@pytest.mark.parametrize("model_id", ZHIPU_MODELS)
-async def test_every_catalog_model_in_all_four_modes(
-    model_id: str, base_url: str, zhipu_fake: FakeZhipu, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ZHIPUAI_API_KEY", KEY)
-    monkeypatch.setenv("ZHIPUAI_BASE_URL", base_url)
-    chat = get_chat_model(model_id, settings=load_settings())
-    assert isinstance(chat, ChatZhipu)
-    await assert_four_modes(chat, expected_model=model_id)
-    assert zhipu_fake.last_request["body"]["model"] == model_id
-    assert zhipu_fake.last_request["path"] == "/api/paas/v4/chat/completions"
 
 
 def test_factory_defaults_to_zhipus_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,13 +127,6 @@ def test_sampling_is_kept_in_zhipus_open_interval(
         assert "do_sample" not in body
 
 
-def test_max_tokens_and_stop_reach_the_vendor(model: ChatZhipu) -> None:
-    cut = model.invoke("one two three four five six", max_tokens=3)
-    assert cut.response_metadata["finish_reason"] == "length"
-    assert cut.usage_metadata is not None and cut.usage_metadata["output_tokens"] == 3
-    assert model.invoke("alpha beta gamma", stop=["beta"]).content == "Echo: alpha"
-
-
 def test_answer_metadata_and_usage(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
     answer = model.invoke("你好 world")
     assert answer.content == "Echo: 你好 world"
@@ -185,16 +136,10 @@ def test_answer_metadata_and_usage(model: ChatZhipu, zhipu_fake: FakeZhipu) -> N
     assert answer.id == request_id
 
 
-def test_stream_carries_usage_exactly_once(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    chunks = list(model.stream("count these words please"))
+def test_stream_asks_for_events(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
+    total = summed(list(model.stream("count these words please")))
     assert zhipu_fake.last_request["body"]["stream"] is True
     assert zhipu_fake.last_request["headers"]["accept"] == "text/event-stream"
-    assert len([c for c in chunks if c.usage_metadata]) == 1
-    total = summed(chunks)
-    non_stream = model.invoke("count these words please")
-    assert total.content == non_stream.content
-    assert total.usage_metadata == non_stream.usage_metadata
-    assert total.response_metadata["finish_reason"] == "stop"
     assert total.response_metadata["request_id"].isdigit()
 
 
@@ -265,12 +210,18 @@ def test_a_fresh_token_is_minted_shortly_before_expiry(
     assert claims["timestamp"] == int((start + reuse_until + 1) * 1000)
 
 
-def test_token_the_vendor_calls_expired_is_reminted_once(
-    model: ChatZhipu, zhipu_fake: FakeZhipu, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each token minted a second after the last, so no two are alike."""
     ticks = itertools.count()
     start = time.time()
     monkeypatch.setattr(zhipu, "_now", lambda: start + next(ticks))
+
+
+@pytest.mark.usefixtures("ticking_clock")
+def test_token_the_vendor_calls_expired_is_reminted_once(
+    model: ChatZhipu, zhipu_fake: FakeZhipu
+) -> None:
     zhipu_fake.inject(Fault.TOKEN_EXPIRED)
     assert model.invoke("hi").content == "Echo: hi"
     first, second = tokens(zhipu_fake)
@@ -302,19 +253,6 @@ def test_malformed_key_fails_before_any_request(base_url: str, zhipu_fake: FakeZ
 def test_missing_key_names_the_env_var(base_url: str, zhipu_fake: FakeZhipu) -> None:
     with pytest.raises(AuthenticationError, match="ZHIPUAI_API_KEY"):
         ChatZhipu(model="glm-4", base_url=base_url).invoke("hi")
-
-
-def test_wrong_secret_is_refused_and_never_leaks(base_url: str, zhipu_fake: FakeZhipu) -> None:
-    secret = "this-is-a-very-wrong-secret"
-    chat = ChatZhipu(model="glm-4", api_key=f"{KEY_ID}.{secret}", base_url=base_url)
-    with pytest.raises(AuthenticationError) as caught:
-        chat.invoke("hi")
-    assert not isinstance(caught.value, CredentialsExpiredError)
-    assert caught.value.status_code == 401
-    assert caught.value.code == "1004"
-    assert len(zhipu_fake.requests) == 1
-    assert_no_secret(secret, chat, caught.value)
-    assert_no_secret(f"{KEY_ID}.{secret}", chat, caught.value)
 
 
 # --------------------------------------------------------------------------- the fake's auth
@@ -374,30 +312,6 @@ def test_tokens_minted_here_pass_an_independent_check() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fault", "expected"),
-    [
-        (Fault.UNAUTHORIZED, (AuthenticationError, "1000", 401)),
-        (Fault.CONTEXT_TOO_LONG, (ContextTooLongError, "1261", 400)),
-        (Fault.CONTENT_FILTERED, (ContentFilteredError, "1301", 400)),
-    ],
-)
-def test_faults_map_to_the_tree_without_retry(
-    model: ChatZhipu,
-    zhipu_fake: FakeZhipu,
-    fault: Fault,
-    expected: tuple[type[VendorError], str, int],
-) -> None:
-    error, code, status = expected
-    zhipu_fake.inject(fault)
-    with pytest.raises(error) as caught:
-        model.invoke("hi")
-    assert caught.value.code == code
-    assert caught.value.status_code == status
-    assert caught.value.vendor == "zhipu"
-    assert len(zhipu_fake.requests) == 1
-
-
-@pytest.mark.parametrize(
     ("answer", "expected"),
     [
         ((429, "1113"), (QuotaExceededError, 1)),  # in arrears: a 429 no retry can fix
@@ -440,104 +354,11 @@ def test_code_beats_status(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
     assert not isinstance(caught.value, ContextTooLongError)
 
 
-def test_langchain_exception_classes_catch_ours(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    from langchain_core.exceptions import ContextOverflowError, ModelAuthenticationError
-
-    zhipu_fake.inject(Fault.UNAUTHORIZED)
-    with pytest.raises(ModelAuthenticationError):
-        model.invoke("hi")
-    zhipu_fake.inject(Fault.CONTEXT_TOO_LONG)
-    with pytest.raises(ContextOverflowError):
-        model.invoke("hi")
-
-
-def test_prompt_over_the_context_window(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    zhipu_fake.context_window = 20
-    try:
-        with pytest.raises(ContextTooLongError) as caught:
-            model.invoke("word " * 50)
-    finally:
-        zhipu_fake.context_window = 8192
-    assert caught.value.code == "1261"
-
-
 # --------------------------------------------------------------------------- retries
 
 
-def test_rate_limit_is_retried_honouring_retry_after(
-    model: ChatZhipu, zhipu_fake: FakeZhipu
-) -> None:
-    zhipu_fake.inject(Fault.RATE_LIMITED, times=2, retry_after=0.3)
-    started = time.monotonic()
-    assert model.invoke("hi").content == "Echo: hi"
-    assert time.monotonic() - started >= 0.6
-    assert len(zhipu_fake.requests) == 3
-
-
-def test_rate_limit_gives_up_after_max_retries(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    zhipu_fake.inject(Fault.RATE_LIMITED, times=5, retry_after=0)
-    with pytest.raises(RateLimitError) as caught:
-        model.invoke("hi")
-    assert caught.value.status_code == 429
-    assert caught.value.code == "1302"
-    assert caught.value.retry_after == 0
-    assert len(zhipu_fake.requests) == 3
-
-
-async def test_server_errors_are_retried_async(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    zhipu_fake.inject(Fault.SERVER_ERROR, times=1)
-    assert (await model.ainvoke("hi")).content == "Echo: hi"
-    zhipu_fake.inject(Fault.SERVER_ERROR, times=3)
-    with pytest.raises(UpstreamError) as caught:
-        await model.ainvoke("hi")
-    assert caught.value.status_code == 500
-    assert caught.value.code == "500"
-
-
-def test_timeout_is_a_timeout_error(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    zhipu_fake.inject(Fault.SLOW, times=3, delay=1.0)
-    quick = model.model_copy(update={"timeout": 0.2, "max_retries": 0})
-    with pytest.raises(VendorTimeoutError):
-        quick.invoke("hi")
-
-
-def test_error_mid_stream_is_raised_not_retried(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
-    zhipu_fake.inject(Fault.MID_STREAM_ERROR)
-    received: list[AIMessageChunk] = []
-    with pytest.raises(UpstreamError) as caught:
-        for chunk in model.stream("one two three four"):
-            received.append(chunk)
-    assert "".join(str(c.content) for c in received) == "Echo:"
-    assert caught.value.code == "500"
-    assert caught.value.request_id == received[0].id  # the id of the chunks already seen
-    assert len(zhipu_fake.requests) == 1
-
-
-async def test_cut_stream_is_a_connection_error_not_retried(
-    model: ChatZhipu, zhipu_fake: FakeZhipu
-) -> None:
-    zhipu_fake.inject(Fault.CUT_STREAM)
-    with pytest.raises(VendorConnectionError):
-        async for _ in model.astream("one two three four"):
-            pass
-    assert len(zhipu_fake.requests) == 1
-
-
-async def test_stream_is_retried_before_the_first_byte(
-    model: ChatZhipu, zhipu_fake: FakeZhipu
-) -> None:
-    zhipu_fake.inject(Fault.SERVER_ERROR)
-    text = "".join([str(c.content) async for c in model.astream("hi")])
-    assert text == "Echo: hi"
-    assert len(zhipu_fake.requests) == 2
-
-
-async def test_stream_refreshes_an_expired_token(
-    model: ChatZhipu, zhipu_fake: FakeZhipu, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ticks = itertools.count()
-    start = time.time()
-    monkeypatch.setattr(zhipu, "_now", lambda: start + next(ticks))
+@pytest.mark.usefixtures("ticking_clock")
+async def test_stream_refreshes_an_expired_token(model: ChatZhipu, zhipu_fake: FakeZhipu) -> None:
     zhipu_fake.inject(Fault.TOKEN_EXPIRED)
     text = "".join([str(c.content) async for c in model.astream("hi")])
     assert text == "Echo: hi"

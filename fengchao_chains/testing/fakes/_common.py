@@ -76,6 +76,14 @@ class Reply:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def usage(self) -> dict[str, int]:
+        """The usage in OpenAI's names, which most vendors use."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
 
 class StreamCut(Exception):
     """Raised inside a streaming body to drop the connection mid-stream."""
@@ -172,3 +180,53 @@ def bearer(headers: Any) -> str:
     """The token of an ``Authorization: Bearer`` header ('' if absent)."""
     value = str(headers.get("authorization", ""))
     return value[7:].strip() if value.lower().startswith("bearer ") else value.strip()
+
+
+def content_text(content: Any, *, block_type: str | None = None) -> str:
+    """A message's text: a string as is, content blocks' ``text`` joined (only blocks of
+    ``block_type`` when given); anything else is no text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(block.get("text", ""))
+            for block in content
+            if isinstance(block, dict) and (block_type is None or block.get("type") == block_type)
+        )
+    return ""
+
+
+def conversation(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """An OpenAI-style message list's whole text (for usage and the context window) and its
+    last user message's text (what the reply answers)."""
+    prompt = "\n".join(content_text(m.get("content")) for m in messages)
+    last_user = next(
+        (content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"),
+        "",
+    )
+    return prompt, last_user
+
+
+def answer_fault(fault: FaultSpec | None) -> FaultSpec | None:
+    """The fault that refuses the request itself; the stream faults (MID_STREAM_ERROR,
+    CUT_STREAM) strike later, inside the answer's stream."""
+    if fault is None or fault.fault in (Fault.MID_STREAM_ERROR, Fault.CUT_STREAM):
+        return None
+    return fault
+
+
+def stream_error_at(fault: FaultSpec | None, n: int) -> bool:
+    """Whether a stream fault strikes before piece ``n``: a CUT_STREAM raises
+    :class:`StreamCut` here; True means send the vendor's error event and end the stream."""
+    if fault is None or n != fault.after_chunks:
+        return False
+    if fault.fault is Fault.CUT_STREAM:
+        raise StreamCut
+    return fault.fault is Fault.MID_STREAM_ERROR
+
+
+def retry_after(fault: FaultSpec | None) -> dict[str, str]:
+    """The ``Retry-After`` header a scripted rate limit asks for (none if it names no wait)."""
+    if fault is None or fault.retry_after is None:
+        return {}
+    return {"retry-after": str(fault.retry_after)}

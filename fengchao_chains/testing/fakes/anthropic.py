@@ -28,11 +28,13 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
     bearer,
+    content_text,
     new_id,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
@@ -48,15 +50,8 @@ _REFUSALS = {
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(b.get("text", ""))
-            for b in content
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return ""
+    """A string, or the text of the ``text`` blocks (the only text Anthropic reads)."""
+    return content_text(content, block_type="text")
 
 
 def event(name: str, data: dict[str, Any]) -> str:
@@ -148,16 +143,11 @@ class FakeAnthropic(FakeVendor):
         if kind in (Fault.UNAUTHORIZED, Fault.TOKEN_EXPIRED):
             return self.error(401, "authentication_error", "invalid x-api-key")
         if kind is Fault.RATE_LIMITED:
-            headers = (
-                {"retry-after": str(fault.retry_after)}
-                if fault and fault.retry_after is not None
-                else {}
-            )
             return self.error(
                 429,
                 "rate_limit_error",
                 "Number of request tokens has exceeded your per-minute rate limit",
-                headers,
+                retry_after(fault),
             )
         if kind is Fault.SERVER_ERROR:
             return self.error(500, "api_error", "Internal server error")
@@ -276,13 +266,10 @@ class FakeAnthropic(FakeVendor):
         )
         yield event("ping", {"type": "ping"})
         for n, piece in enumerate(reply.pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    error = {"type": "overloaded_error", "message": "Overloaded"}
-                    yield event("error", {"type": "error", "error": error})
-                    return
+            if stream_error_at(fault, n):
+                error = {"type": "overloaded_error", "message": "Overloaded"}
+                yield event("error", {"type": "error", "error": error})
+                return
             delta = {"type": "text_delta", "text": piece}
             yield event(
                 "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}

@@ -37,11 +37,14 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
+    answer_fault,
     bearer,
+    conversation,
     new_id,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
 
@@ -90,14 +93,6 @@ class BotCall:
     usage: dict[str, Any]
     fault: FaultSpec | None
     request_id: str
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
 
 
 @dataclass
@@ -154,17 +149,12 @@ class FakeArk(FakeOpenAI):
                 {},
             )
         if kind is Fault.RATE_LIMITED:
-            headers = (
-                {"retry-after": str(fault.retry_after)}
-                if fault and fault.retry_after is not None
-                else {}
-            )
             return ArkFailure(
                 429,
                 "RateLimitExceeded.EndpointRPMExceeded",
                 "The Requests Per Minute (RPM) limit of the associated endpoint for your"
                 " account has been exceeded.",
-                headers,
+                retry_after(fault),
             )
         if kind is Fault.SERVER_ERROR:
             return ArkFailure(
@@ -197,15 +187,9 @@ class FakeArk(FakeOpenAI):
     def v3_error(self, failed: ArkFailure) -> Response:
         return self.error(failed.status, failed.message, "", failed.code, failed.headers)
 
-    async def stream(
-        self, completion_id: str, body: dict[str, Any], reply: Reply, fault: FaultSpec | None
-    ) -> AsyncIterator[str]:
-        """OpenAI's stream, with its mid-stream error chunk in Ark's words."""
-        async for event in super().stream(completion_id, body, reply, fault):
-            if event.startswith('data: {"error"'):
-                yield self.v3_error_chunk(self.mid_stream_failure())
-            else:
-                yield event
+    def mid_stream_error_chunk(self) -> str:
+        """The v3 chat stream's error chunk, in Ark's words (``mid_stream_code``)."""
+        return self.v3_error_chunk(self.mid_stream_failure())
 
     def v2_error(self, failed: ArkFailure) -> Response:
         rid = request_id()
@@ -239,12 +223,7 @@ class FakeArk(FakeOpenAI):
         planner_in, planner_out = self.planner_tokens
         return {
             "model_usage": [
-                {
-                    "name": f"ep-{bot_id}-answer",
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                    "total_tokens": reply.total_tokens,
-                },
+                {"name": f"ep-{bot_id}-answer", **reply.usage()},
                 {
                     "name": f"ep-{bot_id}-planner",
                     "prompt_tokens": planner_in,
@@ -325,12 +304,8 @@ class FakeArk(FakeOpenAI):
                 "The request failed because it is missing one or multiple required parameters.",
                 {},
             )
-        prompt = "\n".join(_text(m.get("content")) for m in messages)
-        last_user = next(
-            (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-        in_stream = fault is not None and fault.fault in (Fault.MID_STREAM_ERROR, Fault.CUT_STREAM)
-        failed = self.failure(None if in_stream else fault, prompt)
+        prompt, last_user = conversation(messages)
+        failed = self.failure(answer_fault(fault), prompt)
         if failed is not None:
             return failed
         params = (body.get("parameters") or {}) if path_bot_id else body
@@ -352,13 +327,7 @@ class FakeArk(FakeOpenAI):
 
     def stream_failure(self, fault: FaultSpec | None, n: int) -> ArkFailure | None:
         """Raise a cut, or return the error a stream sends as a chunk, at piece ``n``."""
-        if fault is None or n != fault.after_chunks:
-            return None
-        if fault.fault is Fault.CUT_STREAM:
-            raise StreamCut
-        if fault.fault is Fault.MID_STREAM_ERROR:
-            return self.mid_stream_failure()
-        return None
+        return self.mid_stream_failure() if stream_error_at(fault, n) else None
 
     def mid_stream_failure(self) -> ArkFailure:
         code = self.mid_stream_code

@@ -46,6 +46,7 @@ from fengchao_chains.testing.fakes._common import (
     bearer,
     new_id,
     paced,
+    retry_after,
 )
 
 ROLES = {"system", "user", "assistant"}
@@ -101,12 +102,9 @@ class FakeInternLM(FakeVendor):
         """The error answer for a scripted fault or a prompt over the context window."""
         kind = fault.fault if fault else None
         if kind is Fault.RATE_LIMITED:
-            extra = (
-                {"retry-after": str(fault.retry_after)}
-                if fault and fault.retry_after is not None
-                else {}
+            return self.error(
+                429, "Too Many Requests: rate limit exceeded", headers=retry_after(fault)
             )
-            return self.error(429, "Too Many Requests: rate limit exceeded", headers=extra)
         if kind in _HTTP_FAULTS:
             status, message = _HTTP_FAULTS[kind]
             return self.error(status, message)
@@ -167,11 +165,7 @@ class FakeInternLM(FakeVendor):
             ],
         }
         if self.send_usage:
-            data["usage"] = {
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-                "total_tokens": reply.total_tokens,
-            }
+            data["usage"] = reply.usage()
         answer = {"msgCode": "10000", "msg": "success", "data": data}
         if fault is not None and fault.fault is Fault.CUT_STREAM:
             return StreamingResponse(

@@ -24,10 +24,9 @@ import email.policy
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,12 +38,11 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
     bearer,
     count_tokens,
     new_id,
     paced,
-    sse_response,
+    retry_after,
 )
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
 
@@ -115,14 +113,6 @@ def parse_multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None
     return fields
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 @dataclass
 class FakeMoonshot(FakeOpenAI):
     """Moonshot's protocol; ``api_keys`` are the keys it accepts, ``files`` what is stored."""
@@ -135,6 +125,14 @@ class FakeMoonshot(FakeOpenAI):
         "file size is too large, max file size is 100MB, please confirm and re-upload the file"
     )
     files: dict[str, FakeFile] = field(default_factory=dict)
+
+    # Chat as Moonshot answers it (see the module docstring); FakeOpenAI does the rest.
+    id_prefix: ClassVar[str] = "cmpl-"
+    request_id_header: ClassVar[str] = "msh-request-id"
+    openai_fields: ClassVar[bool] = False
+    ensure_ascii: ClassVar[bool] = False
+    bad_json_message: ClassVar[str] = "Invalid request: invalid json body"
+    missing_message: ClassVar[str] = "Invalid request: messages and model are required"
 
     # ----------------------------------------------------------------- protocol details
 
@@ -168,11 +166,10 @@ class FakeMoonshot(FakeOpenAI):
             "ua": request.headers.get("user-agent", ""),
             "url": request.url.path,
         }
-        return JSONResponse(body, status_code=status, headers=self.id_header())
+        return JSONResponse(body, status_code=status, headers=self.id_headers())
 
-    @staticmethod
-    def id_header() -> dict[str, str]:
-        return {"msh-request-id": new_id("")}
+    def request_id(self) -> str:
+        return new_id("")
 
     def error(
         self,
@@ -184,22 +181,39 @@ class FakeMoonshot(FakeOpenAI):
     ) -> Response:
         body = {"error": {"message": message, "type": kind}}
         return JSONResponse(
-            body, status_code=status, headers={**self.id_header(), **(headers or {})}
+            body, status_code=status, headers={**self.id_headers(), **(headers or {})}
         )
+
+    def account_refusal(self, fault: FaultSpec | None) -> Response | None:
+        if self.exhausted and (fault is None or fault.fault is not Fault.UNAUTHORIZED):
+            return self.error(
+                429,
+                "Your account is suspended, please check your plan and billing details",
+                "exceeded_current_quota_error",
+            )
+        return None
+
+    def includes_usage(self, body: dict[str, Any]) -> bool:
+        return False  # no final usage chunk: the last chunk's choice carries the usage
+
+    def finish_chunk(self, base: dict[str, Any], extra: dict[str, Any], reply: Reply) -> str:
+        choice = self.choice("delta", {}, reply.finish_reason, usage=self.usage(reply))
+        return self.event({**base, "choices": [choice], **extra})
+
+    def mid_stream_error_chunk(self) -> str:
+        error = {"error": {"message": "server error, please retry", "type": "server_error"}}
+        return f"data: {json.dumps(error)}\n\n"
 
     def fault_response(self, fault: FaultSpec | None, prompt: str) -> Response | None:
         kind = fault.fault if fault else None
         if kind in (Fault.UNAUTHORIZED, Fault.TOKEN_EXPIRED):
             return self.error(401, "Invalid Authentication", "invalid_authentication_error")
         if kind is Fault.RATE_LIMITED:
-            headers = {}
-            if fault and fault.retry_after is not None:
-                headers["retry-after"] = str(fault.retry_after)
             return self.error(
                 429,
                 "Your account request reached organization max RPM: 3, please try again later",
                 "rate_limit_reached_error",
-                headers=headers,
+                headers=retry_after(fault),
             )
         if kind is Fault.SERVER_ERROR:
             return self.error(500, "server error, please try again later", "server_error")
@@ -218,98 +232,6 @@ class FakeMoonshot(FakeOpenAI):
                 "invalid_request_error",
             )
         return None
-
-    # ----------------------------------------------------------------- chat
-
-    async def chat(self, request: Request) -> Response:
-        token = bearer(request.headers)
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return self.error(400, "Invalid request: invalid json body", "invalid_request_error")
-        self.record(body=body, headers=dict(request.headers), path=request.url.path, method="POST")
-        fault = self.next_fault()
-        await paced(fault)
-        if token not in self.api_keys:
-            fault = FaultSpec(Fault.UNAUTHORIZED)
-        messages = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(messages, list) or not messages or "model" not in body:
-            return self.error(
-                400, "Invalid request: messages and model are required", "invalid_request_error"
-            )
-        if self.exhausted and (fault is None or fault.fault is not Fault.UNAUTHORIZED):
-            return self.error(
-                429,
-                "Your account is suspended, please check your plan and billing details",
-                "exceeded_current_quota_error",
-            )
-        prompt = "\n".join(_text(m.get("content")) for m in messages)
-        last_user = next(
-            (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-        chat_only = fault and fault.fault not in (Fault.MID_STREAM_ERROR, Fault.CUT_STREAM)
-        failed = self.fault_response(fault if chat_only else None, prompt)
-        if failed is not None:
-            return failed
-        reply = self.compose(
-            prompt, last_user, max_tokens=body.get("max_tokens"), stop=body.get("stop")
-        )
-        completion_id = new_id("cmpl-")
-        if body.get("stream"):
-            events = self.stream(completion_id, body, reply, fault)
-            return sse_response(events, headers=self.id_header())
-        answer = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
-            "usage": self.usage(reply),
-        }
-        return JSONResponse(answer, headers=self.id_header())
-
-    async def stream(
-        self, completion_id: str, body: dict[str, Any], reply: Reply, fault: FaultSpec | None
-    ) -> AsyncIterator[str]:
-        base = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": body["model"],
-        }
-
-        def chunk(choice: dict[str, Any]) -> str:
-            return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
-
-        yield chunk(
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        )
-        for n, piece in enumerate(reply.pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    error = {
-                        "error": {"message": "server error, please retry", "type": "server_error"}
-                    }
-                    yield f"data: {json.dumps(error)}\n\n"
-                    return
-            yield chunk({"index": 0, "delta": {"content": piece}, "finish_reason": None})
-        yield chunk(
-            {
-                "index": 0,
-                "delta": {},
-                "finish_reason": reply.finish_reason,
-                "usage": self.usage(reply),
-            }
-        )
-        yield "data: [DONE]\n\n"
 
     # ----------------------------------------------------------------- files
 
@@ -358,7 +280,7 @@ class FakeMoonshot(FakeOpenAI):
         if suffix == ".pdf" and not data.startswith(b"%PDF"):
             stored.status, stored.status_details = "error", "failed to parse the pdf file"
         self.files[stored.id] = stored
-        return JSONResponse(stored.info(), headers=self.id_header())
+        return JSONResponse(stored.info(), headers=self.id_headers())
 
     def _refusal(
         self, part: tuple[str | None, str, bytes] | None, purpose: str | None, filename: str
@@ -393,26 +315,27 @@ class FakeMoonshot(FakeOpenAI):
         if failed is not None:
             return failed
         data = [f.info() for f in self.files.values()]
-        return JSONResponse({"object": "list", "data": data}, headers=self.id_header())
+        return JSONResponse({"object": "list", "data": data}, headers=self.id_headers())
+
+    async def _stored(self, request: Request) -> FakeFile | Response:
+        """The file a ``/files/{file_id}`` route names, after auth and scripted faults (or
+        the error answer)."""
+        file_id = request.path_params["file_id"]
+        failed = await self._file_call(request, file_id=file_id)
+        if failed is not None:
+            return failed
+        return self.files.get(file_id) or self._not_found(file_id)
 
     async def file_info(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        failed = await self._file_call(request, file_id=file_id)
-        if failed is not None:
-            return failed
-        stored = self.files.get(file_id)
-        if stored is None:
-            return self._not_found(file_id)
-        return JSONResponse(stored.info(), headers=self.id_header())
+        stored = await self._stored(request)
+        if isinstance(stored, Response):
+            return stored
+        return JSONResponse(stored.info(), headers=self.id_headers())
 
     async def file_content(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        failed = await self._file_call(request, file_id=file_id)
-        if failed is not None:
-            return failed
-        stored = self.files.get(file_id)
-        if stored is None:
-            return self._not_found(file_id)
+        stored = await self._stored(request)
+        if isinstance(stored, Response):
+            return stored
         if stored.purpose != "file-extract":
             return self.error(
                 400, "Invalid request: file purpose is not file-extract", "invalid_request_error"
@@ -428,14 +351,13 @@ class FakeMoonshot(FakeOpenAI):
             "title": "",
             "type": "file",
         }
-        return JSONResponse(content, headers=self.id_header())
+        return JSONResponse(content, headers=self.id_headers())
 
     async def delete_file(self, request: Request) -> Response:
+        stored = await self._stored(request)
+        if isinstance(stored, Response):
+            return stored
         file_id = request.path_params["file_id"]
-        failed = await self._file_call(request, file_id=file_id)
-        if failed is not None:
-            return failed
-        if self.files.pop(file_id, None) is None:
-            return self._not_found(file_id)
+        self.files.pop(file_id, None)
         body = {"id": file_id, "object": "file", "deleted": True}
-        return JSONResponse(body, headers=self.id_header())
+        return JSONResponse(body, headers=self.id_headers())

@@ -4,7 +4,8 @@ Bearer auth; the JSON answer and ``data: {chunk}`` ... ``data: [DONE]`` stream o
 OpenAI SDK, with the extra usage chunk (empty ``choices``) when the request sets
 ``stream_options.include_usage``; OpenAI's error bodies and status codes.
 Subclasses reuse it for OpenAI-compatible vendors (Ark v3, Moonshot) by changing the prefix
-and a few hooks.
+and the hooks below: the request id, the answer's OpenAI-only fields, usage in streams and
+the error bodies (also the one a stream sends mid-way).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,20 +26,15 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
+    answer_fault,
     bearer,
+    conversation,
     new_id,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
 
 
 @dataclass
@@ -48,10 +44,25 @@ class FakeOpenAI(FakeVendor):
     api_keys: set[str] = field(default_factory=lambda: {"sk-test"})
     prefix: str = "/v1"
 
+    id_prefix: ClassVar[str] = "chatcmpl-"
+    request_id_header: ClassVar[str] = "x-request-id"
+    openai_fields: ClassVar[bool] = True
+    """Whether answers carry OpenAI's ``system_fingerprint`` and ``logprobs``."""
+    ensure_ascii: ClassVar[bool] = True
+    """How stream chunks encode non-ASCII text (OpenAI escapes it)."""
+    bad_json_message: ClassVar[str] = "We could not parse the JSON body of your request."
+    missing_message: ClassVar[str] = "'messages' and 'model' are required."
+
     # ----------------------------------------------------------------- hooks for subclasses
 
     def routes(self) -> list[Route]:
         return [Route(f"{self.prefix}/chat/completions", self.chat, methods=["POST"])]
+
+    def request_id(self) -> str:
+        return new_id("req_")
+
+    def id_headers(self) -> dict[str, str]:
+        return {self.request_id_header: self.request_id()}
 
     def error(
         self,
@@ -62,23 +73,37 @@ class FakeOpenAI(FakeVendor):
         headers: dict[str, str] | None = None,
     ) -> Response:
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-        headers = {"x-request-id": new_id("req_"), **(headers or {})}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(
+            body, status_code=status, headers={**self.id_headers(), **(headers or {})}
+        )
+
+    def account_refusal(self, fault: FaultSpec | None) -> Response | None:
+        """A refusal of the account, before any fault but a wrong key (none here)."""
+        return None
 
     def usage(self, reply: Reply) -> dict[str, int]:
-        return {
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.total_tokens,
-        }
+        return reply.usage()
+
+    def includes_usage(self, body: dict[str, Any]) -> bool:
+        """Whether a stream ends with the usage chunk: OpenAI sends it only when asked."""
+        return bool((body.get("stream_options") or {}).get("include_usage"))
 
     def final_usage_chunks(
         self, base: dict[str, Any], reply: Reply, body: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        """OpenAI sends usage in an extra chunk only when asked."""
-        if not (body.get("stream_options") or {}).get("include_usage"):
+        if not self.includes_usage(body):
             return []
         return [{**base, "choices": [], "usage": self.usage(reply)}]
+
+    def finish_chunk(self, base: dict[str, Any], extra: dict[str, Any], reply: Reply) -> str:
+        choice = self.choice("delta", {}, reply.finish_reason)
+        return self.event({**base, "choices": [choice], **extra})
+
+    def mid_stream_error_chunk(self) -> str:
+        """The event a stream sends when it fails after it began (MID_STREAM_ERROR)."""
+        message = "The server had an error while processing your request."
+        error = {"message": message, "type": "server_error", "param": None, "code": None}
+        return f"data: {json.dumps({'error': error})}\n\n"
 
     # ----------------------------------------------------------------- the app
 
@@ -97,13 +122,12 @@ class FakeOpenAI(FakeVendor):
                 "invalid_api_key",
             )
         if kind is Fault.RATE_LIMITED:
-            headers = (
-                {"retry-after": str(fault.retry_after)}
-                if fault and fault.retry_after is not None
-                else {}
-            )
             return self.error(
-                429, "Rate limit reached for requests.", "requests", "rate_limit_exceeded", headers
+                429,
+                "Rate limit reached for requests.",
+                "requests",
+                "rate_limit_exceeded",
+                retry_after(fault),
             )
         if kind is Fault.SERVER_ERROR:
             return self.error(
@@ -132,57 +156,38 @@ class FakeOpenAI(FakeVendor):
         try:
             body = json.loads(raw)
         except ValueError:
-            return self.error(
-                400,
-                "We could not parse the JSON body of your request.",
-                "invalid_request_error",
-                None,
-            )
+            return self.error(400, self.bad_json_message, "invalid_request_error", None)
         peer = f"{request.client.host}:{request.client.port}" if request.client else ""
-        self.record(body=body, headers=dict(request.headers), path=request.url.path, peer=peer)
+        self.record(
+            body=body,
+            headers=dict(request.headers),
+            path=request.url.path,
+            method="POST",
+            peer=peer,
+        )
         fault = self.next_fault()
         await paced(fault)
         if token not in self.api_keys:
             fault = FaultSpec(Fault.UNAUTHORIZED)
-        messages = body.get("messages")
+        messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages or "model" not in body:
-            return self.error(
-                400, "'messages' and 'model' are required.", "invalid_request_error", None
-            )
-        prompt = "\n".join(_text(m.get("content")) for m in messages)
-        last_user = next(
-            (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
-        failed = self.fault_response(
-            fault
-            if fault and fault.fault not in (Fault.MID_STREAM_ERROR, Fault.CUT_STREAM)
-            else None,
-            prompt,
-        )
+            return self.error(400, self.missing_message, "invalid_request_error", None)
+        prompt, last_user = conversation(messages)
+        failed = self.account_refusal(fault) or self.fault_response(answer_fault(fault), prompt)
         if failed is not None:
             return failed
         reply = self.compose(
             prompt, last_user, max_tokens=body.get("max_tokens"), stop=body.get("stop")
         )
-        headers = {"x-request-id": new_id("req_")}
-        completion_id = new_id("chatcmpl-")
+        headers = self.id_headers()
+        completion_id = new_id(self.id_prefix)
         if body.get("stream"):
             events = self.stream(completion_id, body, reply, fault)
             return sse_response(events, headers=headers)
+        message = {"role": "assistant", "content": reply.text}
         answer = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "system_fingerprint": "fp_fake",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
-                    "logprobs": None,
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
+            **self.head(completion_id, body, "chat.completion"),
+            "choices": [self.choice("message", message, reply.finish_reason)],
             "usage": self.usage(reply),
         }
         return JSONResponse(answer, headers=headers)
@@ -190,42 +195,45 @@ class FakeOpenAI(FakeVendor):
     async def stream(
         self, completion_id: str, body: dict[str, Any], reply: Reply, fault: FaultSpec | None
     ) -> AsyncIterator[str]:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        base = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": body["model"],
-            "system_fingerprint": "fp_fake",
-        }
-        extra = {"usage": None} if include_usage else {}
+        base = self.head(completion_id, body, "chat.completion.chunk")
+        extra = {"usage": None} if self.includes_usage(body) else {}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
+        def chunk(delta: dict[str, Any]) -> str:
+            return self.event({**base, "choices": [self.choice("delta", delta, None)], **extra})
 
         yield chunk({"role": "assistant", "content": ""})
         for n, piece in enumerate(reply.pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    error = {
-                        "error": {
-                            "message": "The server had an error while processing your request.",
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                    yield f"data: {json.dumps(error)}\n\n"
-                    return
+            if stream_error_at(fault, n):
+                yield self.mid_stream_error_chunk()
+                return
             yield chunk({"content": piece})
         yield self.finish_chunk(base, extra, reply)
         for final in self.final_usage_chunks(base, reply, body):
             yield f"data: {json.dumps(final)}\n\n"
         yield "data: [DONE]\n\n"
 
-    def finish_chunk(self, base: dict[str, Any], extra: dict[str, Any], reply: Reply) -> str:
-        choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}
-        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
+    # ----------------------------------------------------------------- rendering
+
+    def head(self, completion_id: str, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The fields an answer or a stream chunk starts with."""
+        head = {
+            "id": completion_id,
+            "object": kind,
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        if self.openai_fields:
+            head["system_fingerprint"] = "fp_fake"
+        return head
+
+    def choice(
+        self, part: str, content: dict[str, Any], finish: str | None, **extra: Any
+    ) -> dict[str, Any]:
+        """A choice carrying ``content`` as its ``message`` or ``delta`` (``part``)."""
+        choice: dict[str, Any] = {"index": 0, part: content}
+        if self.openai_fields:
+            choice["logprobs"] = None
+        return {**choice, "finish_reason": finish, **extra}
+
+    def event(self, data: dict[str, Any]) -> str:
+        return f"data: {json.dumps(data, ensure_ascii=self.ensure_ascii)}\n\n"

@@ -41,9 +41,10 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
 
 CHAT_ROUTE = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{endpoint}"
@@ -219,12 +220,9 @@ class FakeQianfan(FakeVendor):
                 _qianfan_error(6, "No permission to access data", answer_id=answer_id)
             )
         if kind is Fault.RATE_LIMITED:
-            headers = {}
-            if fault is not None and fault.retry_after is not None:
-                headers["retry-after"] = str(fault.retry_after)
             return JSONResponse(
                 _qianfan_error(18, "Open api qps request limit reached", answer_id=answer_id),
-                headers=headers,
+                headers=retry_after(fault),
             )
         if kind is Fault.SERVER_ERROR:
             return JSONResponse(_qianfan_error(336000, "Internal error", answer_id=answer_id))
@@ -261,13 +259,10 @@ class FakeQianfan(FakeVendor):
             yield event(0, "", end=True)
             return
         for n, piece in enumerate(reply.pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    error = _qianfan_error(336000, "Internal error", answer_id=answer_id)
-                    yield f"data: {json.dumps(error)}\n\n"
-                    return
+            if stream_error_at(fault, n):
+                error = _qianfan_error(336000, "Internal error", answer_id=answer_id)
+                yield f"data: {json.dumps(error)}\n\n"
+                return
             yield event(n, piece, end=False)
         yield event(len(reply.pieces), "", end=True)
 

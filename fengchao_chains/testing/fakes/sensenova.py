@@ -35,12 +35,13 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
     bearer,
     count_tokens,
     new_id,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
 
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, INTERNAL, UNAUTHENTICATED = 3, 8, 13, 16
@@ -137,9 +138,7 @@ class FakeSenseNova(FakeVendor):
         if kind is Fault.TOKEN_EXPIRED:
             return self.error(401, UNAUTHENTICATED, "unauthenticated: token expired")
         if kind is Fault.RATE_LIMITED:
-            retry = fault.retry_after if fault else None
-            headers = {"Retry-After": str(retry)} if retry is not None else {}
-            return self.error(429, RESOURCE_EXHAUSTED, "rate limit exceeded", headers)
+            return self.error(429, RESOURCE_EXHAUSTED, "rate limit exceeded", retry_after(fault))
         if kind is Fault.SERVER_ERROR:
             return self.error(500, INTERNAL, "internal error")
         if kind is Fault.CONTEXT_TOO_LONG:
@@ -238,12 +237,9 @@ class FakeSenseNova(FakeVendor):
     async def stream(self, answer: _Answer, fault: FaultSpec | None) -> AsyncIterator[str]:
         pieces = [] if answer.filtered else answer.reply.pieces
         for n, piece in enumerate(pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    yield f"data:{_dumps(error_body(INTERNAL, 'internal error'))}\n\n"
-                    return
+            if stream_error_at(fault, n):
+                yield f"data:{_dumps(error_body(INTERNAL, 'internal error'))}\n\n"
+                return
             yield answer.chunk(piece, "", n + 1, final=False)
         finish = "sensitive" if answer.filtered else answer.reply.finish_reason
         yield answer.chunk("", finish, len(pieces), final=True)

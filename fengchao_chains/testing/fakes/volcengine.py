@@ -36,9 +36,11 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
+    answer_fault,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
 
 FAKE_ACCESS_KEY = "AKLTfakeaccesskey"
@@ -176,9 +178,8 @@ class FakeVolcengineMaas(FakeVendor):
 
     def fault_response(self, fault: FaultSpec | None, prompt: str, req_id: str) -> Response | None:
         kind = fault.fault if fault else None
-        if kind is Fault.RATE_LIMITED and fault and fault.retry_after is not None:
-            headers = {"retry-after": str(fault.retry_after)}
-            return self.error(RATE_LIMITED, req_id=req_id, headers=headers)
+        if kind is Fault.RATE_LIMITED:
+            return self.error(RATE_LIMITED, req_id=req_id, headers=retry_after(fault))
         if kind in FAULT_ERRORS:
             return self.error(FAULT_ERRORS[kind], req_id=req_id)
         if kind is Fault.CONTEXT_TOO_LONG or self.too_long(prompt):
@@ -215,8 +216,7 @@ class FakeVolcengineMaas(FakeVendor):
             (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"),
             "",
         )
-        streaming_fault = fault and fault.fault in (Fault.MID_STREAM_ERROR, Fault.CUT_STREAM)
-        failed = self.fault_response(None if streaming_fault else fault, prompt, req_id)
+        failed = self.fault_response(answer_fault(fault), prompt, req_id)
         if failed is not None:
             return failed
         parameters: dict[str, Any] = body.get("parameters") or {}
@@ -235,30 +235,20 @@ class FakeVolcengineMaas(FakeVendor):
                 "message": {"role": "assistant", "content": reply.text},
                 "finish_reason": reply.finish_reason,
             },
-            "usage": self.usage(reply),
+            "usage": reply.usage(),
         }
         return JSONResponse(answer)
-
-    def usage(self, reply: Reply) -> dict[str, int]:
-        return {
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.total_tokens,
-        }
 
     async def stream(
         self, req_id: str, reply: Reply, fault: FaultSpec | None
     ) -> AsyncIterator[str]:
         pieces = reply.pieces or [""]
         for n, piece in enumerate(pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    _, code, code_n, message = INTERNAL
-                    error = {"code": code, "code_n": code_n, "message": message}
-                    yield f"data:{json.dumps({'req_id': req_id, 'error': error})}\n\n"
-                    return
+            if stream_error_at(fault, n):
+                _, code, code_n, message = INTERNAL
+                error = {"code": code, "code_n": code_n, "message": message}
+                yield f"data:{json.dumps({'req_id': req_id, 'error': error})}\n\n"
+                return
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": piece},
@@ -266,6 +256,6 @@ class FakeVolcengineMaas(FakeVendor):
             chunk: dict[str, Any] = {"req_id": req_id, "choice": choice}
             if n == len(pieces) - 1:
                 choice["finish_reason"] = reply.finish_reason
-                chunk["usage"] = self.usage(reply)
+                chunk["usage"] = reply.usage()
             yield f"data:{json.dumps(chunk, ensure_ascii=False)}\n\n"
         yield "data:[DONE]\n\n"

@@ -37,9 +37,11 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
-    StreamCut,
+    conversation,
     paced,
+    retry_after,
     sse_response,
+    stream_error_at,
 )
 
 PREFIX = "/api/paas/v4"
@@ -65,14 +67,6 @@ MESSAGES = {
 
 def _unb64(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
 
 
 def _task_id() -> str:
@@ -185,8 +179,8 @@ class FakeZhipu(FakeVendor):
         if coded is not None:
             raise Refusal(*coded)
         kind = fault.fault if fault else None
-        if kind is Fault.RATE_LIMITED and fault and fault.retry_after is not None:
-            raise Refusal(429, "1302", headers={"retry-after": str(fault.retry_after)})
+        if kind is Fault.RATE_LIMITED:
+            raise Refusal(429, "1302", headers=retry_after(fault))
         if kind in _FAULT_CODES:
             raise Refusal(*_FAULT_CODES[kind])
         if self.too_long(prompt):
@@ -220,13 +214,10 @@ class FakeZhipu(FakeVendor):
         try:
             self.check_auth(request.headers.get("authorization", ""))
             messages = self.check_body(body)
-            prompt = "\n".join(_text(m.get("content")) for m in messages)
+            prompt, last_user = conversation(messages)
             self.check_faults(fault, prompt)
         except Refusal as refusal:
             return self.error(refusal)
-        last_user = next(
-            (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
         reply = self.compose(
             prompt, last_user, max_tokens=body.get("max_tokens"), stop=body.get("stop")
         )
@@ -246,17 +237,9 @@ class FakeZhipu(FakeVendor):
                         "message": {"role": "assistant", "content": reply.text},
                     }
                 ],
-                "usage": self.usage(reply),
+                "usage": reply.usage(),
             }
         )
-
-    @staticmethod
-    def usage(reply: Reply) -> dict[str, int]:
-        return {
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.total_tokens,
-        }
 
     async def stream(
         self, task_id: str, body: dict[str, Any], reply: Reply, fault: FaultSpec | None
@@ -270,13 +253,10 @@ class FakeZhipu(FakeVendor):
             return {"role": "assistant", "content": content}
 
         for n, piece in enumerate(reply.pieces):
-            if fault and n == fault.after_chunks:
-                if fault.fault is Fault.CUT_STREAM:
-                    raise StreamCut
-                if fault.fault is Fault.MID_STREAM_ERROR:
-                    yield event({"error": {"code": "500", "message": MESSAGES["500"]}})
-                    return
+            if stream_error_at(fault, n):
+                yield event({"error": {"code": "500", "message": MESSAGES["500"]}})
+                return
             yield event({**base, "choices": [{"index": 0, "delta": delta(piece)}]})
         finish = {"index": 0, "finish_reason": reply.finish_reason, "delta": delta("")}
-        yield event({**base, "choices": [finish], "usage": self.usage(reply)})
+        yield event({**base, "choices": [finish], "usage": reply.usage()})
         yield "data: [DONE]\n\n"
