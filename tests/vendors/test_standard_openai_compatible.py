@@ -7,7 +7,7 @@ from typing import Any
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
+from fengchao_chains.llms.openai_compatible import ChatOpenAI, ChatOpenAICompatible
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from tests.vendors.standard import shared_fake
 
@@ -28,6 +28,14 @@ class TestOpenAICompatibleUnit(ChatModelUnitTests):
             {"model": "gpt-3.5-turbo"},
             {"api_key": "sk-env", "base_url": "http://example.invalid/v1"},
         )
+
+
+class TestOpenAIUnit(TestOpenAICompatibleUnit):
+    """OpenAI itself: the same protocol under the vendor name ``openai``."""
+
+    @property
+    def chat_model_class(self) -> type[ChatOpenAI]:
+        return ChatOpenAI
 
 
 class TestOpenAICompatibleIntegration(ChatModelIntegrationTests):
