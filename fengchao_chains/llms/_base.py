@@ -28,7 +28,7 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from fengchao_chains.llms import _http
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
@@ -197,6 +197,23 @@ class VendorChatModel(BaseChatModel):
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """A client of your own (proxies, certificates); default: the shared pool."""
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_from_model_kwargs(cls, values: Any) -> Any:
+        """A catalog card can only carry ``model_kwargs``, so a key there that names one of
+        the class's own settings (``bot_api``, ``stream_usage``, ``delete_files_after_use``,
+        ``timeout``, ...) sets that setting instead of being sent to the vendor. A setting
+        given directly wins."""
+        if not isinstance(values, dict) or not isinstance(values.get("model_kwargs"), dict):
+            return values
+        extra = dict(values["model_kwargs"])
+        given = {n for n, f in cls.model_fields.items() if n in values or f.alias in values}
+        for name in [k for k in extra if k in cls.model_fields and k != "model_kwargs"]:
+            value = extra.pop(name)
+            if name not in given:
+                values = {**values, name: value}
+        return {**values, "model_kwargs": extra}
 
     # ------------------------------------------------------------------ vendor hooks
 

@@ -3,6 +3,7 @@ every vendor shares is in ``test_contract.py``, run for the chat and both bot ro
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,29 @@ def test_catalog_overrides_win(catalog: tuple[Catalog, Settings], fake: FakeArk)
         get_chat_model("Skylark2-pro-4k", catalog=cards, settings=settings, api_key="nope").invoke(
             "hi"
         )
+
+
+def test_a_card_sets_class_settings_through_model_kwargs(
+    tmp_path: Path, base: str, fake: FakeArk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog card only has ``model_kwargs``: a key there naming a setting of the class
+    (``bot_api``) sets it instead of travelling to the vendor."""
+    extra = tmp_path / "bot.toml"
+    extra.write_text(
+        f'[models."v2-bot"]\nowned_by = "Volcengine"\nvendor = "ark_bot"\n'
+        f'vendor_model = "{BOT}"\nchannel = "在线模型"\nmax_input_token = 4096\n'
+        'max_output_token = 1024\nin_price = 0\nout_price = 0\nunit = "CNY"\n'
+        'model_kwargs = { bot_api = "v2", top_k = 3 }\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("ARK_API_KEY", "ark-test-key")
+    monkeypatch.setenv("ARK_BASE_URL", base)
+    settings = load_settings()
+    cards = load_catalog([*settings.catalog_files, extra])
+    model = get_chat_model("v2-bot", catalog=cards, settings=settings)
+    assert model.invoke("hi").content == "Echo: hi"
+    assert fake.last_request["path"] == f"/api/v2/bots/{BOT}/chat"
+    assert "bot_api" not in json.dumps(fake.last_request["body"])
 
 
 def test_env_vars_configure_the_classes(
