@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -80,3 +81,32 @@ def test_compatible_endpoint_is_a_catalog_entry(
     assert chat.invoke("hi").content == "Echo: hi"
     assert openai_fake.last_request["body"]["model"] == "served-model"
     assert openai_fake.last_request["headers"]["authorization"] == "Bearer sk-test"
+
+
+async def test_clients_of_your_own_are_used(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    """``http_client`` / ``http_async_client`` replace the shared pool (proxies, headers)."""
+    with httpx.Client(headers={"x-corporate-proxy": "sync"}) as client:
+        own = model.model_copy(update={"http_client": client})
+        assert own.invoke("hi").content == "Echo: hi"
+        assert "".join(str(c.content) for c in own.stream("hi")) == "Echo: hi"
+    assert [r["headers"].get("x-corporate-proxy") for r in openai_fake.requests] == ["sync"] * 2
+    async with httpx.AsyncClient(headers={"x-corporate-proxy": "async"}) as aclient:
+        own = model.model_copy(update={"http_async_client": aclient})
+        assert (await own.ainvoke("hi")).content == "Echo: hi"
+        assert "".join([str(c.content) async for c in own.astream("hi")]) == "Echo: hi"
+    assert [r["headers"].get("x-corporate-proxy") for r in openai_fake.requests[2:]] == [
+        "async"
+    ] * 2
+
+
+def test_stream_usage_can_be_turned_off(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    """For servers that reject ``stream_options``; usage is then simply absent."""
+    quiet = model.model_copy(update={"stream_usage": False})
+    chunks = list(quiet.stream("hi"))
+    assert "stream_options" not in openai_fake.last_request["body"]
+    assert not any(c.usage_metadata for c in chunks)
+    assert chunks[-1].response_metadata["finish_reason"] == "stop"
