@@ -1,40 +1,86 @@
-"""Support for running langchain-tests' standard suites against the fake vendors."""
+"""langchain-tests' standard suites, run for every vendor class from its test harness.
+
+A vendor's ``test_standard_<vendor>.py`` subclasses the two bases below, naming its
+:class:`~tests.vendors.harness.VendorHarness`, the environment ``test_init_from_env`` sets
+and the model a per-call ``model=`` switches to; the class, the credentials and the fake
+come from the harness, so they are the same ones the contract suite uses.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
 
 from fengchao_chains.testing.fakes._common import FakeVendor
 from fengchao_chains.testing.serve import serve_in_thread
+from tests.vendors.harness import VendorHarness
 
 _servers: dict[str, tuple[FakeVendor, str]] = {}
 _stack = contextlib.ExitStack()
 
+EnvParams = tuple[dict[str, str], dict[str, Any], dict[str, Any]]
 
-def shared_fake(name: str, factory: Callable[[], FakeVendor]) -> tuple[FakeVendor, str]:
-    """A fake served once per test session (langchain-tests builds the model from class
-    properties, so the server cannot be a function-scoped fixture)."""
-    if name not in _servers:
-        fake = factory()
+
+def shared_fake(harness: VendorHarness) -> tuple[FakeVendor, str]:
+    """The harness's fake, served once per test session (langchain-tests builds the model
+    from class properties, so the server cannot be a function-scoped fixture)."""
+    if harness.server not in _servers:
+        fake = harness.make_fake()
         app: Any = fake.app  # type: ignore[attr-defined]
         url = _stack.enter_context(serve_in_thread(app))
-        _servers[name] = (fake, url)
-    return _servers[name]
+        _servers[harness.server] = (fake, url)
+    return _servers[harness.server]
 
 
-NO_EXTRA_FEATURES: dict[str, bool] = {
-    "has_tool_calling": False,
-    "has_tool_choice": False,
-    "has_structured_output": False,
-    "supports_json_mode": False,
-    "supports_image_inputs": False,
-    "supports_image_urls": False,
-    "supports_pdf_inputs": False,
-    "supports_audio_inputs": False,
-    "supports_video_inputs": False,
-    "supports_anthropic_inputs": False,
-    "supports_image_tool_message": False,
-    "supports_pdf_tool_message": False,
-}
+class VendorUnitTests(ChatModelUnitTests):
+    """``ChatModelUnitTests`` for ``harness.chat_class``."""
+
+    harness: ClassVar[VendorHarness]
+    env: ClassVar[EnvParams]
+    """``init_from_env_params``: env vars, constructor arguments, expected attributes."""
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return self.harness.chat_class
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return dict(self.harness.credentials)
+
+    @property
+    def init_from_env_params(self) -> EnvParams:
+        return self.env
+
+
+class VendorIntegrationTests(ChatModelIntegrationTests):
+    """``ChatModelIntegrationTests`` for ``harness.chat_class`` against its fake. The models
+    are text only: no tool calling, no structured output."""
+
+    harness: ClassVar[VendorHarness]
+    override_model: ClassVar[str]
+    """What ``test_*_with_model_override`` switches to with a per-call ``model=``."""
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return self.harness.chat_class
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        _, url = shared_fake(self.harness)
+        return {**self.harness.credentials, "base_url": self.harness.base_url(url)}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+    @property
+    def model_override_value(self) -> str:
+        return self.override_model

@@ -11,13 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.integration_tests import chat_models as integration_module
-from langchain_tests.unit_tests import ChatModelUnitTests
 
-from fengchao_chains.llms.moonshot import ChatMoonshot
-from fengchao_chains.testing.fakes.moonshot import FakeMoonshot
-from tests.vendors.standard import shared_fake
+from tests.vendors.harness import MOONSHOT
+from tests.vendors.standard import VendorIntegrationTests, VendorUnitTests, shared_fake
 
 SAMPLE_PDF = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
@@ -43,51 +40,24 @@ def local_sample_pdf(request: pytest.FixtureRequest) -> Iterator[None]:
         patch.setattr(integration_module, "httpx", SimpleNamespace(get=get))
         yield
     assert fetched, "the PDF test no longer downloads its sample; drop this fixture"
-    fake, _ = shared_fake("moonshot", FakeMoonshot)
+    fake, _ = shared_fake(MOONSHOT)
     uploads = [r for r in fake.requests if r.get("method") == "POST" and "/files" in r["path"]]
     assert {r["filename"] for r in uploads[-2:]} == {"document.pdf", "test_file.pdf"}
 
 
-class TestMoonshotUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatMoonshot]:
-        return ChatMoonshot
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return {"model": "moonshot-v1-8k", "api_key": "sk-unit"}
-
-    @property
-    def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
-        return (
-            {"MOONSHOT_API_KEY": "sk-env", "MOONSHOT_BASE_URL": "http://example.invalid/v1"},
-            {"model": "moonshot-v1-8k"},
-            {"api_key": "sk-env", "base_url": "http://example.invalid/v1"},
-        )
+class TestMoonshotUnit(VendorUnitTests):
+    harness = MOONSHOT
+    env = (
+        {"MOONSHOT_API_KEY": "sk-env", "MOONSHOT_BASE_URL": "http://example.invalid/v1"},
+        {"model": "moonshot-v1-8k"},
+        {"api_key": "sk-env", "base_url": "http://example.invalid/v1"},
+    )
 
 
-class TestMoonshotIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatMoonshot]:
-        return ChatMoonshot
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        _, url = shared_fake("moonshot", FakeMoonshot)
-        return {"model": "moonshot-v1-8k", "api_key": "sk-test", "base_url": f"{url}/v1"}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
+class TestMoonshotIntegration(VendorIntegrationTests):
+    harness = MOONSHOT
+    override_model = "moonshot-v1-32k"
 
     @property
     def supports_pdf_inputs(self) -> bool:
         return True
-
-    @property
-    def model_override_value(self) -> str:
-        return "moonshot-v1-32k"
