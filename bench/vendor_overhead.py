@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import itertools
 import json
 import subprocess
@@ -47,16 +48,28 @@ from tests.vendor_sdks import sdk_python  # noqa: E402
 QUESTION = "Summarise the benefits of connection pooling in one short sentence."
 
 SDK_TIMER = """
+from __future__ import annotations
 import json, time
 {setup}
-def timed(fn, calls):
-    for _ in range(20):
-        fn()
-    started = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - started) / calls
-print(json.dumps({{"invoke": timed(invoke, {calls}), "stream": timed(stream, {calls})}}))
+{timed}
+print(json.dumps({{"invoke": _timed(invoke, {calls}), "stream": _timed(stream, {calls})}}))
+"""
+"""The SDK's run: its setup, then the same ``_timed`` loop as ours (its source is sent)."""
+
+
+def _openai_style_sdk(client: str, model: str, *, include_usage: bool) -> str:
+    """The setup for an SDK with OpenAI's client shape (openai itself for OpenAI and
+    Moonshot, and Ark's runtime); ``client`` constructs it."""
+    options = ', stream_options={"include_usage": True}' if include_usage else ""
+    return f"""
+{client}
+MESSAGES = [{{"role": "user", "content": QUESTION}}]
+def invoke():
+    client.chat.completions.create(model={model!r}, messages=MESSAGES)
+def stream():
+    for _ in client.chat.completions.create(model={model!r}, messages=MESSAGES,
+                                            stream=True{options}):
+        pass
 """
 
 
@@ -105,17 +118,11 @@ CASES: dict[str, Case] = {
             base_suffix="/v1",
         ),
         "openai",
-        """
-from openai import OpenAI
-client = OpenAI(base_url=URL + "/v1", api_key="sk-test")
-MESSAGES = [{"role": "user", "content": QUESTION}]
-def invoke():
-    client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES)
-def stream():
-    for _ in client.chat.completions.create(model="gpt-3.5-turbo", messages=MESSAGES,
-                                            stream=True, stream_options={"include_usage": True}):
-        pass
-""",
+        _openai_style_sdk(
+            'from openai import OpenAI\nclient = OpenAI(base_url=URL + "/v1", api_key="sk-test")',
+            "gpt-3.5-turbo",
+            include_usage=True,
+        ),
     ),
     "qianfan": Case(
         _app(f"{FAKES}.qianfan", "FakeQianfan"),
@@ -152,17 +159,11 @@ def stream():
             base_suffix="/v1",
         ),
         "openai",
-        """
-from openai import OpenAI
-client = OpenAI(base_url=URL + "/v1", api_key="sk-test")
-MESSAGES = [{"role": "user", "content": QUESTION}]
-def invoke():
-    client.chat.completions.create(model="moonshot-v1-8k", messages=MESSAGES)
-def stream():
-    for _ in client.chat.completions.create(model="moonshot-v1-8k", messages=MESSAGES,
-                                            stream=True):
-        pass
-""",
+        _openai_style_sdk(
+            'from openai import OpenAI\nclient = OpenAI(base_url=URL + "/v1", api_key="sk-test")',
+            "moonshot-v1-8k",
+            include_usage=False,  # Moonshot puts usage in the last choice unasked
+        ),
     ),
     "anthropic": Case(
         _app(f"{FAKES}.anthropic", "FakeAnthropic"),
@@ -241,17 +242,12 @@ def stream():
             base_suffix="/api/v3",
         ),
         "volcengine",
-        """
-from volcenginesdkarkruntime import Ark
-client = Ark(base_url=URL + "/api/v3", api_key="ark-test-key")
-MESSAGES = [{"role": "user", "content": QUESTION}]
-def invoke():
-    client.chat.completions.create(model="ep-20240101-bench", messages=MESSAGES)
-def stream():
-    for _ in client.chat.completions.create(model="ep-20240101-bench", messages=MESSAGES,
-                                            stream=True, stream_options={"include_usage": True}):
-        pass
-""",
+        _openai_style_sdk(
+            "from volcenginesdkarkruntime import Ark\n"
+            'client = Ark(base_url=URL + "/api/v3", api_key="ark-test-key")',
+            "ep-20240101-bench",
+            include_usage=True,
+        ),
     ),
     "sensenova": Case(
         _app(f"{FAKES}.sensenova", "FakeSenseNova"),
@@ -333,7 +329,7 @@ def measure_ours(case: Case, url: str, calls: int) -> dict[str, float]:
 
 def measure_sdk(case: Case, url: str, calls: int) -> dict[str, float]:
     setup = f"URL = {url!r}\nQUESTION = {QUESTION!r}\n{case.sdk_setup}"
-    program = SDK_TIMER.format(setup=setup, calls=calls)
+    program = SDK_TIMER.format(setup=setup, timed=inspect.getsource(_timed), calls=calls)
     completed = subprocess.run(
         [str(sdk_python(case.sdk_group)), "-c", program],
         capture_output=True,
