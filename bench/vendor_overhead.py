@@ -84,6 +84,9 @@ class Case:
     sdk_setup: str
     """Python run in the SDK venv with ``URL`` and ``QUESTION`` defined; it must define
     ``invoke()`` and ``stream()``."""
+    langchain_class: tuple[str, str] | None = None
+    """Where LangChain has its own class for the vendor: its venv group and setup (same
+    contract as ``sdk_setup``), a second anchor that pays LangChain's costs as ours does."""
 
 
 def _app(module: str, cls: str, **kwargs: Any) -> Callable[[], Any]:
@@ -185,6 +188,19 @@ def stream():
                                     messages=MESSAGES, stream=True):
         pass
 """,
+        (
+            "langchain-anthropic",
+            """
+from langchain_anthropic import ChatAnthropic
+chat = ChatAnthropic(model="claude-3-sonnet-20240229", base_url=URL, api_key="sk-ant-test",
+                     max_tokens=1024)
+def invoke():
+    chat.invoke(QUESTION)
+def stream():
+    for _ in chat.stream(QUESTION):
+        pass
+""",
+        ),
     ),
     "zhipu": Case(
         _app(f"{FAKES}.zhipu", "FakeZhipu"),
@@ -231,6 +247,23 @@ def stream():
     for _ in maas.stream_chat(REQUEST):
         pass
 """,
+        (
+            "langchain-community",
+            f"""
+import warnings
+warnings.simplefilter("ignore")
+from langchain_community.chat_models import VolcEngineMaasChat
+chat = VolcEngineMaasChat(model="skylark-pro-public", endpoint=URL.removeprefix("http://"),
+                          region="cn-beijing", volc_engine_maas_ak="{FAKE_ACCESS_KEY}",
+                          volc_engine_maas_sk="{FAKE_SECRET_KEY}")
+chat.client.service_info.scheme = "http"
+def invoke():
+    chat.invoke(QUESTION)
+def stream():
+    for _ in chat.stream(QUESTION):
+        pass
+""",
+        ),
     ),
     "ark": Case(
         _app(f"{FAKES}.ark", "FakeArk", api_keys={"ark-test-key"}),
@@ -327,18 +360,19 @@ def measure_ours(case: Case, url: str, calls: int) -> dict[str, float]:
     }
 
 
-def measure_sdk(case: Case, url: str, calls: int) -> dict[str, float]:
-    setup = f"URL = {url!r}\nQUESTION = {QUESTION!r}\n{case.sdk_setup}"
+def measure_in_venv(group: str, setup: str, url: str, calls: int) -> dict[str, float]:
+    """Time ``setup``'s ``invoke`` and ``stream`` in ``group``'s venv (tests/vendor_sdks.py)."""
+    setup = f"URL = {url!r}\nQUESTION = {QUESTION!r}\n{setup}"
     program = SDK_TIMER.format(setup=setup, timed=inspect.getsource(_timed), calls=calls)
     completed = subprocess.run(
-        [str(sdk_python(case.sdk_group)), "-c", program],
+        [str(sdk_python(group)), "-c", program],
         capture_output=True,
         text=True,
         check=False,
         timeout=1800,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"{case.sdk_group} SDK failed:\n{completed.stderr[-3000:]}")
+        raise RuntimeError(f"{group} client failed:\n{completed.stderr[-3000:]}")
     figures: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
     return figures
 
@@ -372,26 +406,39 @@ def main() -> None:
     print(
         f"{args.calls} calls per client and mode; mean ms per call. overhead = minus the floor;"
         " lc = LangChain's own per-call cost without I/O (invoke "
-        f"{langchain['invoke'] * 1000:.3f}, stream {langchain['stream'] * 1000:.3f})"
+        f"{langchain['invoke'] * 1000:.3f}, stream {langchain['stream'] * 1000:.3f});"
+        " lc class = LangChain's own class for the vendor, where there is one"
     )
     print(
         "| vendor | mode | floor | sdk | ours | sdk overhead | our overhead | ours/sdk "
-        "(overhead) | ours/sdk (total) | ours minus lc / sdk (overhead) |"
+        "(overhead) | ours/sdk (total) | ours minus lc / sdk (overhead) | lc class "
+        "| ours/lc class (overhead) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.vendors.split(","):
         case = CASES[name]
         with serve_in_process(case.fake) as url:
             floor = measure_floor(case, url, args.calls)
-            sdk = measure_sdk(case, url, args.calls)
+            sdk = measure_in_venv(case.sdk_group, case.sdk_setup, url, args.calls)
             ours = measure_ours(case, url, args.calls)
+            partner = (
+                measure_in_venv(*case.langchain_class, url, args.calls)
+                if (case.langchain_class)
+                else None
+            )
         for mode in ("invoke", "stream"):
             f, s, o = (floor[mode] * 1000, sdk[mode] * 1000, ours[mode] * 1000)
             lc = langchain[mode] * 1000
             s_over, o_over = max(s - f, 1e-6), max(o - f, 0.0)
+            if partner is None:
+                p_cells = "- | -"
+            else:
+                p = partner[mode] * 1000
+                p_cells = f"{p:.3f} | {o_over / max(p - f, 1e-6):.2f}"
             print(
                 f"| {name} | {mode} | {f:.3f} | {s:.3f} | {o:.3f} | {s - f:.3f} | {o - f:.3f}"
-                f" | {o_over / s_over:.2f} | {o / s:.2f} | {max(o_over - lc, 0) / s_over:.2f} |",
+                f" | {o_over / s_over:.2f} | {o / s:.2f} | {max(o_over - lc, 0) / s_over:.2f}"
+                f" | {p_cells} |",
                 flush=True,
             )
 
