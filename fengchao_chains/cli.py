@@ -252,6 +252,12 @@ def config(
         stdout.print(f"{name} = {value if value is not None else '(unset)'}", markup=False)
 
 
+# --------------------------------------------------------------------------- prompts -----
+from fengchao_chains.cli_prompts import prompts_app  # noqa: E402  (a sub-app, kept apart)
+
+app.add_typer(prompts_app, name="prompts")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,4 +1,4 @@
-"""The running services one process shares: settings, catalog and database.
+"""The running services one process shares: settings, catalog, prompt library and database.
 
 The CLI starts a runtime before the web server so configuration and database problems are
 reported as one line; a plain ``uvicorn server:app`` starts it in the app's lifespan instead.
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fengchao_chains.catalog import Catalog, get_catalog
 from fengchao_chains.db import Database
 from fengchao_chains.errors import ConfigurationError, UnknownModelError
+from fengchao_chains.prompts import PromptLibrary, get_prompt_library
 from fengchao_chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     catalog: Catalog
+    prompts: PromptLibrary
     database: Database
 
     @classmethod
@@ -30,8 +32,18 @@ class Runtime:
             catalog[settings.default_model]
         except UnknownModelError as exc:
             raise ConfigurationError(f"FENGCHAO_DEFAULT_MODEL: {exc}") from None
+        prompts = get_prompt_library(settings)  # a broken prompt file fails start-up too
         database = Database.start(settings)
-        return cls(settings=settings, catalog=catalog, database=database)
+        return cls(settings=settings, catalog=catalog, prompts=prompts, database=database)
+
+    def reload_prompts(self) -> None:
+        """Re-read the prompt files (on SIGHUP); a broken file keeps the current library."""
+        try:
+            self.prompts.reload()
+        except ConfigurationError as exc:
+            logger.error("prompt library not reloaded, keeping the current one: %s", exc)
+        else:
+            logger.info("prompt library reloaded: %d prompts", len(self.prompts))
 
     async def open_async(self) -> None:
         await self.database.open_async_pool()

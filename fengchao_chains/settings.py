@@ -78,6 +78,18 @@ class Settings(BaseSettings):
     catalog_files: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Extra model-catalog TOML files, applied in order."
     )
+    prompt_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra instruction directories (*.jinja), applied over the packaged library.",
+    )
+
+    # --- prompt rendering limits (library and client templates) ---------------------------
+    prompt_max_chars: int = Field(
+        default=200_000, ge=1_000, description="Longest rendered prompt, in characters."
+    )
+    prompt_render_timeout: float = Field(
+        default=0.5, gt=0, description="Seconds one prompt may take to render."
+    )
 
     # --- server ---------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -124,7 +136,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
         return value
 
-    @field_validator("catalog_files", mode="before")
+    @field_validator("catalog_files", "prompt_dirs", mode="before")
     @classmethod
     def _split_path_list(cls, value: Any) -> Any:
         """From the environment: a JSON list, or paths joined with ``:`` like ``PATH``."""

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from fengchao_chains.catalog import ModelCard
-from fengchao_chains.server.deps import CatalogDep
+from fengchao_chains.server.deps import CatalogDep, PromptsDep
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
 
@@ -44,3 +44,9 @@ def list_models(catalog: CatalogDep) -> dict[str, Any]:
         "msg": "执行成功",
         "data": [model_card_payload(card) for card in catalog.values()],
     }
+
+
+@router.get("/prompts/")
+def list_prompts(prompts: PromptsDep) -> dict[str, Any]:
+    """Every instruction as a prompt card; unauthenticated, like the model list."""
+    return {"status": 200, "msg": "执行成功", "data": prompts.cards()}

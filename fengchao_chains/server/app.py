@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +34,8 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         app.state.runtime = current
         try:
             await current.open_async()
-            yield
+            with _reload_prompts_on_sighup(current):
+                yield
         finally:
             await current.aclose()
 
@@ -45,6 +48,24 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     app.include_router(aigc.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     return app
+
+
+@contextlib.contextmanager
+def _reload_prompts_on_sighup(runtime: Runtime) -> Iterator[None]:
+    """``kill -HUP <pid>`` re-reads the prompt files (off the event loop), the usual way to
+    make a daemon pick up edited configuration; only possible in the main thread."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: loop.run_in_executor(None, runtime.reload_prompts)
+        )
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        yield  # not the main thread (an embedding app or a test server), or not Unix
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def healthz(runtime: RuntimeDep) -> dict[str, Any]:

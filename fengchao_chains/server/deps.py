@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from fengchao_chains.catalog import Catalog
+from fengchao_chains.prompts import PromptLibrary
 from fengchao_chains.runtime import Runtime
 
 
@@ -19,5 +20,10 @@ def get_catalog(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Catalog:
     return runtime.catalog
 
 
+def get_prompts(runtime: Annotated[Runtime, Depends(get_runtime)]) -> PromptLibrary:
+    return runtime.prompts
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+PromptsDep = Annotated[PromptLibrary, Depends(get_prompts)]
