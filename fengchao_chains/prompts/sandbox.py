@@ -284,6 +284,10 @@ def _check_allowed(tree: nodes.Template, line_offset: int) -> None:
         )
         if isinstance(key, str) and key.startswith("_"):
             raise _refuse(node, f"the item {key!r}", line_offset)
+        if isinstance(node, nodes.Filter | nodes.Test):
+            for arg in [*node.args, *(kw.value for kw in node.kwargs)]:
+                if isinstance(arg, nodes.Const) and _names_internal(arg.value):
+                    raise _refuse(node, f"the argument {arg.value!r}", line_offset)
         if isinstance(node, nodes.Filter | nodes.FilterBlock):
             filters = [node] if isinstance(node, nodes.Filter) else [node.filter]
             for item in filters:
@@ -292,6 +296,12 @@ def _check_allowed(tree: nodes.Template, line_offset: int) -> None:
                         f"line {item.lineno + line_offset}: prompt templates may not use the"
                         f" filter {item.name!r} (allowed: {', '.join(ALLOWED_FILTERS)})"
                     )
+
+
+def _names_internal(value: Any) -> bool:
+    """A filter argument naming an attribute path (``map(attribute='a.__class__')``) or a
+    filter (``map('_x')``) that starts with an underscore."""
+    return isinstance(value, str) and any(part.startswith("_") for part in value.split("."))
 
 
 def template_names(tree: nodes.Template) -> set[str]:
