@@ -42,3 +42,14 @@ def test_unknown_default_model_fails_start_with_suggestions(settings: Settings) 
     bad = settings.model_copy(update={"default_model": "glm4"})
     with pytest.raises(ConfigurationError, match=r"^FENGCHAO_DEFAULT_MODEL: unknown model 'glm4'"):
         Runtime.start(bad)
+
+
+def test_prompt_cards_are_served_without_auth(settings: Settings) -> None:
+    with TestClient(create_app(settings=settings)) as client:
+        response = client.get("/aigc/prompts/")
+    assert response.status_code == 200
+    payload = response.json()
+    assert payload["status"] == 200
+    assert len(payload["data"]) == 22
+    assert payload["data"][0]["id"] == "默认"
+    assert {"id", "prefix", "prompt", "system", "created"} <= set(payload["data"][0])

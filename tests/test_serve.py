@@ -237,3 +237,57 @@ def test_broken_embedded_cluster_is_one_line_with_the_servers_reason(tmp_path: P
     assert lines[0].startswith(f"error: embedded PostgreSQL in {pgdata} failed to start: ")
     assert "postgresql.conf" in lines[0]
     assert lines[0].endswith(f"(server log: {pgdata / 'log'})")
+
+
+PROMPT_FILE = """{#
+id = "润色"
+description = "润色中文文本"
+#}
+{% block system %}你是一位中文编辑。{% endblock %}
+{% block prompt %}请润色：{{ query }}{% endblock %}
+"""
+
+
+def test_published_sdk_reads_the_prompt_list_and_sighup_reloads_it(
+    servers: list[ServeProcess], postgres_url: str, schema_name: str, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "polish.jinja").write_text(PROMPT_FILE, encoding="utf-8")
+    server = serve(
+        servers,
+        FENGCHAO_DATABASE_URL=postgres_url,
+        FENGCHAO_DATABASE_SCHEMA=schema_name,
+        FENGCHAO_PROMPT_DIRS=str(prompts),
+    )
+    base_url = server.wait_ready()
+    result = run_sdk(
+        "response = client.prompts()\n"
+        "result = {'status': response.status,\n"
+        "          'cards': [card.model_dump() for card in response.data.data]}",
+        base_url,
+    )
+    assert result["status"] == 200
+    cards = {card["id"]: card for card in result["cards"]}
+    assert len(cards) == 23 and list(cards)[:3] == ["默认", "知识库", "中译英"]
+    assert cards["润色"]["prompt"] == "请润色：{{ query }}"
+    assert cards["润色"]["prefix"] == "{{ system }}"
+    assert cards["润色"]["system"] == "你是一位中文编辑。"
+
+    def polish_prompt() -> str:
+        data = httpx.get(f"{base_url}/aigc/prompts/").json()["data"]
+        return str(next(card["prompt"] for card in data if card["id"] == "润色"))
+
+    (prompts / "polish.jinja").write_text(PROMPT_FILE.replace("请润色", "请认真润色"), "utf-8")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: polish_prompt() == "请认真润色：{{ query }}")
+    assert wait_until(
+        lambda: any("prompt library reloaded: 23 prompts" in line for line in server.lines)
+    )
+
+    (prompts / "polish.jinja").write_text(PROMPT_FILE.replace("{{ query }}", ""), "utf-8")
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "prompt library not reloaded" in server.stderr)
+    assert polish_prompt() == "请认真润色：{{ query }}"  # the broken edit did not land
+    assert server.proc.poll() is None

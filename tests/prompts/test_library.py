@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from fengchao_chains.prompts import PromptLibrary, PromptRenderError, get_prompt_library
+from fengchao_chains.prompts import (
+    PromptError,
+    PromptLibrary,
+    PromptRenderError,
+    get_prompt_library,
+)
 
 SEED_INSTRUCTIONS = [
     "默认", "知识库", "中译英", "多译英", "多译中", "韩译中", "日译中", "英译中", "俄译中",
@@ -79,9 +84,7 @@ def test_a_card_sent_back_as_a_custom_prompt_renders_the_same(
     card = library[prompt_id].card()
     fill = sample_fill(library, prompt_id)
     by_id = library.render(QUERY, prompt=prompt_id, prompt_fill=fill)
-    custom = library.render(
-        QUERY, prompt=card["prompt"], system=card["system"], prompt_fill=fill
-    )
+    custom = library.render(QUERY, prompt=card["prompt"], system=card["system"], prompt_fill=fill)
     assert custom == by_id
 
 
@@ -138,7 +141,9 @@ def test_custom_templates_take_prompt_fill_and_the_seed_slot_syntax(
     library: PromptLibrary,
 ) -> None:
     rendered = library.render(
-        "北京", prompt="请用{{lang}}介绍{{query}}，不超过{{ n }}字。", prompt_fill={"lang": "英文", "n": 50}
+        "北京",
+        prompt="请用{{lang}}介绍{{query}}，不超过{{ n }}字。",
+        prompt_fill={"lang": "英文", "n": 50},
     )
     assert rendered.user == "请用英文介绍北京，不超过50字。"
     assert rendered.system == library.default.system
@@ -153,7 +158,11 @@ def test_custom_templates_take_prompt_fill_and_the_seed_slot_syntax(
         ("翻译 {{ text }}", {"text": "x"}, r"must contain the \{\{ query \}\} slot"),
         ("{{ query }} {{ lang }}", {}, r"needs prompt_fill to give 'lang'"),
         ("{{ query }}", {"lang": "en"}, r"the custom prompt has no variable 'lang'"),
-        ("标题生成器", {"cnt": 3}, r"prompt '标题生成器' has no variable 'cnt' \(it takes: count\)"),
+        (
+            "标题生成器",
+            {"cnt": 3},
+            r"prompt '标题生成器' has no variable 'cnt' \(it takes: count\)",
+        ),
         ("中译英", {"tone": "x"}, r"has no variable 'tone' \(it takes: no variables\)"),
         ("中译英", {"query": "x"}, r"prompt_fill cannot set 'query'"),
         ("{{ query", {}, r"line 1: unexpected end of template"),
@@ -162,7 +171,7 @@ def test_custom_templates_take_prompt_fill_and_the_seed_slot_syntax(
 def test_bad_prompts_are_parameter_errors_that_say_what_to_fix(
     library: PromptLibrary, prompt: str, fill: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(PromptRenderError.__mro__[1]) as caught:  # PromptError
+    with pytest.raises(PromptError) as caught:
         library.render("q", prompt=prompt, prompt_fill=fill)
     assert caught.value.code == 445
     assert re.search(message, str(caught.value)), str(caught.value)
