@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fengchao_chains.catalog import load_catalog
 from fengchao_chains.db.migrate import discover_migrations
+from fengchao_chains.prompts import PromptLibrary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,11 +51,11 @@ def test_wheel_contains_data_files_and_runs_from_site_packages(tmp_path: Path) -
         "import json, fengchao_chains\n"
         "from fengchao_chains.catalog import load_catalog\n"
         "from fengchao_chains.db.migrate import discover_migrations\n"
-        "from importlib import resources\n"
-        "library = resources.files('fengchao_chains').joinpath('_prompt_library')\n"
+        "from fengchao_chains.prompts import PromptLibrary, packaged_prompt_dir\n"
         "print(json.dumps({'file': fengchao_chains.__file__, 'models': len(load_catalog()),\n"
         "                  'migrations': [m.name for m in discover_migrations()],\n"
-        "                  'prompt_library': library.is_dir()}))\n"
+        "                  'prompt_dir': str(packaged_prompt_dir()),\n"
+        "                  'prompts': list(PromptLibrary())}, ensure_ascii=False))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
@@ -69,4 +70,5 @@ def test_wheel_contains_data_files_and_runs_from_site_packages(tmp_path: Path) -
     assert result["file"].startswith(str(target))  # the wheel's copy, not the source tree
     assert result["models"] == len(load_catalog())
     assert result["migrations"] == [m.name for m in discover_migrations()]
-    assert result["prompt_library"] is True
+    assert result["prompt_dir"] == str(target / "fengchao_chains" / "_prompt_library")
+    assert result["prompts"] == list(PromptLibrary())
