@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.vendors.harness import OPENAI, server_fixture
+from collections.abc import Iterator
+
+import pytest
+
+from fengchao_chains.testing.fakes._common import FakeVendor
+from tests.vendors.harness import HARNESSES, OPENAI, VendorHarness, server_fixture
 
 openai_server = server_fixture("openai")
 zhipu_server = server_fixture("zhipu")
@@ -16,3 +21,20 @@ internlm_server = server_fixture("internlm")
 
 
 openai_fake = OPENAI.fixtures(fake="openai_fake")[0]
+
+
+@pytest.fixture(params=HARNESSES, ids=str)
+def harness(request: pytest.FixtureRequest) -> VendorHarness:
+    """Each vendor's harness in turn (tests that hold for every vendor)."""
+    param: VendorHarness = request.param
+    return param
+
+
+@pytest.fixture
+def served(
+    harness: VendorHarness, request: pytest.FixtureRequest
+) -> Iterator[tuple[FakeVendor, str]]:
+    """The harness's fake, served for the module, fresh for the test."""
+    fake, url = request.getfixturevalue(f"{harness.server}_server")
+    with harness.fresh(fake):
+        yield fake, url

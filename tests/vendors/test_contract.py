@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,22 +36,6 @@ from tests.vendors.checks import Tokens, assert_four_modes, assert_no_secret, su
 from tests.vendors.harness import HARNESSES, Expected, VendorHarness
 
 STREAMING = [h for h in HARNESSES if h.streams]
-
-
-@pytest.fixture(params=HARNESSES, ids=str)
-def harness(request: pytest.FixtureRequest) -> VendorHarness:
-    param: VendorHarness = request.param
-    return param
-
-
-@pytest.fixture
-def served(
-    harness: VendorHarness, request: pytest.FixtureRequest
-) -> Iterator[tuple[FakeVendor, str]]:
-    """The harness's fake, served for the module, fresh for the test."""
-    fake, url = request.getfixturevalue(f"{harness.server}_server")
-    with harness.fresh(fake):
-        yield fake, url
 
 
 @pytest.fixture
