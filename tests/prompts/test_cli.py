@@ -90,7 +90,11 @@ def test_check_reports_a_broken_extra_directory(tmp_path: Path) -> None:
 
 
 def test_serve_with_a_broken_prompt_file_exits_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / "bad.jinja").write_text("{# id = 'x' #}{% block prompt %}{{ query }", "utf-8")
+    (tmp_path / "bad.jinja").write_text(
+        '{#\nid = "x"\ndescription = "x"\n#}\n{% block system %}s{% endblock %}\n'
+        "{% block prompt %}{{ query }{% endblock %}\n",
+        encoding="utf-8",
+    )
     result = run_cli(
         "serve", "--port", "0",
         env=clean_env(FENGCHAO_PROMPT_DIRS=str(tmp_path), FENGCHAO_DATA_DIR=str(tmp_path / "d")),
@@ -98,5 +102,5 @@ def test_serve_with_a_broken_prompt_file_exits_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: prompt file {tmp_path / 'bad.jinja'}: ")
+    assert lines[0] == f"error: prompt file {tmp_path / 'bad.jinja'}: line 6: unexpected '}}'"
     assert not (tmp_path / "d" / "pgdata").exists()  # stopped before the database started
