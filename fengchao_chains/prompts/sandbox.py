@@ -32,7 +32,7 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
-from jinja2.filters import FILTERS
+from jinja2.filters import FILTERS, make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from fengchao_chains.prompts.errors import PromptRenderError, PromptTemplateError
@@ -210,11 +210,9 @@ def _concat(parts: list[Any]) -> str:
 def _checked_join(
     environment: Any, value: Iterable[Any], d: str = "", attribute: str | int | None = None
 ) -> str:
-    items = list(value)
-    texts = [
-        str(environment.getattr(item, attribute) if attribute is not None else item)
-        for item in items
-    ]
+    if attribute is not None:
+        value = map(make_attrgetter(environment, attribute), value)
+    texts = [str(item) for item in value]
     separator = str(d)
     _budget().check_size(sum(map(len, texts)) + len(separator) * max(len(texts) - 1, 0))
     return separator.join(texts)

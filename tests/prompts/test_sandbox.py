@@ -117,6 +117,7 @@ def test_ordinary_templates_still_work() -> None:
         "{% if items %}{% for item in items %}{{ loop.index }}. {{ item.name|upper }}\n"
         "{% endfor %}{% else %}none{% endif %}{{ query|trim }} {{ n * 2 }} {{ words|join('、') }}"
         " {{ (text ~ '!')|replace('a', 'b') }} {{ missing|default('d') }}"
+        " {{ items|join('/', attribute='name') }}"
     )
     out = render(
         template,
@@ -127,7 +128,7 @@ def test_ordinary_templates_still_work() -> None:
         text="aa",
         missing=None,
     )
-    assert out == "1. A\n2. B\nq 42 甲、乙 bb! None"
+    assert out == "1. A\n2. B\nq 42 甲、乙 bb! None a/b"
 
 
 def test_design_card_slot_spelling_is_an_alias() -> None:
