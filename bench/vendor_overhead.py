@@ -347,8 +347,8 @@ def measure_floor(case: Case, url: str, calls: int) -> dict[str, float]:
         return {"invoke": _timed(invoke, calls), "stream": _timed(stream, calls)}
 
 
-def measure_ours(case: Case, url: str, calls: int) -> dict[str, float]:
-    model = case.ours(url)
+def _time_model(model: Any, calls: int) -> dict[str, float]:
+    """Seconds per ``invoke`` and per fully read ``stream`` of QUESTION."""
 
     def stream() -> None:
         for _ in model.stream(QUESTION):
@@ -358,6 +358,10 @@ def measure_ours(case: Case, url: str, calls: int) -> dict[str, float]:
         "invoke": _timed(lambda: model.invoke(QUESTION), calls),
         "stream": _timed(stream, calls),
     }
+
+
+def measure_ours(case: Case, url: str, calls: int) -> dict[str, float]:
+    return _time_model(case.ours(url), calls)
 
 
 def measure_in_venv(group: str, setup: str, url: str, calls: int) -> dict[str, float]:
@@ -385,16 +389,7 @@ def measure_langchain(calls: int) -> dict[str, float]:
     from langchain_core.messages import AIMessage
 
     reply = AIMessage(f"Echo: {QUESTION}")
-    model = GenericFakeChatModel(messages=itertools.repeat(reply))
-
-    def stream() -> None:
-        for _ in model.stream(QUESTION):
-            pass
-
-    return {
-        "invoke": _timed(lambda: model.invoke(QUESTION), calls),
-        "stream": _timed(stream, calls),
-    }
+    return _time_model(GenericFakeChatModel(messages=itertools.repeat(reply)), calls)
 
 
 def main() -> None:

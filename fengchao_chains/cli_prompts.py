@@ -69,9 +69,7 @@ def show_prompt(
 
     library = _library()
     if prompt_id not in library:
-        matches = library.close_matches(prompt_id)
-        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-        stderr.print(f"error: unknown prompt {prompt_id!r}{hint}", markup=False)
+        stderr.print(f"error: {library.unknown(prompt_id)}", markup=False)
         raise typer.Exit(1)
     instruction = library[prompt_id]
     if as_json:

@@ -22,14 +22,17 @@ with the file and line, so a broken file stops start-up with a message that says
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fengchao_chains.prompts.errors import PromptError, PromptFileError
@@ -46,7 +49,6 @@ SYSTEM_SLOT = "system"
 QUERY_SLOT = "query"
 SLOTS = frozenset({SYSTEM_SLOT, QUERY_SLOT})
 DEFAULT_PREFIX = "{{ system }}"
-SAMPLE_QUERY = "示例问题"
 
 _FRONT_MATTER = re.compile(r"\A\s*\{#-?(.*?)-?#\}", re.S)
 _BLOCK = re.compile(r"\{%-?\s*block\s+(\w+)\s*-?%\}(.*?)\{%-?\s*endblock(?:\s+\w+)?\s*-?%\}", re.S)
@@ -133,18 +135,16 @@ def _parse(path: Path, source: str, created: datetime, limits: RenderLimits) -> 
     front = _front_matter(path, source)
     _check_syntax(path, source)
     blocks = _blocks(path, source)
-    file_limits = RenderLimits(  # library files may be longer than client templates
-        max_chars=limits.max_chars,
-        timeout=limits.timeout,
-        max_iterations=limits.max_iterations,
-        max_template_chars=max(limits.max_template_chars, len(source)),
+    # Library files may be longer than client templates.
+    file_limits = dataclasses.replace(
+        limits, max_template_chars=max(limits.max_template_chars, len(source))
     )
 
-    def compiled(part: str, default: str | None = None) -> tuple[str, SafeTemplate, int]:
+    def compiled(part: str) -> tuple[str, SafeTemplate, int]:
         if part not in blocks:
-            if default is None:
+            if part != "prefix":
                 raise _at(path, 1, f"has no {{% block {part} %}}")
-            return default, compile_template(default, limits=file_limits), 1
+            return DEFAULT_PREFIX, default_prefix(), 1
         text, offset = blocks[part]
         template = compile_template(
             text, limits=file_limits, name=f"{path.name}:{part}", line_offset=offset
@@ -155,7 +155,7 @@ def _parse(path: Path, source: str, created: datetime, limits: RenderLimits) -> 
     if system_template.variables:
         names = ", ".join(sorted(system_template.variables))
         raise _at(path, system_line, f"the system block must be plain text (it uses {names})")
-    prefix_source, prefix, prefix_line = compiled("prefix", DEFAULT_PREFIX)
+    prefix_source, prefix, prefix_line = compiled("prefix")
     prompt_source, prompt, prompt_line = compiled("prompt")
     if QUERY_SLOT not in prompt.variables:
         raise _at(path, prompt_line, "the prompt block has no {{ query }} slot")
@@ -165,12 +165,14 @@ def _parse(path: Path, source: str, created: datetime, limits: RenderLimits) -> 
     for line, template in ((prefix_line, prefix), (prompt_line, prompt)):
         undeclared = template.variables - declared - SLOTS
         if undeclared:
-            raise _at(path, line, f"uses {_names(undeclared)}, not declared in the front matter")
+            raise _at(
+                path, line, f"uses {quoted(sorted(undeclared))}, not declared in the front matter"
+            )
     unused = declared - prefix.variables - prompt.variables
     if unused:
-        raise _at(path, 1, f"declares {_names(unused)} but never uses it")
+        raise _at(path, 1, f"declares {quoted(sorted(unused))} but never uses it")
     system = system_template.render({}, RenderBudget(limits))
-    prompt_file = PromptFile(
+    return PromptFile(
         path=path,
         front=front,
         system=system,
@@ -180,16 +182,21 @@ def _parse(path: Path, source: str, created: datetime, limits: RenderLimits) -> 
         prompt=prompt,
         created=created,
     )
-    _trial_render(prompt_file, limits)
-    return prompt_file
 
 
 def _at(path: Path, line: int, message: str) -> PromptFileError:
     return PromptFileError(f"prompt file {path}: line {line}: {message}")
 
 
-def _names(names: Iterable[str]) -> str:
-    return ", ".join(repr(name) for name in sorted(names))
+def quoted(names: Iterable[str]) -> str:
+    """``'a', 'b'``: names for a message, in the order given."""
+    return ", ".join(repr(name) for name in names)
+
+
+@lru_cache(maxsize=1)
+def default_prefix() -> SafeTemplate:
+    """The prefix of files without a prefix block and of custom prompts, compiled once."""
+    return compile_template(DEFAULT_PREFIX, limits=RenderLimits())
 
 
 def _front_matter(path: Path, source: str) -> FrontMatter:
@@ -210,8 +217,6 @@ def _front_matter(path: Path, source: str) -> FrontMatter:
 
 
 def _check_syntax(path: Path, source: str) -> None:
-    import jinja2
-
     try:
         ENVIRONMENT.parse(source, name=path.name)
     except jinja2.TemplateSyntaxError as exc:
@@ -226,25 +231,20 @@ def _blocks(path: Path, source: str) -> dict[str, tuple[str, int]]:
     for match in _BLOCK.finditer(source, position):
         name = match.group(1)
         line = source[: match.start()].count("\n") + 1
-        if source[position : match.start()].strip():
-            stray = position + len(source[position:]) - len(source[position:].lstrip())
-            raise _at(path, source[:stray].count("\n") + 1, "text outside the blocks")
+        _check_nothing_between(path, source, position, match.start())
         if name not in _PARTS:
             raise _at(path, line, f"unknown block {name!r} (blocks: {', '.join(_PARTS)})")
         if name in blocks:
             raise _at(path, line, f"a second {name!r} block")
         blocks[name] = (match.group(2), source[: match.start(2)].count("\n"))
         position = match.end()
-    if source[position:].strip():
-        stray = position + len(source[position:]) - len(source[position:].lstrip())
-        raise _at(path, source[:stray].count("\n") + 1, "text outside the blocks")
+    _check_nothing_between(path, source, position, len(source))
     return blocks
 
 
-def _trial_render(prompt_file: PromptFile, limits: RenderLimits) -> None:
-    """Render once with the sample values so a file that cannot render fails at start-up."""
-    values = {name: v.sample for name, v in prompt_file.front.variables.items()}
-    values |= {SYSTEM_SLOT: prompt_file.system, QUERY_SLOT: SAMPLE_QUERY}
-    budget = RenderBudget(limits)
-    prompt_file.prefix.render(values, budget)
-    prompt_file.prompt.render(values, budget)
+def _check_nothing_between(path: Path, source: str, start: int, end: int) -> None:
+    """Text between blocks would be silently ignored, so it is an error (at its line)."""
+    between = source[start:end]
+    if between.strip():
+        stray = start + len(between) - len(between.lstrip())
+        raise _at(path, source[:stray].count("\n") + 1, "text outside the blocks")

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from fengchao_chains.prompts.errors import PromptFileError, PromptRenderError, PromptTemplateError
+from fengchao_chains.prompts.errors import (
+    PromptError,
+    PromptFileError,
+    PromptRenderError,
+    PromptTemplateError,
+)
 from fengchao_chains.prompts.files import (
     DEFAULT_PREFIX,
     QUERY_SLOT,
@@ -30,7 +35,9 @@ from fengchao_chains.prompts.files import (
     SYSTEM_SLOT,
     PromptFile,
     Variable,
+    default_prefix,
     parse_prompt_file,
+    quoted,
 )
 from fengchao_chains.prompts.sandbox import (
     RenderBudget,
@@ -46,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ID = "默认"
 CUSTOM_ID = "custom"
+SAMPLE_QUERY = "示例问题"  # what the start-up trial render asks
 CREATED_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -142,17 +150,15 @@ class Instruction:
         if unknown:
             takes = ", ".join(sorted(self.variables)) or "no variables"
             raise PromptRenderError(
-                f"{self.label} has no variable {_quoted(unknown)} (it takes: {takes})"
+                f"{self.label} has no variable {quoted(sorted(unknown))} (it takes: {takes})"
             )
         missing = {n for n, v in self.variables.items() if v.required and n not in values}
         if missing:
-            raise PromptRenderError(f"{self.label} needs prompt_fill to give {_quoted(missing)}")
+            raise PromptRenderError(
+                f"{self.label} needs prompt_fill to give {quoted(sorted(missing))}"
+            )
         defaults = {n: v.default for n, v in self.variables.items() if not v.required}
         return defaults | dict(values)
-
-
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(repr(name) for name in sorted(names))
 
 
 @lru_cache(maxsize=256)
@@ -173,7 +179,7 @@ def compile_custom(source: str, limits: RenderLimits, default_system: str) -> In
         system=default_system,
         prefix_source=DEFAULT_PREFIX,
         prompt_source=prompt.source,
-        prefix=compile_template(DEFAULT_PREFIX, limits=limits),
+        prefix=default_prefix(),
         prompt=prompt,
         variables=variables,
     )
@@ -199,7 +205,7 @@ def load_instructions(directories: Sequence[Path], limits: RenderLimits) -> dict
         seen: dict[str, Path] = {}
         for path in sorted(directory.glob("*.jinja")):
             try:
-                instruction = Instruction.from_file(parse_prompt_file(path, limits))
+                instruction = _checked_instruction(path, limits)
             except PromptFileError as exc:
                 problems.append(str(exc))
                 continue
@@ -217,6 +223,18 @@ def load_instructions(directories: Sequence[Path], limits: RenderLimits) -> dict
     if DEFAULT_ID not in instructions:
         raise PromptFileError(f"the prompt library has no {DEFAULT_ID!r} instruction")
     return instructions
+
+
+def _checked_instruction(path: Path, limits: RenderLimits) -> Instruction:
+    """The instruction of one file, rendered once with its sample values so a file that
+    cannot render fails at start-up, not at a client's first request."""
+    instruction = Instruction.from_file(parse_prompt_file(path, limits))
+    samples = {name: variable.sample for name, variable in instruction.variables.items()}
+    try:
+        instruction.render(SAMPLE_QUERY, limits=limits, values=samples)
+    except PromptError as exc:
+        raise PromptFileError(f"prompt file {path}: {exc}") from None
+    return instruction
 
 
 class PromptLibrary(Mapping[str, Instruction]):
@@ -254,6 +272,12 @@ class PromptLibrary(Mapping[str, Instruction]):
     def close_matches(self, prompt_id: str, limit: int = 3) -> list[str]:
         return get_close_matches(prompt_id.strip(), list(self._instructions), n=limit, cutoff=0.5)
 
+    def unknown(self, prompt_id: str) -> str:
+        """``unknown prompt 'x'`` with the closest ids, best first, for an error message."""
+        matches = self.close_matches(prompt_id)
+        hint = f"; did you mean {quoted(matches)}?" if matches else ""
+        return f"unknown prompt {prompt_id!r}{hint}"
+
     def resolve(self, prompt: str | None) -> Instruction:
         """An instruction id, else a custom template; ``None`` or blank is the default."""
         if prompt is None or not prompt.strip():
@@ -264,11 +288,10 @@ class PromptLibrary(Mapping[str, Instruction]):
         try:
             return compile_custom(prompt, self.limits, self.default.system)
         except PromptTemplateError as exc:
-            matches = self.close_matches(prompt)
-            if matches and "{{" not in prompt and "<<" not in prompt:
+            if self.close_matches(prompt) and "{{" not in prompt and "<<" not in prompt:
                 raise PromptTemplateError(
-                    f"unknown prompt {prompt!r}; did you mean {_quoted(matches)}? (a custom"
-                    " prompt is a template with the {{ query }} slot)"
+                    f"{self.unknown(prompt)} (a custom prompt is a template with the"
+                    " {{ query }} slot)"
                 ) from None
             raise exc from None
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS, make_attrgetter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -304,8 +304,6 @@ def _names_internal(value: Any) -> bool:
 
 def template_names(tree: nodes.Template) -> set[str]:
     """The variables a parsed template reads from its caller."""
-    from jinja2 import meta
-
     return set(meta.find_undeclared_variables(tree))
 
 
