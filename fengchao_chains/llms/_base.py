@@ -24,15 +24,15 @@ from typing import Any, ClassVar
 
 import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field
 
 from fengchao_chains.llms import _http
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._sse import ServerSentEvent, aiter_events, event_json, iter_events
+from fengchao_chains.llms._standard import StandardChatModel
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContextTooLongError,
@@ -169,51 +169,66 @@ class AnswerFilter:
         return chunk
 
 
-class VendorChatModel(BaseChatModel):
-    """Base of the vendor chat models; not used directly."""
-
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
-
-    vendor_name: ClassVar[str] = ""
-    """The vendor's name in the catalog and in errors."""
+class RemoteChatModel(StandardChatModel):
+    """A chat model served over HTTP: endpoint, timeout, retries and the error mapping every
+    remote vendor shares (the vendor models below, and TGI through huggingface_hub)."""
 
     default_base_url: ClassVar[str] = ""
 
-    model: str = Field(alias="model_name")
-    """The vendor's model name (or endpoint id)."""
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = Field(default=60.0, alias="request_timeout")
     """Seconds to wait for the vendor (connect, and each read); ``None`` waits forever."""
     max_retries: int = 2
     """Retries after the first attempt, on 429, 5xx and connection errors."""
     base_url: str | None = None
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Vendor parameters sent with every call (the vendor's own names)."""
-    streaming: bool = False
-    """Accepted for LangChain compatibility; ``invoke`` then streams under the hood."""
+
+    def _forget_credentials(self) -> None:
+        """Drop a cached token so the next attempt gets a fresh one."""
+
+    def _url(self, path: str) -> str:
+        return (self.base_url or self.default_base_url).rstrip("/") + path
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {**super()._identifying_params, "base_url": self._url("")}
+
+    def _error(
+        self,
+        status: int | None,
+        message: str,
+        *,
+        code: str | int | None = None,
+        meta: ResponseMeta | None = None,
+        kind: type[VendorError] | None = None,
+    ) -> VendorError:
+        """The project error for an HTTP status (or an explicit ``kind``)."""
+        fields: dict[str, Any] = {
+            "vendor": self.vendor_name,
+            "status_code": status,
+            "code": code,
+            "request_id": meta.request_id if meta else None,
+        }
+        if kind is None:
+            kind = _kind_for_status(status, message)
+        if issubclass(kind, RateLimitError):
+            return kind(message, retry_after=_retry_after(meta), **fields)
+        return kind(message, **fields)
+
+    def _as_kind(
+        self, error: VendorError, kind: type[VendorError] | None, meta: ResponseMeta | None
+    ) -> VendorError:
+        """``error`` made a ``kind`` (for vendors whose codes say more than the HTTP status);
+        unchanged if it already is one or ``kind`` is None."""
+        if kind is None or isinstance(error, kind):
+            return error
+        return self._error(error.status_code, error.message, code=error.code, meta=meta, kind=kind)
+
+
+class VendorChatModel(RemoteChatModel):
+    """Base of the vendor chat models over the shared HTTP layer; not used directly."""
+
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """A client of your own (proxies, certificates); default: the shared pool."""
     http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _settings_from_model_kwargs(cls, values: Any) -> Any:
-        """A catalog card can only carry ``model_kwargs``, so a key there that names one of
-        the class's own settings (``bot_api``, ``stream_usage``, ``delete_files_after_use``,
-        ``timeout``, ...) sets that setting instead of being sent to the vendor. A setting
-        given directly wins."""
-        if not isinstance(values, dict) or not isinstance(values.get("model_kwargs"), dict):
-            return values
-        extra = dict(values["model_kwargs"])
-        given = {n for n, f in cls.model_fields.items() if n in values or f.alias in values}
-        for name in [k for k in extra if k in cls.model_fields and k != "model_kwargs"]:
-            value = extra.pop(name)
-            if name not in given:
-                values = {**values, name: value}
-        return {**values, "model_kwargs": extra}
 
     # ------------------------------------------------------------------ vendor hooks
 
@@ -236,9 +251,6 @@ class VendorChatModel(BaseChatModel):
 
     async def _asign(self, request: VendorRequest) -> dict[str, str]:
         return self._sign(request)
-
-    def _forget_credentials(self) -> None:
-        """Drop a cached token so the next attempt gets a fresh one."""
 
     def _check_body(self, body: Any, meta: ResponseMeta) -> None:
         """Raise the vendor's error if a 200 answer carries one."""
@@ -278,37 +290,6 @@ class VendorChatModel(BaseChatModel):
 
     # ------------------------------------------------------------------ shared helpers
 
-    def _error(
-        self,
-        status: int | None,
-        message: str,
-        *,
-        code: str | int | None = None,
-        meta: ResponseMeta | None = None,
-        kind: type[VendorError] | None = None,
-    ) -> VendorError:
-        """The project error for an HTTP status (or an explicit ``kind``)."""
-        fields: dict[str, Any] = {
-            "vendor": self.vendor_name,
-            "status_code": status,
-            "code": code,
-            "request_id": meta.request_id if meta else None,
-        }
-        if kind is None:
-            kind = _kind_for_status(status, message)
-        if issubclass(kind, RateLimitError):
-            return kind(message, retry_after=_retry_after(meta), **fields)
-        return kind(message, **fields)
-
-    def _as_kind(
-        self, error: VendorError, kind: type[VendorError] | None, meta: ResponseMeta | None
-    ) -> VendorError:
-        """``error`` made a ``kind`` (for vendors whose codes say more than the HTTP status);
-        unchanged if it already is one or ``kind`` is None."""
-        if kind is None or isinstance(error, kind):
-            return error
-        return self._error(error.status_code, error.message, code=error.code, meta=meta, kind=kind)
-
     def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
         for name in REQUEST_ID_HEADERS:
             if headers.get(name):
@@ -322,56 +303,7 @@ class VendorChatModel(BaseChatModel):
     def _timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout)
 
-    def _url(self, path: str) -> str:
-        return (self.base_url or self.default_base_url).rstrip("/") + path
-
-    def _params(self, stop: list[str] | None, **kwargs: Any) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "stop": stop if stop is not None else self.stop,
-        }
-        params = {k: v for k, v in params.items() if v is not None}
-        return {**params, **self.model_kwargs, **kwargs}
-
-    @staticmethod
-    def _secret(value: SecretStr | None) -> str:
-        return value.get_secret_value() if value is not None else ""
-
-    def _require(self, value: SecretStr | None, env: str) -> str:
-        """A credential's value, or a clear error naming the variable that supplies it."""
-        if value is None or not value.get_secret_value():
-            raise AuthenticationError(
-                f"no credentials: set {env} or pass them to the model", vendor=self.vendor_name
-            )
-        return value.get_secret_value()
-
-    # ------------------------------------------------------------------ LangChain
-
-    @property
-    def _llm_type(self) -> str:
-        return f"fengchao-{self.vendor_name}"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "base_url": self._url(""), **self._params(None)}
-
-    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider=self.vendor_name,
-            ls_model_name=str(kwargs.get("model") or self.model),
-            ls_model_type="chat",
-        )
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = temperature
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stop or self.stop:
-            params["ls_stop"] = stop or self.stop
-        return params
+    # ------------------------------------------------------------------ the four modes
 
     def _generate(
         self,

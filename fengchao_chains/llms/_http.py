@@ -102,14 +102,20 @@ class ResponseMeta:
     vendors whose answers do not name it."""
 
 
-class Exchange(Protocol):
+class Retriable(Protocol):
+    """What the retry loop needs of a model: its retry budget, and how to drop a token."""
+
+    @property
+    def max_retries(self) -> int: ...
+
+    def _forget_credentials(self) -> None: ...
+
+
+class Exchange(Retriable, Protocol):
     """The vendor-specific half of a call (implemented by each chat model)."""
 
     @property
     def vendor_name(self) -> str: ...
-
-    @property
-    def max_retries(self) -> int: ...
 
     def _sign(self, request: VendorRequest) -> dict[str, str]: ...
 
@@ -118,8 +124,6 @@ class Exchange(Protocol):
     def _error_from_response(self, status: int, body: Any, meta: ResponseMeta) -> VendorError: ...
 
     def _check_body(self, body: Any, meta: ResponseMeta) -> None: ...
-
-    def _forget_credentials(self) -> None: ...
 
     def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None: ...
 
@@ -188,7 +192,7 @@ def _retrying_kwargs(max_retries: int) -> dict[str, Any]:
     }
 
 
-def _with_retries(model: Exchange, attempt: Callable[[], _T]) -> _T:
+def _with_retries(model: Retriable, attempt: Callable[[], _T]) -> _T:
     refreshed = False
     for try_ in Retrying(**_retrying_kwargs(model.max_retries)):
         with try_:
@@ -203,7 +207,7 @@ def _with_retries(model: Exchange, attempt: Callable[[], _T]) -> _T:
     raise AssertionError("unreachable")  # pragma: no cover - tenacity reraises
 
 
-async def _awith_retries(model: Exchange, attempt: Callable[[], Awaitable[_T]]) -> _T:
+async def _awith_retries(model: Retriable, attempt: Callable[[], Awaitable[_T]]) -> _T:
     refreshed = False
     async for try_ in AsyncRetrying(**_retrying_kwargs(model.max_retries)):
         with try_:

@@ -6,6 +6,7 @@ vendor whose wire format matches (most take OpenAI's ``{"role", "content"}`` lis
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from langchain_core.messages import (
@@ -21,6 +22,13 @@ from langchain_core.messages import (
 from fengchao_chains.llms.errors import InvalidRequestError
 
 TEXT_BLOCK_TYPES = ("text", "text-plain")
+_TOKEN = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|\w+|[^\w\s]")
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count, for servers that report none: one per CJK character, word or
+    punctuation mark."""
+    return len(_TOKEN.findall(text))
 
 
 def role_of(message: BaseMessage, vendor: str) -> str:

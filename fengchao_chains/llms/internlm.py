@@ -45,7 +45,6 @@ code, UNVERIFIED = a guess the client is lenient about):
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import httpx
@@ -65,7 +64,7 @@ from fengchao_chains.llms._base import (
 )
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
-from fengchao_chains.llms._messages import role_of, text_of
+from fengchao_chains.llms._messages import estimate_tokens, role_of, text_of
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContentFilteredError,
@@ -94,12 +93,6 @@ _CONTEXT_WORDS = (
     "超出最大",
 )
 _INVALID_WORDS = ("invalid", "required", "参数")
-_TOKEN = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|\w+|[^\w\s]")
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count: one per CJK character, word or punctuation mark."""
-    return len(_TOKEN.findall(text))
 
 
 def puyu_messages(messages: list[BaseMessage], vendor: str) -> list[dict[str, str]]:

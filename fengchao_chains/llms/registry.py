@@ -43,8 +43,8 @@ BUILTIN_VENDORS: dict[str, str | None] = {
     "moonshot": "fengchao_chains.llms.moonshot:create",
     "sensenova": "fengchao_chains.llms.sensenova:create",
     "internlm": "fengchao_chains.llms.internlm:create",
-    "tgi": None,
-    "llamacpp": None,
+    "tgi": "fengchao_chains.llms.tgi:create",
+    "llamacpp": "fengchao_chains.llms.llamacpp:create",
 }
 
 _registered: dict[str, ChatModelFactory] = {}

