@@ -12,13 +12,33 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-install whenever pyproject.toml changes.
-$(STAMP)-base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# llama-cpp-python (the embedded model) is source-only on PyPI, takes about 5 minutes to
+# compile, and its default -march=native build crashes on some CPUs.  It is built once per
+# machine with portable flags into a wheel cache outside the work tree, keyed by version and
+# flags, and installed from there (docs/local-models.md).
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS  := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+WHEEL_CACHE       ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fengchao-chains/wheels
+LLAMA_WHEEL_DIR   := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell printf '%s' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+
+$(LLAMA_WHEEL_DIR)/.built: | $(BIN)/python
+	@echo "building llama-cpp-python $(LLAMA_CPP_VERSION) (about 5 minutes, once per machine)" >&2
+	rm -rf $(LLAMA_WHEEL_DIR).partial
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --quiet --no-deps --no-cache-dir \
+		-w $(LLAMA_WHEEL_DIR).partial llama-cpp-python==$(LLAMA_CPP_VERSION)
+	rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).partial $(LLAMA_WHEEL_DIR)
 	touch $@
 
-$(STAMP)-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Re-install whenever pyproject.toml changes.  The cached llama.cpp wheel goes in first, so
+# the `local` extra finds it installed and pip never compiles it with default flags.
+$(STAMP)-base: pyproject.toml $(LLAMA_WHEEL_DIR)/.built | $(BIN)/python
+	$(BIN)/pip install --quiet $(LLAMA_WHEEL_DIR)/*.whl
+	$(BIN)/pip install --quiet -e '.[local]'
+	touch $@
+
+$(STAMP)-dev: pyproject.toml $(LLAMA_WHEEL_DIR)/.built | $(BIN)/python
+	$(BIN)/pip install --quiet $(LLAMA_WHEEL_DIR)/*.whl
+	$(BIN)/pip install --quiet -e '.[dev,local]'
 	touch $@ $(STAMP)-base
 
 serve: $(STAMP)-base

@@ -23,6 +23,7 @@ SDK_GROUPS: dict[str, tuple[str, ...]] = {
     "qianfan": ("qianfan==0.4.12.3",),
     "sensenova": ("sensenova==1.0.6",),
     "volcengine": ("volcengine==1.0.229", "volcengine-ark-runtime==5.0.54"),
+    "text-generation": ("text-generation==0.7.0",),
     # LangChain's own classes for two vendors, the second anchor of bench/vendor_overhead.py
     "langchain-anthropic": ("langchain-anthropic==1.7.7", "anthropic==2.12.0"),
     "langchain-community": ("langchain-community==0.4.2", "volcengine==1.0.229"),

@@ -105,8 +105,9 @@ class ChatLlamaCpp(StandardChatModel):
 
     vendor_name = "llamacpp"
 
-    n_ctx: int = Field(default=4096, gt=0)
-    """Context window (prompt plus reply) in tokens."""
+    n_ctx: int = Field(default=4096, ge=256)
+    """Context window (prompt plus reply) in tokens; llama.cpp pads smaller ones to 256,
+    which llama-cpp-python does not follow, so 256 is the least."""
     n_threads: int | None = None
     """CPU threads for generation; default: llama.cpp's choice (the physical cores)."""
     n_batch: int = Field(default=512, gt=0)
@@ -171,7 +172,7 @@ class ChatLlamaCpp(StandardChatModel):
         if isinstance(exc, VendorError):
             return exc
         message = str(exc) or type(exc).__name__
-        if isinstance(exc, ValueError) and "context window" in message:
+        if isinstance(exc, ValueError) and "context window" in message:  # llama.cpp's own
             return ContextTooLongError(message, vendor=self.vendor_name, status_code=400)
         return UpstreamError(f"llama.cpp failed: {message}", vendor=self.vendor_name)
 
@@ -189,7 +190,7 @@ class ChatLlamaCpp(StandardChatModel):
         )
         channel = SyncChannel()
         self._submit(run, channel.deliver)
-        return self._result(_single(self, channel.get(), channel.get()))
+        return self._result(_single(self, channel.get()))
 
     async def _agenerate(
         self,
@@ -203,7 +204,7 @@ class ChatLlamaCpp(StandardChatModel):
         )
         channel = AsyncChannel()
         self._submit(run, channel.deliver)
-        return self._result(_single(self, await channel.get(), await channel.get()))
+        return self._result(_single(self, await channel.get()))
 
     def _stream(
         self,
@@ -277,20 +278,21 @@ class ChatLlamaCpp(StandardChatModel):
         return self._engine().key.path.name
 
 
-def _single(model: ChatLlamaCpp, first: tuple[str, Any], second: tuple[str, Any]) -> Any:
-    """The one item a whole-answer job sends (then its end), or the error it raised."""
-    for kind, item in (first, second):
-        if kind == "error":
-            raise model._failure(item)
-        if kind == "item":
-            return item
-    raise UpstreamError("llama.cpp sent no answer", vendor=model.vendor_name)
+def _single(model: ChatLlamaCpp, first: tuple[str, Any]) -> Any:
+    """The answer a whole-answer job sends first (its end follows), or the error it raised."""
+    kind, item = first
+    if kind == "error":
+        raise model._failure(item)
+    if kind != "item":
+        raise UpstreamError("llama.cpp sent no answer", vendor=model.vendor_name)
+    return item
 
 
 def _whole_answer(
     messages: list[dict[str, Any]], options: dict[str, Any]
 ) -> Callable[[Any, Callable[[Any], None]], None]:
     def run(llama: Any, emit: Callable[[Any], None]) -> None:
+        _check_fits(llama, _prompt_tokens(llama, messages))
         emit(llama.create_chat_completion(messages, stream=False, **options))
 
     return run
@@ -303,7 +305,7 @@ def _streamed_answer(
     counted by the model's own tokenizer (``emit`` stops it once the caller has gone)."""
 
     def run(llama: Any, emit: Callable[[Any], None]) -> None:
-        prompt_tokens = _prompt_tokens(llama, messages)
+        prompt_tokens = _check_fits(llama, _prompt_tokens(llama, messages))
         reply: list[str] = []
         chunks = llama.create_chat_completion(messages, stream=True, **options)
         try:
@@ -317,6 +319,19 @@ def _streamed_answer(
         emit({"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion}})
 
     return run
+
+
+def _check_fits(llama: Any, prompt_tokens: int) -> int:
+    """``prompt_tokens``, if they leave room for a reply in the context window (llama.cpp
+    itself fails on a longer prompt with an internal array error, not a clear one)."""
+    window = llama.n_ctx()
+    if prompt_tokens >= window:
+        raise ContextTooLongError(
+            f"the prompt is {prompt_tokens} tokens; the context window is {window} (n_ctx)",
+            vendor=ChatLlamaCpp.vendor_name,
+            status_code=400,
+        )
+    return prompt_tokens
 
 
 def _prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:

@@ -1,43 +1,35 @@
-"""A fake of Hugging Face text-generation-inference (TGI 3.x's router) serving a Qwen1.5 chat model.
+"""A fake of Hugging Face text-generation-inference (TGI 3.x's router) serving Qwen1.5-Chat.
 
-It follows ``docs/vendors.md`` section 9, checked against TGI's ``router/src`` (server.rs,
-lib.rs, chat.rs, validation.rs):
+It follows ``docs/vendors.md`` section 9, checked against TGI's ``router/src``:
 
-* ``POST /generate`` answers ``{"generated_text", "details"}`` (``details`` only when
-  ``parameters.details``: finish_reason, generated_tokens, seed, prefill, tokens) with TGI's
-  ``x-prompt-tokens``/``x-generated-tokens`` headers; ``POST /`` wraps that object in a
-  one-element list, or streams when the body says ``"stream": true``; ``POST /generate_stream``
-  sends ``data:{json}`` per token and no terminator. A natural end is the special token
-  ``<|im_end|>`` (finish ``eos_token``, counted in ``generated_tokens``, not in the text);
-  ``max_new_tokens`` (default 100) ends with ``length``; a stop sequence ends with
-  ``stop_sequence`` and, as in TGI, stays in the text. The last event carries
-  ``generated_text`` and (with ``details``) ``generated_tokens``, ``seed`` and
-  ``input_length``; ``stream_input_length=False`` drops ``input_length`` and ``index`` (TGI 1.x).
-* ``POST /v1/chat/completions`` (the Messages API) renders the messages with Qwen's ChatML
-  template (its default system prompt inserted) and answers as TGI does: ``id`` "", ``model`` the
-  served one whatever the request names, ``system_fingerprint`` "3.3.7-native", finish ``stop``
-  (eos), ``length`` or ``stop_sequence``; stream chunks repeat ``delta.role`` and carry
-  ``"usage": null``, the eos token comes as an empty delta with the finish reason,
-  ``stream_options.include_usage`` adds a ``choices: []`` chunk with usage, then ``data: [DONE]``.
-  Temperature 0 means greedy here, as in TGI. ``messages_api=False`` answers 404 (an old TGI).
-* ``GET /info`` (limits from ``context_window``), ``GET /health`` (also ``GET /`` and ``/ping``;
-  503 when ``healthy`` is False), ``GET /v1/models``, ``POST /tokenize``.
-* The reply echoes the last ChatML user turn of ``inputs`` (all of ``inputs`` if it has none);
-  the prompt's length is the fake tokenizer's count of the raw ``inputs`` (of the rendered
-  template on the chat route).
+* ``POST /generate`` answers ``{"generated_text", "details"}`` (``details`` only when asked) with
+  the ``x-prompt-tokens``/``x-generated-tokens`` headers; ``POST /`` wraps it in a one-element
+  list, or streams for ``"stream": true``; ``POST /generate_stream`` sends ``data:{json}`` per
+  token and no terminator, its last event with ``generated_text`` and ``details`` (with
+  ``input_length``; ``stream_input_length=False`` drops it and ``index``, as TGI 1.x). A natural
+  end is the special eos token ``<|im_end|>`` (``eos_token``; counted, not in the text); past
+  ``max_new_tokens`` (default 100) ``length``; a stop sequence ``stop_sequence``, kept in the text.
+* ``POST /v1/chat/completions`` renders Qwen's ChatML (default system prompt inserted) and answers
+  as TGI: ``id`` "", the served ``model``, ``system_fingerprint`` "3.3.7-native", finish ``stop``
+  (eos), ``length`` or ``stop_sequence``; chunks repeat ``delta.role`` and carry ``usage: null``,
+  eos is an empty delta with the finish reason, ``include_usage`` adds a ``choices: []`` usage
+  chunk, then ``data: [DONE]``. Temperature 0 is greedy. ``messages_api=False``: 404, an old TGI.
+* ``GET /info`` (limits from ``context_window``), ``/health`` (and ``/``, ``/ping``; 503 unless
+  ``healthy``), ``/v1/models``; ``POST /tokenize``.
+* The reply echoes the last ChatML user turn of ``inputs`` (or all of it); the prompt's length is
+  the fake tokenizer's count of the raw ``inputs`` (of the rendered template, on the chat route).
 
-Errors are ``{"error", "error_type"}``. TGI's validation (422 ``validation``, its own messages):
-temperature <= 0, top_p outside (0, 1), more than 4 stop sequences, ``max_new_tokens`` <= 0,
-``inputs`` tokens + ``max_new_tokens`` over ``context_window`` (or Fault.CONTEXT_TOO_LONG), and on
-the stream routes ``best_of`` != 1 or ``decoder_input_details``. On the stream routes TGI reports
-it in-band, as one error event on an HTTP 200 stream, and so does this fake. Scripted refusals
-are HTTP answers on every route, as a proxy in front of TGI (or its non-stream routes) gives them,
-so a client may retry them before the first byte: RATE_LIMITED 429 ``overloaded`` (Retry-After),
-SERVER_ERROR 424 ``generation``, UNAUTHORIZED or TOKEN_EXPIRED a gateway's 401 (also any request
-without ``Authorization: Bearer <api_token>`` when ``api_token`` is set); SLOW waits first.
-CONTENT_FILTERED does not exist in TGI and is ignored. MID_STREAM_ERROR sends a ``generation``
-error event after ``after_chunks`` tokens (on the chat route OpenAI-flavoured,
-``{"error": {"message", "http_status_code"}}``, then ``[DONE]``); CUT_STREAM drops the connection.
+Errors are ``{"error", "error_type"}``. TGI's validation, 422 ``validation`` with its messages:
+temperature <= 0, top_p outside (0, 1), over 4 stop sequences, ``max_new_tokens`` <= 0, inputs +
+``max_new_tokens`` over ``context_window`` (or Fault.CONTEXT_TOO_LONG), and when streaming
+``best_of`` != 1 or ``decoder_input_details``. The stream routes report it in-band, as TGI does:
+one error event on an HTTP 200. Scripted refusals are HTTP answers on every route (a proxy in front
+of TGI gives them so; retriable before the first byte): RATE_LIMITED 429 ``overloaded`` with
+Retry-After, SERVER_ERROR 424 ``generation``, UNAUTHORIZED/TOKEN_EXPIRED a gateway's 401 (also
+without ``Authorization: Bearer <api_token>`` when ``api_token`` is set); SLOW waits first;
+CONTENT_FILTERED has no TGI form and is ignored. MID_STREAM_ERROR sends a ``generation`` event
+after ``after_chunks`` tokens (OpenAI-flavoured ``{"error": {"message", "http_status_code"}}``
+and ``[DONE]`` on the chat route); CUT_STREAM drops the connection there.
 """
 
 from __future__ import annotations
@@ -49,6 +41,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 from starlette.applications import Starlette
@@ -61,7 +54,6 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     answer_fault,
-    bearer,
     content_text,
     count_tokens,
     paced,
@@ -125,25 +117,30 @@ def token(text: str, n: int) -> dict[str, Any]:
     """One generated token as TGI reports it (ids and logprobs are made up, but stable)."""
     special = text == EOS
     token_id = EOS_ID if special else zlib.crc32(text.encode()) % 151643
-    return {"id": token_id, "text": text, "logprob": -0.05 * (1 + n % 7), "special": special}
-
-
-@dataclass
-class Ask:
-    """A validated generation request."""
-
-    inputs: str
-    input_length: int
-    max_new_tokens: int
-    stop: list[str]
-    seed: int | None
+    return {
+        "id": token_id,
+        "text": text,
+        "logprob": round(-0.05 * (1 + n % 7), 2),
+        "special": special,
+    }
 
 
 @dataclass
 class Generation:
+    """What the model made of one request."""
+
     tokens: list[dict[str, Any]]
     finish_reason: str  # TGI's names: length, eos_token, stop_sequence
     input_length: int
+    seed: int | None
+
+    def details(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "finish_reason": self.finish_reason,
+            "generated_tokens": len(self.tokens),
+            "seed": self.seed,
+            **extra,
+        }
 
     @property
     def text(self) -> str:
@@ -152,6 +149,11 @@ class Generation:
     @property
     def chat_finish(self) -> str:
         return "stop" if self.finish_reason == "eos_token" else self.finish_reason
+
+    def headers(self) -> dict[str, str]:
+        """Those TGI's non-stream answers carry."""
+        prompt, generated = str(self.input_length), str(len(self.tokens))
+        return {"x-prompt-tokens": prompt, "x-generated-tokens": generated}
 
     def usage(self) -> dict[str, int]:
         done = len(self.tokens)
@@ -216,12 +218,9 @@ class FakeTGI(FakeVendor):
         fault = self.next_fault() if generation else None
         await paced(fault)
         kind = fault.fault if fault else None
-        authorization = str(request.headers.get("authorization", ""))
+        wanted = None if self.api_token is None else f"Bearer {self.api_token}"
         if kind in (Fault.UNAUTHORIZED, Fault.TOKEN_EXPIRED) or (
-            self.api_token is not None
-            and not (
-                authorization[:7].lower() == "bearer " and bearer(request.headers) == self.api_token
-            )
+            wanted is not None and request.headers.get("authorization") != wanted
         ):
             return body, self.error(TGIError(401, BAD_TOKEN, "authentication")), fault
         if isinstance(body, str):
@@ -245,10 +244,10 @@ class FakeTGI(FakeVendor):
         )
         return PlainTextResponse(message, status_code=422)
 
-    def validate(
+    def infer(
         self, inputs: str, params: dict[str, Any], streaming: bool, fault: FaultSpec | None
-    ) -> Ask:
-        """TGI's checks, in its order; raises the validation error it would send."""
+    ) -> Generation:
+        """TGI's checks in its order (raising the validation error it sends), then the model."""
         if streaming and (params.get("best_of") or 1) != 1:
             raise invalid("`best_of` != 1 is not supported when streaming tokens")
         if streaming and params.get("decoder_input_details"):
@@ -258,16 +257,16 @@ class FakeTGI(FakeVendor):
             raise invalid("`temperature` must be strictly positive")
         if top_p is not None and not 0 < top_p < 1:
             raise invalid("`top_p` must be > 0.0 and < 1.0")
+        max_new = params.get("max_new_tokens")
+        max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
+        if max_new <= 0:
+            raise invalid("`max_new_tokens` must be strictly positive")
         stop = params.get("stop") or []
         stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         if len(stop) > MAX_STOP_SEQUENCES:
             raise invalid(
                 f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(stop)}"
             )
-        max_new = params.get("max_new_tokens")
-        max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
-        if max_new <= 0:
-            raise invalid("`max_new_tokens` must be strictly positive")
         if not inputs:
             raise invalid("`inputs` cannot be empty")
         length = count_tokens(inputs)
@@ -278,22 +277,18 @@ class FakeTGI(FakeVendor):
                 f"`inputs` tokens + `max_new_tokens` must be <= {self.context_window}."
                 f" Given: {length} `inputs` tokens and {max_new} `max_new_tokens`"
             )
-        return Ask(inputs, length, max_new, stop, params.get("seed"))
-
-    def run(self, ask: Ask) -> Generation:
-        """The model: the reply's tokens, then eos, cut by TGI's stopping criteria in its order."""
-        turns = _USER_TURN.findall(ask.inputs)
-        pieces = [*split_tokens(self.reply(turns[-1] if turns else ask.inputs)), EOS]
+        # the model: the reply's tokens, then eos, cut by TGI's stopping criteria in its order
+        turns = _USER_TURN.findall(inputs)
+        pieces = [*split_tokens(self.reply(turns[-1] if turns else inputs)), EOS]
         tokens: list[dict[str, Any]] = []
         for n, piece in enumerate(pieces, 1):
             tokens.append(token(piece, n))
-            if n >= ask.max_new_tokens:
-                return Generation(tokens, "length", ask.input_length)
-            if piece == EOS:
-                return Generation(tokens, "eos_token", ask.input_length)
-            text = "".join(t["text"] for t in tokens)
-            if any(s and s in text for s in ask.stop):
-                return Generation(tokens, "stop_sequence", ask.input_length)
+            stopped = any(s and s in "".join(t["text"] for t in tokens) for s in stop)
+            if n >= max_new or piece == EOS or stopped:
+                finish = (
+                    "length" if n >= max_new else "eos_token" if piece == EOS else "stop_sequence"
+                )
+                return Generation(tokens, finish, length, params.get("seed"))
         raise AssertionError("unreachable: the eos token ends every reply")
 
     # ----------------------------------------------------------------- the generate routes
@@ -314,17 +309,16 @@ class FakeTGI(FakeVendor):
             "x-accel-buffering": "no",
         }
         try:
-            ask = self.validate(inputs, params, streaming, fault)
+            generation = self.infer(inputs, params, streaming, fault)
         except TGIError as error:
             if streaming:
                 return sse_response(
                     _frames(f"data:{_dumps(error.body())}\n\n"), headers=stream_headers
                 )
             return self.error(error)
-        generation = self.run(ask)
         prefix = inputs if params.get("return_full_text") else ""
         if streaming:
-            events = self._token_events(generation, ask, prefix, bool(params.get("details")), fault)
+            events = self._token_events(generation, prefix, bool(params.get("details")), fault)
             return sse_response(events, headers=stream_headers)
         answer: dict[str, Any] = {"generated_text": prefix + generation.text}
         if params.get("details") or params.get("decoder_input_details"):
@@ -332,26 +326,13 @@ class FakeTGI(FakeVendor):
                 {"id": token(p, n)["id"], "text": p, "logprob": None if n == 0 else -0.5}
                 for n, p in enumerate(split_tokens(inputs))
             ]
-            answer["details"] = {
-                "finish_reason": generation.finish_reason,
-                "generated_tokens": len(generation.tokens),
-                "seed": ask.seed,
-                "prefill": prefill if params.get("decoder_input_details") else [],
-                "tokens": generation.tokens,
-            }
-        headers = self._usage_headers(generation)
+            prefill = prefill if params.get("decoder_input_details") else []
+            answer["details"] = generation.details(prefill=prefill, tokens=generation.tokens)
+        headers = generation.headers()
         return JSONResponse([answer] if stream is None else answer, headers=headers)
 
-    @staticmethod
-    def _usage_headers(generation: Generation) -> dict[str, str]:
-        return {
-            "x-compute-type": "gpu+optimized",
-            "x-prompt-tokens": str(generation.input_length),
-            "x-generated-tokens": str(len(generation.tokens)),
-        }
-
     async def _token_events(
-        self, generation: Generation, ask: Ask, prefix: str, details: bool, fault: FaultSpec | None
+        self, generation: Generation, prefix: str, details: bool, fault: FaultSpec | None
     ) -> AsyncIterator[str]:
         last = len(generation.tokens) - 1
         for n, tok in enumerate(generation.tokens):
@@ -368,12 +349,7 @@ class FakeTGI(FakeVendor):
             if n == last:
                 event["generated_text"] = prefix + generation.text
                 if details:
-                    event["details"] = {
-                        "finish_reason": generation.finish_reason,
-                        "generated_tokens": len(generation.tokens),
-                        "seed": ask.seed,
-                        "input_length": generation.input_length,
-                    }
+                    event["details"] = generation.details(input_length=generation.input_length)
             if not self.stream_input_length:
                 del event["index"]
                 if event["details"]:
@@ -399,12 +375,11 @@ class FakeTGI(FakeVendor):
             "seed": body.get("seed"),
         }
         try:
-            ask = self.validate(chatml(messages), params, streaming, fault)
+            generation = self.infer(chatml(messages), params, streaming, fault)
         except TGIError as error:
             if streaming:
                 return sse_response(_frames(self._chat_error(error), "data: [DONE]\n\n"))
             return self.error(error)
-        generation = self.run(ask)
         if streaming:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return sse_response(self._chat_events(generation, include_usage, fault))
@@ -415,7 +390,7 @@ class FakeTGI(FakeVendor):
             "finish_reason": generation.chat_finish,
         }
         answer = {**self._head("chat.completion"), "choices": [choice], "usage": generation.usage()}
-        return JSONResponse(answer, headers=self._usage_headers(generation))
+        return JSONResponse(answer, headers=generation.headers())
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {
@@ -481,15 +456,11 @@ class FakeTGI(FakeVendor):
             return refusal
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
             return self.missing("inputs")
-        tokens, start = [], 0
-        for n, piece in enumerate(split_tokens(body["inputs"])):
-            tokens.append(
-                {
-                    "id": token(piece, n)["id"],
-                    "text": piece,
-                    "start": start,
-                    "stop": start + len(piece),
-                }
-            )
-            start += len(piece)
-        return JSONResponse(tokens)
+        pieces = split_tokens(body["inputs"])
+        ends = accumulate(len(piece) for piece in pieces)
+        return JSONResponse(
+            [
+                {"id": token(p, 0)["id"], "text": p, "start": end - len(p), "stop": end}
+                for p, end in zip(pieces, ends, strict=True)
+            ]
+        )
