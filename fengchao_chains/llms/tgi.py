@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -34,7 +34,9 @@ import httpx
 import httpx2
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import (
+    GenerationError,
     HfHubHTTPError,
+    IncompleteGenerationError,
     InferenceTimeoutError,
     OverloadedError,
     TextGenerationError,
@@ -45,6 +47,7 @@ from langchain_core.language_models.chat_models import agenerate_from_stream, ge
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr
 
 from fengchao_chains.catalog.cards import ModelCard
@@ -60,6 +63,7 @@ from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta
 from fengchao_chains.llms._messages import estimate_tokens, openai_messages
 from fengchao_chains.llms.errors import (
+    ContextTooLongError,
     InvalidRequestError,
     RateLimitError,
     UpstreamError,
@@ -73,10 +77,22 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 
 _FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 _ERROR_TYPES: dict[str, type[VendorError]] = {
+    "validation": InvalidRequestError,
     "overloaded": RateLimitError,
     "generation": UpstreamError,
     "incomplete_generation": UpstreamError,
 }
+_STATUS_CODES = {422: "validation", 424: "generation", 429: "overloaded"}
+"""TGI's error type for a status, when an error event names only the status."""
+_EXCEPTION_CODES: dict[type[TextGenerationError], str] = {
+    ValidationError: "validation",
+    GenerationError: "generation",
+    OverloadedError: "overloaded",
+    IncompleteGenerationError: "incomplete_generation",
+}
+_PROMPT_TOO_LONG = re.compile(
+    r"`inputs` tokens \+ `max_new_tokens` must be|`inputs` must have less"
+)
 _CHAT_PARAMS = set(inspect.signature(InferenceClient.chat_completion).parameters) - {
     "self",
     "messages",
@@ -101,9 +117,13 @@ class ChatTGI(RemoteChatModel):
     vendor_name = "tgi"
     default_base_url = DEFAULT_BASE_URL
 
-    api_key: SecretStr | None = Field(default=None, alias="hf_token")
-    """Sent as ``Authorization: Bearer``: TGI ignores it, an inference endpoint or a proxy in
-    front of it may need it."""
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env("HF_TOKEN", default=None), alias="hf_token"
+    )
+    """Sent as ``Authorization: Bearer`` (default ``HF_TOKEN``): TGI ignores it, an
+    inference endpoint or a proxy in front of it may need it."""
+    base_url: str | None = Field(default_factory=from_env("TGI_BASE_URL", default=None))
+    """The server's root URL (default ``TGI_BASE_URL``, else ``http://127.0.0.1:8080``)."""
     api: Literal["auto", "messages", "generate"] = "auto"
     """Which route to use: the Messages API, ``/generate_stream``, or the first that works."""
     chat_template: str = QWEN_CHATML
@@ -159,7 +179,7 @@ class ChatTGI(RemoteChatModel):
     # ------------------------------------------------------------------ requests
 
     def _chat_kwargs(self, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-        kwargs = {k: v for k, v in params.items() if k in _CHAT_PARAMS}
+        kwargs = {"model": self.model, **{k: v for k, v in params.items() if k in _CHAT_PARAMS}}
         extra = {k: v for k, v in params.items() if k not in _CHAT_PARAMS}
         if extra:
             kwargs["extra_body"] = extra
@@ -218,6 +238,8 @@ class ChatTGI(RemoteChatModel):
             ) from None
 
     def _http_error(self, exc: HfHubHTTPError) -> VendorError:
+        """An error answer: TGI's ``{"error", "error_type"}``, or an OpenAI-style body from
+        another server or a proxy."""
         response = exc.response
         try:
             body = response.json()
@@ -225,44 +247,33 @@ class ChatTGI(RemoteChatModel):
             body = None
         meta = ResponseMeta(response.status_code, httpx.Headers(dict(response.headers)), None)
         error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, str):  # TGI: {"error": "...", "error_type": "..."}
-            code = body.get("error_type")
-            kind = _ERROR_TYPES.get(str(code))
-            return self._error(response.status_code, error, code=code, meta=meta, kind=kind)
-        if isinstance(body, dict):  # an OpenAI-style body (another server, a proxy)
-            return self._error_from_body(response.status_code, body, meta)
-        reason = httpx.codes.get_reason_phrase(response.status_code) or "error"
-        return self._error(response.status_code, reason, meta=meta)
-
-    def _error_from_body(
-        self, status: int, body: dict[str, Any], meta: ResponseMeta
-    ) -> VendorError:
-        error = body.get("error")
         if isinstance(error, dict):
-            message = str(error.get("message") or error)
-            return self._error(
-                status, message, code=error.get("code") or error.get("type"), meta=meta
-            )
-        return self._error(status, json.dumps(body)[:300], meta=meta)
+            error, code = error.get("message") or error, error.get("code") or error.get("type")
+        else:
+            code = body.get("error_type") if isinstance(body, dict) else None
+        message = str(error or httpx.codes.get_reason_phrase(response.status_code) or "error")
+        return self._tgi_error(response.status_code, message, code, meta)
 
     def _generation_error(self, exc: TextGenerationError) -> VendorError:
-        """An error event of a stream, or a TGI error body huggingface_hub already parsed."""
-        cause = exc.__cause__
-        status = cause.response.status_code if isinstance(cause, HfHubHTTPError) else None
+        """An error huggingface_hub parsed: from an error answer (its cause), or an error
+        event in a stream (the Messages API's carries ``http_status_code``)."""
+        if isinstance(exc.__cause__, HfHubHTTPError):
+            return self._http_error(exc.__cause__)
         detail = exc.args[0] if exc.args else str(exc)
-        if isinstance(detail, dict):  # the Messages API's {"message", "http_status_code"}
-            status = detail.get("http_status_code", status)
-            return self._error(status, str(detail.get("message") or detail), code=None)
-        code = {
-            ValidationError: "validation",
-            OverloadedError: "overloaded",
-        }.get(type(exc), type(exc).__name__.removesuffix("Error").lower())
-        if code == "incompletegeneration":
-            code = "incomplete_generation"
-        if isinstance(exc, ValidationError):
-            return self._error(status or 422, str(detail), code=code)
-        kind = _ERROR_TYPES.get(code, UpstreamError)
-        return self._error(status, str(detail), code=code, kind=kind)
+        if isinstance(detail, dict):
+            status = detail.get("http_status_code")
+            return self._tgi_error(status, str(detail.get("message") or detail), None)
+        return self._tgi_error(None, str(detail), _EXCEPTION_CODES.get(type(exc)))
+
+    def _tgi_error(
+        self, status: int | None, message: str, code: Any, meta: ResponseMeta | None = None
+    ) -> VendorError:
+        """The project error for a TGI error type (or, without one, its HTTP status)."""
+        code = code or _STATUS_CODES.get(status or 0)
+        kind = _ERROR_TYPES.get(str(code))
+        if code == "validation" and _PROMPT_TOO_LONG.search(message):
+            kind = ContextTooLongError
+        return self._error(status, message, code=code, meta=meta, kind=kind)
 
     # ------------------------------------------------------------------ routes
 
@@ -353,11 +364,12 @@ class ChatTGI(RemoteChatModel):
     def _chat_result(self, output: Any, params: dict[str, Any]) -> ChatResult:
         choice = output.choices[0]
         raw = output.usage
+        reason = choice.finish_reason
         return result(
-            choice.message.content or "",
+            _before_stop(choice.message.content or "", params.get("stop") or []),
             usage_metadata=usage(raw.prompt_tokens, raw.completion_tokens) if raw else None,
             metadata={
-                "finish_reason": choice.finish_reason,
+                "finish_reason": _FINISH_REASONS.get(reason, reason),
                 "model_name": output.model or params.get("model") or self.model,
                 "system_fingerprint": output.system_fingerprint or None,
             },
@@ -391,12 +403,10 @@ class ChatTGI(RemoteChatModel):
                     self, lambda: self._open_generate(client, prompt, options)
                 )
             with self._mapped():
-                for event in events:
-                    for chunk in decoder.take(event):
-                        if run_manager:
-                            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                        yield chunk
-        yield decoder.finish()
+                for chunk in decoder.run(events):
+                    if run_manager and chunk.text:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
 
     async def _astream(
         self,
@@ -425,12 +435,10 @@ class ChatTGI(RemoteChatModel):
                     self, lambda: self._aopen_generate(client, prompt, options)
                 )
             with self._mapped():
-                async for event in events:
-                    for chunk in decoder.take(event):
-                        if run_manager:
-                            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                        yield chunk
-        yield decoder.finish()
+                async for chunk in decoder.arun(events):
+                    if run_manager and chunk.text:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
 
     def _open_chat(
         self, client: InferenceClient, messages: list[BaseMessage], params: dict[str, Any]
@@ -469,10 +477,24 @@ class ChatTGI(RemoteChatModel):
         return aiter(events)
 
 
+def stop_at(text: str, stops: list[str]) -> int | None:
+    """Where the first stop sequence in ``text`` begins (None: there is none). TGI leaves the
+    stop sequence (and the rest of the token that completed it) in its answer; LangChain's
+    convention is that an answer ends before it."""
+    found = [text.index(stop) for stop in stops if stop and stop in text]
+    return min(found) if found else None
+
+
+def _before_stop(text: str, stops: list[str]) -> str:
+    cut = stop_at(text, stops)
+    return text if cut is None else text[:cut]
+
+
 class _Decoder:
     """One stream's state, for either route: text chunks as they come, then one closing
     chunk with usage (the server's, or an estimate flagged ``usage_estimated`` when it sent
-    none) and the response metadata."""
+    none) and the response metadata. Text that could be the start of a stop sequence is held
+    back until it is known not to be one, since TGI sends the stop sequence itself."""
 
     def __init__(self, model: ChatTGI, messages: list[BaseMessage], params: dict[str, Any]):
         self.model = model
@@ -482,9 +504,24 @@ class _Decoder:
         self.finish_reason: str | None = None
         self.usage: UsageMetadata | None = None
         self.pieces = 0
-        self.text = ""
+        self.generated: int | None = None  # /generate_stream's count, when input_length is not
         self.message_id: str | None = None
         self.fingerprint: str | None = None
+        self.stops: list[str] = [s for s in params.get("stop") or [] if s]
+        self.held = ""
+        self.stopped = False
+
+    def run(self, events: Iterator[Any]) -> Iterator[ChatGenerationChunk]:
+        for event in events:
+            yield from self.take(event)
+        yield from self.finish()
+
+    async def arun(self, events: AsyncIterator[Any]) -> AsyncIterator[ChatGenerationChunk]:
+        async for event in events:
+            for chunk in self.take(event):
+                yield chunk
+        for chunk in self.finish():
+            yield chunk
 
     def take(self, event: Any) -> list[ChatGenerationChunk]:
         if hasattr(event, "choices"):
@@ -500,7 +537,8 @@ class _Decoder:
         if not event.choices:
             return []
         choice = event.choices[0]
-        self.finish_reason = choice.finish_reason or self.finish_reason
+        reason = choice.finish_reason
+        self.finish_reason = _FINISH_REASONS.get(reason, reason) if reason else self.finish_reason
         return self._piece(choice.delta.content or "")
 
     def _take_token(self, event: Any) -> list[ChatGenerationChunk]:
@@ -508,6 +546,7 @@ class _Decoder:
         if details is not None:
             self.finish_reason = _FINISH_REASONS.get(details.finish_reason, details.finish_reason)
             input_length = getattr(details, "input_length", None)
+            self.generated = details.generated_tokens
             if input_length is not None:
                 self.usage = usage(input_length, details.generated_tokens)
         if event.token.special:
@@ -518,10 +557,30 @@ class _Decoder:
         if not text:
             return []
         self.pieces += 1
-        self.text += text
+        if self.stopped:
+            return []
+        self.held += text
+        cut = stop_at(self.held, self.stops)
+        if cut is not None:
+            ready, self.held, self.stopped = self.held[:cut], "", True
+            return self._text(ready)
+        keep = max(
+            (k for s in self.stops for k in range(1, len(s) + 1) if self.held.endswith(s[:k])),
+            default=0,
+        )
+        ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return self._text(ready)
+
+    def _text(self, text: str) -> list[ChatGenerationChunk]:
+        if not text:
+            return []
         return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
 
-    def finish(self) -> ChatGenerationChunk:
+    def finish(self) -> list[ChatGenerationChunk]:
+        """The held-back text (which holds no stop sequence), then the closing chunk."""
+        return [*self._text(self.held), self._closing()]
+
+    def _closing(self) -> ChatGenerationChunk:
         metadata: dict[str, Any] = {
             "finish_reason": self.finish_reason,
             "model_name": self.model_name,
@@ -531,7 +590,7 @@ class _Decoder:
             prompt = self.prompt or "\n".join(
                 m["content"] for m in openai_messages(self.messages, self.model.vendor_name)
             )
-            self.usage = usage(estimate_tokens(prompt), self.pieces)
+            self.usage = usage(estimate_tokens(prompt), self.generated or self.pieces)
             metadata["usage_estimated"] = True
         message = AIMessageChunk(
             content="",

@@ -18,6 +18,7 @@ ark_server = server_fixture("ark")
 moonshot_server = server_fixture("moonshot")
 sensenova_server = server_fixture("sensenova")
 internlm_server = server_fixture("internlm")
+tgi_server = server_fixture("tgi")
 
 
 openai_fake = OPENAI.fixtures(fake="openai_fake")[0]

@@ -33,6 +33,7 @@ from fengchao_chains.llms.moonshot import ChatMoonshot
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.llms.qianfan import ChatQianfan
 from fengchao_chains.llms.sensenova import ChatSenseNova
+from fengchao_chains.llms.tgi import ChatTGI
 from fengchao_chains.llms.volcengine import ChatVolcengineMaas
 from fengchao_chains.llms.zhipu import ChatZhipu
 from fengchao_chains.testing.fakes._common import FakeVendor, Fault
@@ -47,6 +48,7 @@ from fengchao_chains.testing.fakes.sensenova import (
     TEST_SECRET_KEY,
     FakeSenseNova,
 )
+from fengchao_chains.testing.fakes.tgi import FakeTGI
 from fengchao_chains.testing.fakes.volcengine import (
     FAKE_ACCESS_KEY,
     FAKE_SECRET_KEY,
@@ -65,6 +67,7 @@ ARK_ENDPOINT = "ep-20240601123456-abcde"
 ARK_BOT = "bot-20240601123456-xyz12"
 SENSENOVA_API_KEY = "pk-platform-api-key-0123456789abcdef"
 INTERNLM_TOKEN = "puyu-test-token"
+TGI_TOKEN = "hf_test_token"  # an inference endpoint in front of TGI checks it
 
 # Catalog entries for Ark: they name the user's own endpoints and bots, so none ship.
 ARK_CATALOG = f"""
@@ -139,6 +142,8 @@ class VendorHarness:
     # answers' and mid-stream errors' request ids, where unlike other errors' (None: the same)
     answer_request_id_prefix: str | None = None
     answer_id_is_request_id: bool = False  # the message id is the vendor's request id
+    request_ids: bool = True  # False: the vendor gives answers no request id (TGI)
+    served_model: str | None = None  # a server holding one model names it in every answer
     finish_reason: str = "stop"  # finish reason of a whole answer
     length_reason: str = "length"  # ... of one cut by max_tokens
     stop_reason: str = "stop"  # ... of one ended by a stop sequence
@@ -267,6 +272,10 @@ def _sensenova_env(base_url: str) -> dict[str, str]:
 
 def _internlm_env(base_url: str) -> dict[str, str]:
     return {"INTERNLM_API_KEY": INTERNLM_TOKEN, "INTERNLM_BASE_URL": base_url}
+
+
+def _tgi_env(base_url: str) -> dict[str, str]:
+    return {"TGI_BASE_URL": base_url, "HF_TOKEN": TGI_TOKEN}
 
 
 def _reset_zhipu(fake: FakeVendor) -> None:
@@ -635,6 +644,38 @@ INTERNLM = VendorHarness(
     restored=("send_usage",),
 )
 
+TGI = VendorHarness(
+    name="tgi",
+    vendor="tgi",
+    server="tgi",
+    make_fake=lambda: FakeTGI(api_token=TGI_TOKEN),
+    path="",
+    chat_class=ChatTGI,
+    credentials={"model": "Qwen/Qwen1.5-0.5B-Chat", "api_key": TGI_TOKEN},
+    bad_credentials={"api_key": "hf_this_is_a_very_secret_token"},
+    secrets=("hf_this_is_a_very_secret_token",),
+    catalog={"Qwen1.5-0.5B-Chat": "Qwen/Qwen1.5-0.5B-Chat"},  # a server answers as its model
+    env=_tgi_env,
+    chat_path="/v1/chat/completions",
+    request_id_prefix=None,
+    request_ids=False,
+    served_model="Qwen/Qwen1.5-0.5B-Chat",
+    rate_limited=Expected(RateLimitError, "overloaded", 429),
+    server_error=Expected(UpstreamError, "generation", 424),
+    mid_stream=Expected(UpstreamError, "generation", 424),
+    bad_key=Expected(AuthenticationError, "authentication", 401),
+    faults={
+        Fault.UNAUTHORIZED: Expected(AuthenticationError, "authentication", 401),
+        Fault.TOKEN_EXPIRED: Expected(AuthenticationError, "authentication", 401),
+        Fault.CONTEXT_TOO_LONG: Expected(ContextTooLongError, "validation", 422),
+    },
+    context_message="must be <= 20",
+    stopped_text="Echo: alpha ",  # TGI's tokens carry their leading space
+    usage=None,  # the Messages API counts the ChatML markers too
+    sent_model=body_model,
+    auth_header=("authorization", f"Bearer {TGI_TOKEN}"),
+)
+
 HARNESSES = [
     OPENAI,
     ZHIPU,
@@ -647,6 +688,7 @@ HARNESSES = [
     MOONSHOT,
     SENSENOVA,
     INTERNLM,
+    TGI,
 ]
 SERVERS = {h.server: h.make_fake for h in HARNESSES}
 

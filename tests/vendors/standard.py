@@ -61,8 +61,9 @@ class VendorIntegrationTests(ChatModelIntegrationTests):
     are text only: no tool calling, no structured output."""
 
     harness: ClassVar[VendorHarness]
-    override_model: ClassVar[str]
-    """What ``test_*_with_model_override`` switches to with a per-call ``model=``."""
+    override_model: ClassVar[str | None]
+    """What ``test_*_with_model_override`` switches to with a per-call ``model=`` (None: the
+    server holds one model and answers as it, so there is nothing to switch to)."""
 
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
@@ -82,5 +83,5 @@ class VendorIntegrationTests(ChatModelIntegrationTests):
         return False
 
     @property
-    def model_override_value(self) -> str:
+    def model_override_value(self) -> str | None:
         return self.override_model
