@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from langchain_core.prompts import (
     ChatPromptTemplate,
     HumanMessagePromptTemplate,
@@ -52,6 +53,16 @@ class SandboxedPromptTemplate(StringPromptTemplate):
         return self.compiled.render(values, RenderBudget(self.limits))
 
 
+class OptionalHistory(MessagesPlaceholder):
+    """The optional ``history``, also when given as ``None`` (LangServe sends every field of
+    the input schema, an unset optional one as ``null``)."""
+
+    def format_messages(self, **kwargs: Any) -> list[BaseMessage]:
+        if kwargs.get(self.variable_name) is None:
+            return []
+        return super().format_messages(**kwargs)
+
+
 def chat_prompt_template(instruction: Instruction, limits: RenderLimits) -> ChatPromptTemplate:
     """System message (the prefix around the system text), an optional ``history`` of
     earlier messages, then the user message. ``query`` and required variables are inputs;
@@ -62,7 +73,7 @@ def chat_prompt_template(instruction: Instruction, limits: RenderLimits) -> Chat
             SystemMessagePromptTemplate(
                 prompt=SandboxedPromptTemplate.from_compiled(instruction.prefix, limits)
             ),
-            MessagesPlaceholder(HISTORY, optional=True),
+            OptionalHistory(variable_name=HISTORY, optional=True),
             HumanMessagePromptTemplate(
                 prompt=SandboxedPromptTemplate.from_compiled(instruction.prompt, limits)
             ),

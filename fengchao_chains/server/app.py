@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from fengchao_chains import __version__
 from fengchao_chains.runtime import Runtime
-from fengchao_chains.server import aigc
+from fengchao_chains.server import aigc, local_chat, playground
 from fengchao_chains.server.deps import RuntimeDep
 from fengchao_chains.settings import Settings, get_settings
 
@@ -46,6 +46,8 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         lifespan=lifespan,
     )
     app.include_router(aigc.router)
+    app.include_router(local_chat.router)
+    playground.mount(app, runtime.settings if runtime else settings or get_settings())
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     return app
 
