@@ -185,9 +185,7 @@ class ChatLlamaCpp(StandardChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        run = _whole_answer(
-            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
-        )
+        run = self._runner(messages, stop, kwargs, stream=False)
         channel = SyncChannel()
         self._submit(run, channel.deliver)
         return self._result(_single(self, channel.get()))
@@ -199,9 +197,7 @@ class ChatLlamaCpp(StandardChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        run = _whole_answer(
-            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
-        )
+        run = self._runner(messages, stop, kwargs, stream=False)
         channel = AsyncChannel()
         self._submit(run, channel.deliver)
         return self._result(_single(self, await channel.get()))
@@ -214,25 +210,18 @@ class ChatLlamaCpp(StandardChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         decoder = _Decoder(self)
-        run = _streamed_answer(
-            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
-        )
+        run = self._runner(messages, stop, kwargs, stream=True)
         channel = SyncChannel()
         job = self._submit(run, channel.deliver)
         try:
-            while True:
-                kind, item = channel.get()
-                if kind == "end":
-                    break
-                if kind == "error":
-                    raise self._failure(item)
-                for chunk in decoder.take(item):
+            while (chunks := decoder.take(*channel.get())) is not None:
+                for chunk in chunks:
                     if run_manager:
                         run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
+            yield decoder.finish()
         finally:
             job.cancelled.set()  # the caller stopped reading: stop generating
-        yield decoder.finish()
 
     async def _astream(
         self,
@@ -242,25 +231,18 @@ class ChatLlamaCpp(StandardChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         decoder = _Decoder(self)
-        run = _streamed_answer(
-            openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
-        )
+        run = self._runner(messages, stop, kwargs, stream=True)
         channel = AsyncChannel()
         job = self._submit(run, channel.deliver)
         try:
-            while True:
-                kind, item = await channel.get()
-                if kind == "end":
-                    break
-                if kind == "error":
-                    raise self._failure(item)
-                for chunk in decoder.take(item):
+            while (chunks := decoder.take(*await channel.get())) is not None:
+                for chunk in chunks:
                     if run_manager:
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
+            yield decoder.finish()
         finally:
             job.cancelled.set()
-        yield decoder.finish()
 
     def _result(self, answer: dict[str, Any]) -> ChatResult:
         choice = answer["choices"][0]
@@ -364,7 +346,13 @@ class _Decoder:
         self.finish_reason: str | None = None
         self.counts: dict[str, int] = {}
 
-    def take(self, item: dict[str, Any]) -> list[ChatGenerationChunk]:
+    def take(self, kind: str, item: Any) -> list[ChatGenerationChunk] | None:
+        """The chunks for one thing the worker sent: None at its end, and its error raised
+        as the project's."""
+        if kind == "error":
+            raise self.model._failure(item)
+        if kind == "end":
+            return None
         if "usage" in item:
             self.counts = item["usage"]
             return []
