@@ -60,6 +60,7 @@ test-slow: $(STAMP)-dev
 bench: $(STAMP)-dev
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/vendor_overhead.py
+	$(BIN)/python bench/local_model.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

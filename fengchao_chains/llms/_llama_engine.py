@@ -64,25 +64,30 @@ class Job:
 class Engine:
     """A model file loaded once, lazily, and served by one worker thread."""
 
-    def __init__(self, key: EngineKey, max_queue: int) -> None:
+    def __init__(self, key: EngineKey) -> None:
         self.key = key
-        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self._jobs: queue.Queue[Job] = queue.Queue()
         self._llama: Any = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.tokenizer_lock = threading.Lock()
+        """Held while a caller tokenizes (counting usage) with the loaded model. Tokenizing
+        reads only the vocabulary, so it may run beside a generation, but not beside
+        another tokenization (llama-cpp-python's wrapper is not known to be re-entrant)."""
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; :class:`QueueFull` if ``max_queue`` requests are already waiting."""
+    def submit(self, job: Job, max_waiting: int) -> None:
+        """Queue ``job``; :class:`QueueFull` if ``max_waiting`` jobs are already waiting (each
+        caller's own bound on one shared queue: model objects for one file share it)."""
         with self._lock:
+            if self._jobs.qsize() >= max_waiting:
+                raise QueueFull
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._work, name=f"llama.cpp {self.key.path.name}", daemon=True
                 )
                 self._thread.start()
-        try:
             self._jobs.put_nowait(job)
-        except queue.Full:
-            raise QueueFull from None
 
     @property
     def waiting(self) -> int:
@@ -94,7 +99,7 @@ class Engine:
             if job.cancelled.is_set():
                 continue
             try:
-                job.run(self._loaded(), job.emit)
+                job.run(self.loaded(), job.emit)
             except Cancelled:
                 logger.debug("a caller stopped reading; generation stopped")
             except BaseException as exc:  # handed to the caller, who raises it
@@ -102,57 +107,75 @@ class Engine:
             else:
                 job.deliver(("end", None))
 
-    def _loaded(self) -> Any:
-        if self._llama is None:
-            from llama_cpp import Llama
-
-            logger.info("loading %s", self.key.path)
-            self._llama = Llama(
-                model_path=str(self.key.path),
-                n_ctx=self.key.n_ctx,
-                n_threads=self.key.n_threads,
-                n_batch=self.key.n_batch,
-                chat_format=self.key.chat_format,
-                verbose=False,
-            )
+    def loaded(self) -> Any:
+        """The ``Llama`` object, loaded by whichever thread asks first."""
+        with self._load_lock:
+            if self._llama is None:
+                self._llama = self._load()
         return self._llama
+
+    def _load(self) -> Any:
+        from llama_cpp import Llama
+
+        logger.info("loading %s", self.key.path)
+        return Llama(
+            model_path=str(self.key.path),
+            n_ctx=self.key.n_ctx,
+            n_threads=self.key.n_threads,
+            n_batch=self.key.n_batch,
+            chat_format=self.key.chat_format,
+            verbose=False,
+        )
 
 
 _engines: dict[EngineKey, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def engine_for(key: EngineKey, max_queue: int) -> Engine:
+def engine_for(key: EngineKey) -> Engine:
     """The process's engine for ``key`` (created on first use, then shared)."""
     with _engines_lock:
         if key not in _engines:
-            _engines[key] = Engine(key, max_queue)
+            _engines[key] = Engine(key)
         return _engines[key]
 
 
 class SyncChannel:
-    """A job's output, read by a thread."""
+    """A job's output, read by a thread. The first read waits at most ``timeout`` seconds
+    (the job's turn in the queue and its first output) and then reads as a
+    :class:`TimeoutError` from the job."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
         self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._timeout = timeout
 
     def deliver(self, item: tuple[str, Any]) -> None:
         self._items.put(item)
 
     def get(self) -> tuple[str, Any]:
-        return self._items.get()
+        timeout, self._timeout = self._timeout, None
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return ("error", TimeoutError(f"no answer within {timeout} s"))
 
 
 class AsyncChannel:
-    """A job's output, read by a coroutine on the loop that made the channel."""
+    """A job's output, read by a coroutine on the loop that made the channel (the first read
+    waits at most ``timeout`` seconds, as :class:`SyncChannel`'s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._timeout = timeout
 
     def deliver(self, item: tuple[str, Any]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is reading
             self._loop.call_soon_threadsafe(self._items.put_nowait, item)
 
     async def get(self) -> tuple[str, Any]:
-        return await self._items.get()
+        timeout, self._timeout = self._timeout, None
+        try:
+            return await asyncio.wait_for(self._items.get(), timeout)
+        except TimeoutError:
+            return ("error", TimeoutError(f"no answer within {timeout} s"))

@@ -8,9 +8,11 @@ llama.cpp model adds only what loading a file needs.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.utils.utils import get_pydantic_field_names
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from fengchao_chains.llms.errors import AuthenticationError
@@ -38,18 +40,28 @@ class StandardChatModel(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _settings_from_model_kwargs(cls, values: Any) -> Any:
-        """A catalog card can only carry ``model_kwargs``, so a key there that names one of
-        the class's own settings (``bot_api``, ``stream_usage``, ``delete_files_after_use``,
-        ``timeout``, ...) sets that setting instead of being sent to the vendor. A setting
-        given directly wins."""
-        if not isinstance(values, dict) or not isinstance(values.get("model_kwargs"), dict):
+        """Sort the constructor's arguments, as LangChain's partner models do: an unknown
+        argument (``seed=7``) is a vendor parameter and moves into ``model_kwargs`` (with a
+        warning, in case it is a typo). A catalog card can only carry ``model_kwargs``, so a
+        key there that names one of the class's own settings (``bot_api``, ``timeout``,
+        ``n_ctx``, ...) sets that setting instead. A setting given directly wins."""
+        if not isinstance(values, dict):
             return values
-        extra = dict(values["model_kwargs"])
+        known = get_pydantic_field_names(cls)
+        values = dict(values)
+        extra = dict(values.get("model_kwargs") or {})
+        for name in [k for k in values if k not in known]:
+            warnings.warn(
+                f"{name} is not a parameter of {cls.__name__}; it is sent to the vendor as"
+                " one of model_kwargs",
+                stacklevel=4,
+            )
+            extra[name] = values.pop(name)
         given = {n for n, f in cls.model_fields.items() if n in values or f.alias in values}
         for name in [k for k in extra if k in cls.model_fields and k != "model_kwargs"]:
             value = extra.pop(name)
             if name not in given:
-                values = {**values, name: value}
+                values[name] = value
         return {**values, "model_kwargs": extra}
 
     def _params(self, stop: list[str] | None, **kwargs: Any) -> dict[str, Any]:

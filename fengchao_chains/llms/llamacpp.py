@@ -10,12 +10,14 @@
   full gets a :class:`~.errors.RateLimitError` at once.
 - The model's own chat template (from the GGUF metadata) formats the conversation, as
   llama-cpp-python does by default.
-- Usage: llama.cpp's exact counts for ``invoke``; a stream, which llama.cpp reports no usage
-  for, counts the formatted prompt and the reply with the model's own tokenizer.
+- Usage: llama.cpp's exact counts for ``invoke``. llama.cpp reports none for a stream, so the
+  caller counts the formatted prompt and the reply with the model's own tokenizer, outside
+  the worker, which then does exactly what raw llama-cpp-python does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import lru_cache
@@ -47,6 +49,7 @@ from fengchao_chains.llms.errors import (
     RateLimitError,
     UpstreamError,
     VendorError,
+    VendorTimeoutError,
 )
 from fengchao_chains.settings import Settings
 
@@ -109,10 +112,13 @@ class ChatLlamaCpp(StandardChatModel):
     """Context window (prompt plus reply) in tokens; llama.cpp pads smaller ones to 256,
     which llama-cpp-python does not follow, so 256 is the least."""
     n_threads: int | None = None
-    """CPU threads for generation; default: llama.cpp's choice (the physical cores)."""
+    """CPU threads for generation; default: llama-cpp-python's (half the CPU count)."""
     n_batch: int = Field(default=512, gt=0)
     chat_format: str | None = None
     """A llama-cpp-python chat format name; default: the template in the GGUF file."""
+    timeout: float | None = Field(default=None, gt=0, alias="request_timeout")
+    """Seconds a call waits for the model to start answering (its turn in the queue, then
+    the prompt; for ``invoke`` the whole answer); None waits as long as it takes."""
     max_queue: int = Field(default=8, ge=1)
     """Calls that may wait for the model while it answers another; more are refused."""
 
@@ -128,7 +134,7 @@ class ChatLlamaCpp(StandardChatModel):
             key = EngineKey(
                 self.model_file, self.n_ctx, self.n_threads, self.n_batch, self.chat_format
             )
-            self._engine_ref = engine_for(key, self.max_queue)
+            self._engine_ref = engine_for(key)
         return self._engine_ref
 
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -141,25 +147,18 @@ class ChatLlamaCpp(StandardChatModel):
             )
         return options
 
-    def _runner(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        kwargs: dict[str, Any],
-        *,
-        stream: bool,
-    ) -> Callable[[Any, Callable[[Any], None]], None]:
-        """What the worker runs for this call (built here, so bad input fails before
-        the call waits in the queue)."""
-        converted = openai_messages(messages, self.vendor_name)
-        options = self._options(stop, kwargs)
-        return (_streamed_answer if stream else _whole_answer)(converted, options)
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The call's messages and options, checked here so bad input fails before the call
+        waits in the queue."""
+        return openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
 
     def _submit(self, run: Callable[[Any, Callable[[Any], None]], None], deliver: Any) -> Job:
         job = Job(run=run, deliver=deliver)
         engine = self._engine()
         try:
-            engine.submit(job)
+            engine.submit(job, self.max_queue)
         except QueueFull:
             raise RateLimitError(
                 f"the local model is busy: {engine.waiting} calls are waiting (max_queue)",
@@ -171,6 +170,8 @@ class ChatLlamaCpp(StandardChatModel):
     def _failure(self, exc: BaseException) -> VendorError:
         if isinstance(exc, VendorError):
             return exc
+        if isinstance(exc, TimeoutError):
+            return VendorTimeoutError(str(exc), vendor=self.vendor_name, status_code=504)
         message = str(exc) or type(exc).__name__
         if isinstance(exc, ValueError) and "context window" in message:  # llama.cpp's own
             return ContextTooLongError(message, vendor=self.vendor_name, status_code=400)
@@ -185,10 +186,12 @@ class ChatLlamaCpp(StandardChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        run = self._runner(messages, stop, kwargs, stream=False)
-        channel = SyncChannel()
-        self._submit(run, channel.deliver)
-        return self._result(_single(self, channel.get()))
+        channel = SyncChannel(self.timeout)
+        job = self._submit(_whole_answer(*self._prepare(messages, stop, kwargs)), channel.deliver)
+        try:
+            return self._result(_single(self, channel.get()))
+        finally:
+            job.cancelled.set()  # a call that timed out is not run later
 
     async def _agenerate(
         self,
@@ -197,10 +200,12 @@ class ChatLlamaCpp(StandardChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        run = self._runner(messages, stop, kwargs, stream=False)
-        channel = AsyncChannel()
-        self._submit(run, channel.deliver)
-        return self._result(_single(self, await channel.get()))
+        channel = AsyncChannel(self.timeout)
+        job = self._submit(_whole_answer(*self._prepare(messages, stop, kwargs)), channel.deliver)
+        try:
+            return self._result(_single(self, await channel.get()))
+        finally:
+            job.cancelled.set()
 
     def _stream(
         self,
@@ -209,17 +214,19 @@ class ChatLlamaCpp(StandardChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        converted, options = self._prepare(messages, stop, kwargs)
+        counter = _Counter(self._engine())
+        prompt_tokens = counter.prompt(converted)
         decoder = _Decoder(self)
-        run = self._runner(messages, stop, kwargs, stream=True)
-        channel = SyncChannel()
-        job = self._submit(run, channel.deliver)
+        channel = SyncChannel(self.timeout)
+        job = self._submit(_streamed_answer(converted, options), channel.deliver)
         try:
             while (chunks := decoder.take(*channel.get())) is not None:
                 for chunk in chunks:
                     if run_manager:
                         run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
-            yield decoder.finish()
+            yield decoder.finish(prompt_tokens, counter.reply(decoder.text))
         finally:
             job.cancelled.set()  # the caller stopped reading: stop generating
 
@@ -230,17 +237,20 @@ class ChatLlamaCpp(StandardChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        converted, options = self._prepare(messages, stop, kwargs)
+        counter = _Counter(self._engine())
+        prompt_tokens = await asyncio.to_thread(counter.prompt, converted)
         decoder = _Decoder(self)
-        run = self._runner(messages, stop, kwargs, stream=True)
-        channel = AsyncChannel()
-        job = self._submit(run, channel.deliver)
+        channel = AsyncChannel(self.timeout)
+        job = self._submit(_streamed_answer(converted, options), channel.deliver)
         try:
             while (chunks := decoder.take(*await channel.get())) is not None:
                 for chunk in chunks:
                     if run_manager:
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
-            yield decoder.finish()
+            completion_tokens = await asyncio.to_thread(counter.reply, decoder.text)
+            yield decoder.finish(prompt_tokens, completion_tokens)
         finally:
             job.cancelled.set()
 
@@ -274,7 +284,6 @@ def _whole_answer(
     messages: list[dict[str, Any]], options: dict[str, Any]
 ) -> Callable[[Any, Callable[[Any], None]], None]:
     def run(llama: Any, emit: Callable[[Any], None]) -> None:
-        _check_fits(llama, _prompt_tokens(llama, messages))
         emit(llama.create_chat_completion(messages, stream=False, **options))
 
     return run
@@ -283,42 +292,53 @@ def _whole_answer(
 def _streamed_answer(
     messages: list[dict[str, Any]], options: dict[str, Any]
 ) -> Callable[[Any, Callable[[Any], None]], None]:
-    """Runs in the worker: the chunks as llama.cpp makes them, then one item with usage
-    counted by the model's own tokenizer (``emit`` stops it once the caller has gone)."""
+    """Runs in the worker: the chunks as llama.cpp makes them, nothing else, so the worker
+    (which every queued call waits for) does no more than raw llama-cpp-python would.
+    ``emit`` stops it once the caller has gone."""
 
     def run(llama: Any, emit: Callable[[Any], None]) -> None:
-        prompt_tokens = _check_fits(llama, _prompt_tokens(llama, messages))
-        reply: list[str] = []
         chunks = llama.create_chat_completion(messages, stream=True, **options)
         try:
             for chunk in chunks:
                 emit(chunk)
-                reply.append(chunk["choices"][0]["delta"].get("content") or "")
         finally:
             chunks.close()
-        text = "".join(reply).encode()
-        completion = len(llama.tokenize(text, add_bos=False, special=True)) if text else 0
-        emit({"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion}})
 
     return run
 
 
-def _check_fits(llama: Any, prompt_tokens: int) -> int:
-    """``prompt_tokens``, if they leave room for a reply in the context window (llama.cpp
-    itself fails on a longer prompt with an internal array error, not a clear one)."""
-    window = llama.n_ctx()
-    if prompt_tokens >= window:
-        raise ContextTooLongError(
-            f"the prompt is {prompt_tokens} tokens; the context window is {window} (n_ctx)",
-            vendor=ChatLlamaCpp.vendor_name,
-            status_code=400,
-        )
-    return prompt_tokens
+class _Counter:
+    """Usage of a stream, counted by the caller with the model's own tokenizer (llama.cpp
+    reports none on streams), off the worker that queued calls wait for."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def prompt(self, messages: list[dict[str, Any]]) -> int:
+        """The prompt's length as llama.cpp will see it (the conversation through the GGUF's
+        chat template); a prompt that leaves no room for a reply is refused here, before
+        the call waits in the queue."""
+        llama = self.engine.loaded()
+        with self.engine.tokenizer_lock:
+            count = _prompt_tokens(llama, messages)
+        window = self.engine.key.n_ctx
+        if count >= window:
+            raise ContextTooLongError(
+                f"the prompt is {count} tokens; the context window is {window} (n_ctx)",
+                vendor=ChatLlamaCpp.vendor_name,
+                status_code=400,
+            )
+        return count
+
+    def reply(self, text: str) -> int:
+        if not text:
+            return 0
+        llama = self.engine.loaded()
+        with self.engine.tokenizer_lock:
+            return len(llama.tokenize(text.encode(), add_bos=False, special=True))
 
 
 def _prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
-    """The prompt's length as llama.cpp will see it: the conversation through the GGUF's
-    chat template, tokenized by the model."""
     template = llama.metadata.get("tokenizer.chat_template")
     if not template:
         text = "\n".join(str(m["content"]) for m in messages).encode()
@@ -344,7 +364,7 @@ class _Decoder:
         self.model = model
         self.message_id: str | None = None
         self.finish_reason: str | None = None
-        self.counts: dict[str, int] = {}
+        self.text = ""
 
     def take(self, kind: str, item: Any) -> list[ChatGenerationChunk] | None:
         """The chunks for one thing the worker sent: None at its end, and its error raised
@@ -353,25 +373,21 @@ class _Decoder:
             raise self.model._failure(item)
         if kind == "end":
             return None
-        if "usage" in item:
-            self.counts = item["usage"]
-            return []
         self.message_id = self.message_id or item.get("id")
         choice = item["choices"][0]
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
         text = choice["delta"].get("content")
         if not text:
             return []
+        self.text += text
         return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
 
-    def finish(self) -> ChatGenerationChunk:
+    def finish(self, prompt_tokens: int, completion_tokens: int) -> ChatGenerationChunk:
         metadata = {"finish_reason": self.finish_reason, "model_name": self.model.model_name}
         message = AIMessageChunk(
             content="",
             id=self.message_id,
-            usage_metadata=usage(
-                self.counts.get("prompt_tokens"), self.counts.get("completion_tokens")
-            ),
+            usage_metadata=usage(prompt_tokens, completion_tokens),
             response_metadata={k: v for k, v in metadata.items() if v is not None},
             chunk_position="last",
         )

@@ -16,7 +16,12 @@ from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 
 from fengchao_chains import get_chat_model
 from fengchao_chains.errors import ModelNotAvailableError
-from fengchao_chains.llms.errors import ContextTooLongError, InvalidRequestError, RateLimitError
+from fengchao_chains.llms.errors import (
+    ContextTooLongError,
+    InvalidRequestError,
+    RateLimitError,
+    VendorTimeoutError,
+)
 from fengchao_chains.llms.llamacpp import ChatLlamaCpp, resolve_model_file
 
 pytest.importorskip("llama_cpp")
@@ -158,7 +163,7 @@ async def test_an_async_stream_the_caller_leaves_stops_generating() -> None:
 
 def test_prompt_over_the_context_window_is_context_too_long() -> None:
     model = ChatLlamaCpp(model=PACKAGED, n_ctx=256)
-    with pytest.raises(ContextTooLongError, match="context window is 256"):
+    with pytest.raises(ContextTooLongError, match="context window"):
         model.invoke("word " * 300)
     with pytest.raises(ContextTooLongError):
         list(model.stream("word " * 300))
@@ -185,3 +190,19 @@ def test_catalog_default_model_is_the_embedded_one(tmp_path: Path) -> None:
     assert isinstance(model, ChatLlamaCpp)
     answer = model.invoke("Hello")
     assert answer.usage_metadata and answer.usage_metadata["output_tokens"] <= 4
+
+
+async def test_a_call_that_waits_too_long_times_out_and_is_dropped() -> None:
+    busy = ChatLlamaCpp(model=PACKAGED, max_tokens=200, n_ctx=1024, temperature=0.8)
+    hurried = ChatLlamaCpp(model=PACKAGED, max_tokens=2, n_ctx=1024, timeout=0.05)
+    long_story = asyncio.ensure_future(busy.ainvoke("Write a long story about a dragon."))
+    await asyncio.sleep(0.05)  # the story holds the model
+    with pytest.raises(VendorTimeoutError, match=r"no answer within 0\.05 s"):
+        await hurried.ainvoke("hi")
+    with pytest.raises(VendorTimeoutError):
+        [c async for c in hurried.astream("hi")]
+    with pytest.raises(VendorTimeoutError):
+        await asyncio.to_thread(hurried.invoke, "hi")
+    await long_story
+    patient = hurried.model_copy(update={"timeout": 30})
+    assert (await patient.ainvoke("hi")).content  # the dropped calls did not run later
