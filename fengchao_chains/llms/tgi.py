@@ -136,21 +136,19 @@ class ChatTGI(RemoteChatModel):
 
     # ------------------------------------------------------------------ the server
 
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "base_url": self._url(""),
+            "api_key": self._secret(self.api_key) or None,
+            "timeout": self.timeout,
+            "provider": "hf-inference",  # a server of our own, never the Hub's routing
+        }
+
     def _client(self) -> InferenceClient:
-        return InferenceClient(
-            base_url=self._url(""),
-            api_key=self._secret(self.api_key) or None,
-            timeout=self.timeout,
-            provider="hf-inference",
-        )
+        return InferenceClient(**self._client_kwargs())
 
     def _aclient(self) -> AsyncInferenceClient:
-        return AsyncInferenceClient(
-            base_url=self._url(""),
-            api_key=self._secret(self.api_key) or None,
-            timeout=self.timeout,
-            provider="hf-inference",
-        )
+        return AsyncInferenceClient(**self._client_kwargs())
 
     def server_info(self) -> dict[str, Any]:
         """TGI's ``/info``: ``model_id``, ``version``, ``max_input_tokens``, ..."""
