@@ -154,6 +154,22 @@ def test_a_model_failure_is_a_full_answer_with_its_status(
     assert payload["msg"].startswith("模型调用异常")
 
 
+def test_a_failure_mid_stream_is_a_last_chunk_with_its_status(
+    client: TestClient, tgi: tuple[FakeTGI, str]
+) -> None:
+    fake, _ = tgi
+    fake.inject("mid_stream_error", after_chunks=2)
+    try:
+        chunks = stream_lines(client, sdk_body(model=QWEN, mode="stream", query="a b c d e"))
+    finally:
+        fake.clear_faults()
+    *answered, failed = chunks
+    assert [c["choices"][0]["message"]["content"] for c in answered] == ["Echo", ":"]
+    assert SDK_KEYS <= set(failed)
+    assert failed["status"] == 424 and failed["choices"] == []
+    assert "模型调用异常" in failed["msg"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
@@ -164,6 +180,8 @@ def test_a_model_failure_is_a_full_answer_with_its_status(
         (sdk_body(mode="async"), 445, "mode async"),
         (sdk_body(prompt="没有这个指令"), 445, "{{ query }}"),
         ({"query": "hi"}, 445, "model"),
+        (sdk_body(history=[{"role": "robot", "content": "beep"}]), 445, "history[0]"),
+        (sdk_body(prompt_fill=["not", "a", "table"]), 445, "prompt_fill"),
     ],
 )
 def test_bad_requests_get_the_documented_code(
