@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from fengchao_chains.llms.llamacpp import ChatLlamaCpp
+from tests.vendors.standard import TextOnlyIntegrationTests
 
 pytest.importorskip("llama_cpp")
 
@@ -31,7 +31,7 @@ class TestLlamaCppUnit(ChatModelUnitTests):
         return dict(PARAMS)
 
 
-class TestLlamaCppIntegration(ChatModelIntegrationTests):
+class TestLlamaCppIntegration(TextOnlyIntegrationTests):
     @property
     def chat_model_class(self) -> type[BaseChatModel]:
         return ChatLlamaCpp
@@ -39,14 +39,6 @@ class TestLlamaCppIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         return {**PARAMS, "temperature": 0, "max_tokens": 24}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
 
     @property
     def supports_model_override(self) -> bool:

@@ -56,9 +56,21 @@ class VendorUnitTests(ChatModelUnitTests):
         return self.env
 
 
-class VendorIntegrationTests(ChatModelIntegrationTests):
-    """``ChatModelIntegrationTests`` for ``harness.chat_class`` against its fake. The models
-    are text only: no tool calling, no structured output."""
+class TextOnlyIntegrationTests(ChatModelIntegrationTests):
+    """``ChatModelIntegrationTests`` for the project's models, which are text only: no tool
+    calling, no structured output."""
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
+
+
+class VendorIntegrationTests(TextOnlyIntegrationTests):
+    """The text-only integration suite for ``harness.chat_class`` against its fake."""
 
     harness: ClassVar[VendorHarness]
     override_model: ClassVar[str | None]
@@ -73,14 +85,6 @@ class VendorIntegrationTests(ChatModelIntegrationTests):
     def chat_model_params(self) -> dict[str, Any]:
         _, url = shared_fake(self.harness)
         return {**self.harness.credentials, "base_url": self.harness.base_url(url)}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
 
     @property
     def model_override_value(self) -> str | None:
