@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import BaseMessage
 from langchain_core.prompts import (
     ChatPromptTemplate,
     HumanMessagePromptTemplate,
@@ -17,7 +16,9 @@ from langchain_core.prompts import (
     StringPromptTemplate,
     SystemMessagePromptTemplate,
 )
-from pydantic import ConfigDict, Field
+from langchain_core.runnables import RunnableConfig
+from langchain_core.utils.pydantic import create_model_v2
+from pydantic import BaseModel, ConfigDict, Field
 
 from fengchao_chains.prompts.files import SYSTEM_SLOT
 from fengchao_chains.prompts.library import Instruction
@@ -53,14 +54,28 @@ class SandboxedPromptTemplate(StringPromptTemplate):
         return self.compiled.render(values, RenderBudget(self.limits))
 
 
-class OptionalHistory(MessagesPlaceholder):
-    """The optional ``history``, also when given as ``None`` (LangServe sends every field of
-    the input schema, an unset optional one as ``null``)."""
+class InstructionPromptTemplate(ChatPromptTemplate):
+    """An instruction's chat prompt. Its input schema gives each optional input its real
+    default (the system text, a variable's default, an empty history), which is what
+    LangServe's playground shows and sends; an optional input given as ``None`` counts as
+    not given."""
 
-    def format_messages(self, **kwargs: Any) -> list[BaseMessage]:
-        if kwargs.get(self.variable_name) is None:
-            return []
-        return super().format_messages(**kwargs)
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        defaults: dict[str, Any] = {**self.partial_variables, HISTORY: []}
+        fields: dict[str, Any] = {
+            name: (self.input_types.get(name, str), ...) for name in self.input_variables
+        }
+        for name in self.optional_variables:
+            fields[name] = (self.input_types.get(name, str), defaults.get(name))
+        return create_model_v2("PromptInput", field_definitions=fields)
+
+    def _validate_input(self, inner_input: Any) -> dict[str, Any]:
+        if isinstance(inner_input, dict):
+            optional = set(self.optional_variables)
+            inner_input = {
+                k: v for k, v in inner_input.items() if v is not None or k not in optional
+            }
+        return super()._validate_input(inner_input)
 
 
 def chat_prompt_template(instruction: Instruction, limits: RenderLimits) -> ChatPromptTemplate:
@@ -68,12 +83,13 @@ def chat_prompt_template(instruction: Instruction, limits: RenderLimits) -> Chat
     earlier messages, then the user message. ``query`` and required variables are inputs;
     ``system`` and variables with defaults are optional inputs."""
     defaults = {n: v.default for n, v in instruction.variables.items() if not v.required}
-    template = ChatPromptTemplate(
+    # ChatPromptTemplate's own __init__ derives input_variables, which mypy cannot see.
+    template = InstructionPromptTemplate(  # type: ignore[call-arg]
         messages=[
             SystemMessagePromptTemplate(
                 prompt=SandboxedPromptTemplate.from_compiled(instruction.prefix, limits)
             ),
-            OptionalHistory(variable_name=HISTORY, optional=True),
+            MessagesPlaceholder(HISTORY, optional=True),
             HumanMessagePromptTemplate(
                 prompt=SandboxedPromptTemplate.from_compiled(instruction.prompt, limits)
             ),

@@ -196,7 +196,18 @@ def test_chat_prompt_template_input_schema_shows_every_input(library: PromptLibr
     schema = library.chat_prompt_template("标题生成器").get_input_jsonschema()
     assert schema["required"] == ["query"]
     assert set(schema["properties"]) == {"query", "system", "history", "count"}
-    assert schema["properties"]["count"]["type"] == "integer"
+    properties = schema["properties"]
+    assert properties["count"]["type"] == "integer"
+    assert properties["count"]["default"] == 5  # the variable's own default, not null
+    assert properties["system"]["default"].startswith("你是一位")
+    assert properties["history"]["default"] == []
+
+
+def test_optional_inputs_given_as_null_take_their_defaults(library: PromptLibrary) -> None:
+    """LangServe's playground sends every field, an empty optional one as null."""
+    template = library.chat_prompt_template("标题生成器")
+    given = template.invoke({"query": "秋天", "system": None, "history": None, "count": None})
+    assert given.to_messages() == template.invoke({"query": "秋天"}).to_messages()
 
 
 def test_chat_prompt_template_composes_with_overrides(library: PromptLibrary) -> None:
