@@ -44,8 +44,7 @@ from huggingface_hub.errors import (
 )
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
-from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr
@@ -61,7 +60,8 @@ from fengchao_chains.llms._chat_template import (
 )
 from fengchao_chains.llms._factory import card_kwargs
 from fengchao_chains.llms._http import ResponseMeta
-from fengchao_chains.llms._messages import estimate_tokens, openai_messages
+from fengchao_chains.llms._messages import openai_messages
+from fengchao_chains.llms._tgi_stream import FINISH_REASONS, StreamDecoder, before_stop
 from fengchao_chains.llms.errors import (
     ContextTooLongError,
     InvalidRequestError,
@@ -75,7 +75,6 @@ from fengchao_chains.settings import Settings
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 
-_FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 _ERROR_TYPES: dict[str, type[VendorError]] = {
     "validation": InvalidRequestError,
     "overloaded": RateLimitError,
@@ -275,6 +274,11 @@ class ChatTGI(RemoteChatModel):
 
     # ------------------------------------------------------------------ routes
 
+    def _answer_model(self, params: dict[str, Any]) -> str:
+        """The model a stream names when the server does not: the call's, the one ``/info``
+        reported, or this object's."""
+        return str(params.get("model") or self._served_model or self.model)
+
     def _use_generate(self) -> bool:
         return self.api == "generate" or self._route == "generate"
 
@@ -364,10 +368,10 @@ class ChatTGI(RemoteChatModel):
         raw = output.usage
         reason = choice.finish_reason
         return result(
-            _before_stop(choice.message.content or "", params.get("stop") or []),
+            before_stop(choice.message.content or "", params.get("stop") or []),
             usage_metadata=usage(raw.prompt_tokens, raw.completion_tokens) if raw else None,
             metadata={
-                "finish_reason": _FINISH_REASONS.get(reason, reason),
+                "finish_reason": FINISH_REASONS.get(reason, reason),
                 "model_name": output.model or params.get("model") or self.model,
                 "system_fingerprint": output.system_fingerprint or None,
             },
@@ -382,7 +386,9 @@ class ChatTGI(RemoteChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         params = self._params(stop, **kwargs)
-        decoder = _Decoder(self, messages, params)
+        decoder = StreamDecoder(
+            messages, params, vendor=self.vendor_name, model_name=self._answer_model(params)
+        )
         with self._client() as client:
             events: Iterator[Any] | None = None
             if not self._use_generate():
@@ -414,7 +420,9 @@ class ChatTGI(RemoteChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         params = self._params(stop, **kwargs)
-        decoder = _Decoder(self, messages, params)
+        decoder = StreamDecoder(
+            messages, params, vendor=self.vendor_name, model_name=self._answer_model(params)
+        )
         async with self._aclient() as client:
             events: AsyncIterator[Any] | None = None
             if not self._use_generate():
@@ -473,133 +481,6 @@ class ChatTGI(RemoteChatModel):
         with self._mapped():
             events = await client.text_generation(prompt, details=True, stream=True, **options)
         return aiter(events)
-
-
-def stop_at(text: str, stops: list[str]) -> int | None:
-    """Where the first stop sequence in ``text`` begins (None: there is none). TGI leaves the
-    stop sequence (and the rest of the token that completed it) in its answer; LangChain's
-    convention is that an answer ends before it."""
-    found = [text.index(stop) for stop in stops if stop and stop in text]
-    return min(found) if found else None
-
-
-def _before_stop(text: str, stops: list[str]) -> str:
-    cut = stop_at(text, stops)
-    return text if cut is None else text[:cut]
-
-
-class _Decoder:
-    """One stream's state, for either route: text chunks as they come, then one closing
-    chunk with usage (the server's, or an estimate flagged ``usage_estimated`` when it sent
-    none) and the response metadata. Text that could be the start of a stop sequence is held
-    back until it is known not to be one, since TGI sends the stop sequence itself."""
-
-    def __init__(self, model: ChatTGI, messages: list[BaseMessage], params: dict[str, Any]):
-        self.model = model
-        self.messages = messages
-        self.prompt: str | None = None  # the rendered prompt on the /generate route
-        self.model_name = str(params.get("model") or model._served_model or model.model)
-        self.finish_reason: str | None = None
-        self.usage: UsageMetadata | None = None
-        self.pieces = 0
-        self.generated: int | None = None  # /generate_stream's count, when input_length is not
-        self.message_id: str | None = None
-        self.fingerprint: str | None = None
-        self.stops: list[str] = [s for s in params.get("stop") or [] if s]
-        self.held = ""
-        self.stopped = False
-
-    def run(self, events: Iterator[Any]) -> Iterator[ChatGenerationChunk]:
-        for event in events:
-            yield from self.take(event)
-        yield from self.finish()
-
-    async def arun(self, events: AsyncIterator[Any]) -> AsyncIterator[ChatGenerationChunk]:
-        async for event in events:
-            for chunk in self.take(event):
-                yield chunk
-        for chunk in self.finish():
-            yield chunk
-
-    def take(self, event: Any) -> list[ChatGenerationChunk]:
-        if hasattr(event, "choices"):
-            return self._take_chat(event)
-        return self._take_token(event)
-
-    def _take_chat(self, event: Any) -> list[ChatGenerationChunk]:
-        self.message_id = self.message_id or event.id or None
-        self.model_name = event.model or self.model_name
-        self.fingerprint = event.system_fingerprint or self.fingerprint
-        if event.usage:
-            self.usage = usage(event.usage.prompt_tokens, event.usage.completion_tokens)
-        if not event.choices:
-            return []
-        choice = event.choices[0]
-        reason = choice.finish_reason
-        self.finish_reason = _FINISH_REASONS.get(reason, reason) if reason else self.finish_reason
-        return self._piece(choice.delta.content or "")
-
-    def _take_token(self, event: Any) -> list[ChatGenerationChunk]:
-        details = event.details
-        if details is not None:
-            self.finish_reason = _FINISH_REASONS.get(details.finish_reason, details.finish_reason)
-            input_length = getattr(details, "input_length", None)
-            self.generated = details.generated_tokens
-            if input_length is not None:
-                self.usage = usage(input_length, details.generated_tokens)
-        if event.token.special:
-            return []
-        return self._piece(event.token.text)
-
-    def _piece(self, text: str) -> list[ChatGenerationChunk]:
-        if not text:
-            return []
-        self.pieces += 1
-        if self.stopped:
-            return []
-        self.held += text
-        cut = stop_at(self.held, self.stops)
-        if cut is not None:
-            ready, self.held, self.stopped = self.held[:cut], "", True
-            return self._text(ready)
-        keep = max(
-            (k for s in self.stops for k in range(1, len(s) + 1) if self.held.endswith(s[:k])),
-            default=0,
-        )
-        ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
-        return self._text(ready)
-
-    def _text(self, text: str) -> list[ChatGenerationChunk]:
-        if not text:
-            return []
-        return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
-
-    def finish(self) -> list[ChatGenerationChunk]:
-        """The held-back text (which holds no stop sequence), then the closing chunk."""
-        return [*self._text(self.held), self._closing()]
-
-    def _closing(self) -> ChatGenerationChunk:
-        metadata: dict[str, Any] = {
-            "finish_reason": self.finish_reason,
-            "model_name": self.model_name,
-            "system_fingerprint": self.fingerprint,
-        }
-        if self.usage is None:
-            prompt = self.prompt or "\n".join(
-                m["content"] for m in openai_messages(self.messages, self.model.vendor_name)
-            )
-            self.usage = usage(estimate_tokens(prompt), self.generated or self.pieces)
-            metadata["usage_estimated"] = True
-        message = AIMessageChunk(
-            content="",
-            id=self.message_id,
-            usage_metadata=self.usage,
-            response_metadata={k: v for k, v in metadata.items() if v is not None},
-            chunk_position="last",
-        )
-        return ChatGenerationChunk(
-            message=message, generation_info={"finish_reason": self.finish_reason}
-        )
 
 
 def create(card: ModelCard, settings: Settings, **overrides: Any) -> ChatTGI:
