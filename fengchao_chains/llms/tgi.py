@@ -403,6 +403,7 @@ class ChatTGI(RemoteChatModel):
             if events is None:
                 prompt, options = self._prompt(messages), self._generate_kwargs(params)
                 decoder.prompt = prompt
+                decoder.model_name = self._answer_model(params)  # /info's, after a fallback
                 events = _http._with_retries(
                     self, lambda: self._open_generate(client, prompt, options)
                 )
@@ -437,6 +438,7 @@ class ChatTGI(RemoteChatModel):
             if events is None:
                 prompt, options = self._prompt(messages), self._generate_kwargs(params)
                 decoder.prompt = prompt
+                decoder.model_name = self._answer_model(params)  # /info's, after a fallback
                 events = await _http._awith_retries(
                     self, lambda: self._aopen_generate(client, prompt, options)
                 )

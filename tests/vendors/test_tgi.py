@@ -105,6 +105,20 @@ async def test_auto_falls_back_to_generate_stream_once(fake: FakeTGI, url: str) 
     assert first.response_metadata["model_name"] == "Qwen/Qwen1.5-1.8B-Chat"  # from /info
 
 
+def test_a_stream_falls_back_and_names_the_served_model(fake: FakeTGI, url: str) -> None:
+    fake.messages_api = False
+    fake.model_id = "Qwen/Qwen1.5-1.8B-Chat"
+    try:
+        chunks = list(ChatTGI(model="qwen", base_url=url, api_key=TGI_TOKEN).stream("hi there"))
+    finally:
+        fake.messages_api = True
+        fake.model_id = "Qwen/Qwen1.5-0.5B-Chat"
+    total = summed(chunks)
+    assert total.content == "Echo: hi there"
+    assert total.response_metadata["model_name"] == "Qwen/Qwen1.5-1.8B-Chat"
+    assert routes(fake) == ["/v1/chat/completions", "/info", "/"]
+
+
 def test_messages_api_only_does_not_fall_back(fake: FakeTGI, url: str) -> None:
     fake.messages_api = False
     try:
