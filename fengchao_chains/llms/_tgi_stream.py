@@ -43,10 +43,11 @@ class StreamDecoder:
         *,
         vendor: str,
         model_name: str,
+        prompt: str | None = None,
     ) -> None:
         self.vendor = vendor
         self.messages = messages
-        self.prompt: str | None = None  # the rendered prompt on the /generate route
+        self.prompt = prompt  # the rendered prompt, on the /generate route
         self.model_name = model_name
         self.finish_reason: str | None = None
         self.usage: UsageMetadata | None = None

@@ -47,7 +47,7 @@ from langchain_core.language_models.chat_models import agenerate_from_stream, ge
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from fengchao_chains.catalog.cards import ModelCard
 from fengchao_chains.llms import _http
@@ -126,9 +126,15 @@ class ChatTGI(RemoteChatModel):
     api: Literal["auto", "messages", "generate"] = "auto"
     """Which route to use: the Messages API, ``/generate_stream``, or the first that works."""
     chat_template: str = QWEN_CHATML
-    """For the ``/generate`` route: Jinja text, a ``.jinja`` file or a tokenizer_config.json."""
+    """For the ``/generate`` route: Jinja text, a ``.jinja`` file or a tokenizer_config.json
+    (a file is read once, when the model is made)."""
     stream_usage: bool = True
     """Ask for the usage chunk at the end of a Messages API stream."""
+
+    @field_validator("chat_template")
+    @classmethod
+    def _read_chat_template(cls, value: str) -> str:
+        return load_chat_template(value)
 
     _route: Route | None = PrivateAttr(default=None)
     _served_model: str | None = PrivateAttr(default=None)
@@ -207,7 +213,7 @@ class ChatTGI(RemoteChatModel):
     def _prompt(self, messages: list[BaseMessage]) -> str:
         try:
             return render_chat_template(
-                load_chat_template(self.chat_template), openai_messages(messages, self.vendor_name)
+                self.chat_template, openai_messages(messages, self.vendor_name)
             )
         except ChatTemplateError as exc:
             raise InvalidRequestError(str(exc), vendor=self.vendor_name) from None
@@ -274,32 +280,44 @@ class ChatTGI(RemoteChatModel):
 
     # ------------------------------------------------------------------ routes
 
-    def _answer_model(self, params: dict[str, Any]) -> str:
-        """The model a stream names when the server does not: the call's, the one ``/info``
-        reported, or this object's."""
-        return str(params.get("model") or self._served_model or self.model)
+    def _decoder(
+        self, messages: list[BaseMessage], params: dict[str, Any], prompt: str | None
+    ) -> StreamDecoder:
+        """A stream's decoder, once the route is known. It names the call's model when the
+        server does not, else the one ``/info`` reported (after a fallback), else this
+        object's."""
+        model_name = str(params.get("model") or self._served_model or self.model)
+        return StreamDecoder(
+            messages, params, vendor=self.vendor_name, model_name=model_name, prompt=prompt
+        )
 
     def _use_generate(self) -> bool:
         return self.api == "generate" or self._route == "generate"
 
-    def _switch(self, exc: VendorError, info: dict[str, Any] | None) -> bool:
+    def _fall_back(self, exc: VendorError) -> bool:
         """Whether a Messages API error means "this TGI has no Messages API" (a 404 while
         ``/info`` answers); if so this model uses ``/generate_stream`` from now on."""
-        if self.api != "auto" or exc.status_code != 404 or info is None:
+        if not self._may_fall_back(exc):
             return False
+        with contextlib.suppress(VendorError):
+            self._switch(self.server_info())
+            return True
+        return False
+
+    async def _afall_back(self, exc: VendorError) -> bool:
+        if not self._may_fall_back(exc):
+            return False
+        with contextlib.suppress(VendorError):
+            self._switch(await self.aserver_info())
+            return True
+        return False
+
+    def _may_fall_back(self, exc: VendorError) -> bool:
+        return self.api == "auto" and exc.status_code == 404
+
+    def _switch(self, info: dict[str, Any]) -> None:
         self._route = "generate"
         self._served_model = info.get("model_id")
-        return True
-
-    def _info_or_none(self) -> dict[str, Any] | None:
-        with contextlib.suppress(VendorError):
-            return self.server_info()
-        return None
-
-    async def _ainfo_or_none(self) -> dict[str, Any] | None:
-        with contextlib.suppress(VendorError):
-            return await self.aserver_info()
-        return None
 
     def _generate(
         self,
@@ -316,7 +334,7 @@ class ChatTGI(RemoteChatModel):
                         self, lambda: self._chat_once(client, messages, params)
                     )
             except VendorError as exc:
-                if not self._switch(exc, self._info_or_none() if exc.status_code == 404 else None):
+                if not self._fall_back(exc):
                     raise
         # /generate reports no prompt length; the stream's last event does.
         return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
@@ -336,8 +354,7 @@ class ChatTGI(RemoteChatModel):
                         self, lambda: self._achat_once(client, messages, params)
                     )
             except VendorError as exc:
-                info = await self._ainfo_or_none() if exc.status_code == 404 else None
-                if not self._switch(exc, info):
+                if not await self._afall_back(exc):
                     raise
         return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
 
@@ -386,27 +403,24 @@ class ChatTGI(RemoteChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         params = self._params(stop, **kwargs)
-        decoder = StreamDecoder(
-            messages, params, vendor=self.vendor_name, model_name=self._answer_model(params)
-        )
         with self._client() as client:
             events: Iterator[Any] | None = None
+            prompt: str | None = None
             if not self._use_generate():
                 try:
                     events = _http._with_retries(
                         self, lambda: self._open_chat(client, messages, params)
                     )
                 except VendorError as exc:
-                    info = self._info_or_none() if exc.status_code == 404 else None
-                    if not self._switch(exc, info):
+                    if not self._fall_back(exc):
                         raise
             if events is None:
-                prompt, options = self._prompt(messages), self._generate_kwargs(params)
-                decoder.prompt = prompt
-                decoder.model_name = self._answer_model(params)  # /info's, after a fallback
+                prompt = text = self._prompt(messages)
+                options = self._generate_kwargs(params)
                 events = _http._with_retries(
-                    self, lambda: self._open_generate(client, prompt, options)
+                    self, lambda: self._open_generate(client, text, options)
                 )
+            decoder = self._decoder(messages, params, prompt)
             with self._mapped():
                 for chunk in decoder.run(events):
                     if run_manager and chunk.text:
@@ -421,27 +435,24 @@ class ChatTGI(RemoteChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         params = self._params(stop, **kwargs)
-        decoder = StreamDecoder(
-            messages, params, vendor=self.vendor_name, model_name=self._answer_model(params)
-        )
         async with self._aclient() as client:
             events: AsyncIterator[Any] | None = None
+            prompt: str | None = None
             if not self._use_generate():
                 try:
                     events = await _http._awith_retries(
                         self, lambda: self._aopen_chat(client, messages, params)
                     )
                 except VendorError as exc:
-                    info = await self._ainfo_or_none() if exc.status_code == 404 else None
-                    if not self._switch(exc, info):
+                    if not await self._afall_back(exc):
                         raise
             if events is None:
-                prompt, options = self._prompt(messages), self._generate_kwargs(params)
-                decoder.prompt = prompt
-                decoder.model_name = self._answer_model(params)  # /info's, after a fallback
+                prompt = text = self._prompt(messages)
+                options = self._generate_kwargs(params)
                 events = await _http._awith_retries(
-                    self, lambda: self._aopen_generate(client, prompt, options)
+                    self, lambda: self._aopen_generate(client, text, options)
                 )
+            decoder = self._decoder(messages, params, prompt)
             with self._mapped():
                 async for chunk in decoder.arun(events):
                     if run_manager and chunk.text:
