@@ -27,7 +27,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from fengchao_chains.catalog.cards import ModelCard
 from fengchao_chains.errors import ModelNotAvailableError
@@ -79,9 +79,11 @@ CHAT_OPTIONS = frozenset(
 """Sampling options of ``Llama.create_chat_completion`` a call may set."""
 
 
+@lru_cache(maxsize=64)
 def resolve_model_file(spec: str) -> Path:
     """The GGUF file ``spec`` names: a path, or ``pypi:<package>[/<file>.gguf]`` for one
-    shipped inside an installed package (found without importing the package)."""
+    shipped inside an installed package (found without importing the package). Found once
+    per process; a spec that names nothing is looked up again next time."""
     if not spec.startswith(PACKAGED):
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -122,20 +124,14 @@ class ChatLlamaCpp(StandardChatModel):
     max_queue: int = Field(default=8, ge=1)
     """Calls that may wait for the model while it answers another; more are refused."""
 
-    _engine_ref: Engine | None = PrivateAttr(default=None)
-
     @property
     def model_file(self) -> Path:
         return resolve_model_file(self.model)
 
     def _engine(self) -> Engine:
-        """This model's engine, found once per model object (the file is resolved then)."""
-        if self._engine_ref is None:
-            key = EngineKey(
-                self.model_file, self.n_ctx, self.n_threads, self.n_batch, self.chat_format
-            )
-            self._engine_ref = engine_for(key)
-        return self._engine_ref
+        """The process's engine for this model's file and settings."""
+        key = EngineKey(self.model_file, self.n_ctx, self.n_threads, self.n_batch, self.chat_format)
+        return engine_for(key)
 
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         options = self._params(stop, **kwargs)
@@ -154,9 +150,14 @@ class ChatLlamaCpp(StandardChatModel):
         waits in the queue."""
         return openai_messages(messages, self.vendor_name), self._options(stop, kwargs)
 
-    def _submit(self, run: Callable[[Any, Callable[[Any], None]], None], deliver: Any) -> Job:
+    def _submit(
+        self,
+        run: Callable[[Any, Callable[[Any], None]], None],
+        deliver: Callable[[tuple[str, Any]], None],
+        engine: Engine | None = None,
+    ) -> Job:
         job = Job(run=run, deliver=deliver)
-        engine = self._engine()
+        engine = engine or self._engine()
         try:
             engine.submit(job, self.max_queue)
         except QueueFull:
@@ -215,11 +216,12 @@ class ChatLlamaCpp(StandardChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         converted, options = self._prepare(messages, stop, kwargs)
-        counter = _Counter(self._engine())
+        engine = self._engine()
+        counter = _Counter(engine)
         prompt_tokens = counter.prompt(converted)
         decoder = _Decoder(self)
         channel = SyncChannel(self.timeout)
-        job = self._submit(_streamed_answer(converted, options), channel.deliver)
+        job = self._submit(_streamed_answer(converted, options), channel.deliver, engine)
         try:
             while (chunks := decoder.take(*channel.get())) is not None:
                 for chunk in chunks:
@@ -238,11 +240,12 @@ class ChatLlamaCpp(StandardChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         converted, options = self._prepare(messages, stop, kwargs)
-        counter = _Counter(self._engine())
+        engine = self._engine()
+        counter = _Counter(engine)
         prompt_tokens = await asyncio.to_thread(counter.prompt, converted)
         decoder = _Decoder(self)
         channel = AsyncChannel(self.timeout)
-        job = self._submit(_streamed_answer(converted, options), channel.deliver)
+        job = self._submit(_streamed_answer(converted, options), channel.deliver, engine)
         try:
             while (chunks := decoder.take(*await channel.get())) is not None:
                 for chunk in chunks:
@@ -267,7 +270,7 @@ class ChatLlamaCpp(StandardChatModel):
     @property
     def model_name(self) -> str:
         """What answers name as their model: the GGUF file's name."""
-        return self._engine().key.path.name
+        return self.model_file.name
 
 
 def _single(model: ChatLlamaCpp, first: tuple[str, Any]) -> Any:
