@@ -34,6 +34,7 @@ from fengchao_chains.prompts.errors import PromptError
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc import CREATED_FORMAT
 from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.settings import describe_validation_error
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
 
@@ -106,11 +107,7 @@ def _parse(raw: bytes) -> ChatRequest:
     try:
         return ChatRequest.model_validate_json(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
-        raise RouteError(445, f"参数错误: {problems}") from None
+        raise RouteError(445, describe_validation_error(exc, "参数错误")) from None
 
 
 def _local_card(runtime: Runtime, model_id: str) -> ModelCard:
