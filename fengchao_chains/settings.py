@@ -104,6 +104,18 @@ class Settings(BaseSettings):
         default="multilingual-e5-small", description="Embedding model for new knowledge bases."
     )
 
+    # --- knowledge base -------------------------------------------------------------------
+    knowledge_ef_search: int = Field(
+        default=100,
+        ge=10,
+        le=1000,
+        description="HNSW candidate list size per vector query (higher: better recall, slower).",
+    )
+    load_sample_news: bool = Field(
+        default=True,
+        description="Load the packaged sample news into an empty news_vector_store at serve.",
+    )
+
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
     openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")
     openai_base_url: str | None = _vendor_env("OPENAI_BASE_URL")

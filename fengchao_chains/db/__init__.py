@@ -1,6 +1,6 @@
 """PostgreSQL for every stateful part of the project (embedded by default, external by URL)."""
 
-from fengchao_chains.db.database import Database, DatabaseStatus, redact_conninfo
+from fengchao_chains.db.database import Database, DatabaseStatus, get_database, redact_conninfo
 from fengchao_chains.db.migrate import Migration, discover_migrations, migrate
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "DatabaseStatus",
     "Migration",
     "discover_migrations",
+    "get_database",
     "migrate",
     "redact_conninfo",
 ]

@@ -9,7 +9,10 @@ connection gets ``search_path = <schema>, <pgvector's schema>`` and pgvector's t
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -70,7 +73,9 @@ class Database:
     pool_max_size: int = 10
     connect_timeout: float = 10.0
     _pool: ConnectionPool | None = field(default=None, repr=False)
+    hnsw_ef_search: int = 100
     _async_pool: AsyncConnectionPool | None = field(default=None, repr=False)
+    _async_pool_loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ lifecycle --------
     @classmethod
@@ -117,6 +122,7 @@ class Database:
                 pool_min_size=settings.database_pool_min_size,
                 pool_max_size=max(settings.database_pool_max_size, settings.database_pool_min_size),
                 connect_timeout=timeout,
+                hnsw_ef_search=settings.knowledge_ef_search,
             )
             pool = ConnectionPool(
                 database.pool_conninfo,
@@ -139,7 +145,16 @@ class Database:
         return database
 
     async def open_async_pool(self) -> AsyncConnectionPool:
-        """Open the async pool (idempotent); call from inside the event loop that uses it."""
+        """Open the async pool (idempotent); call from inside the event loop that uses it.
+
+        A pool belongs to the event loop that opened it.  Called from another loop (a library
+        user's second ``asyncio.run``), it opens a new pool for that loop; the old loop is
+        gone or busy, so its pool is left to be collected.
+        """
+        loop = asyncio.get_running_loop()
+        if self._async_pool is not None and self._async_pool_loop is not loop:
+            logger.debug("opening a new async pool for another event loop")
+            self._async_pool = None
         if self._async_pool is None:
             pool = AsyncConnectionPool(
                 self.pool_conninfo,
@@ -151,7 +166,7 @@ class Database:
                 name="fengchao-async",
             )
             await pool.open(wait=True, timeout=self.connect_timeout)
-            self._async_pool = pool
+            self._async_pool, self._async_pool_loop = pool, loop
         return self._async_pool
 
     async def close_async_pool(self) -> None:
@@ -186,11 +201,20 @@ class Database:
 
     @property
     def pool_conninfo(self) -> str:
-        """The connection string with our search_path and application name added."""
+        """The connection string with our search_path, application name and the knowledge
+        base's HNSW search settings added.
+
+        ``hnsw.iterative_scan`` lets a filtered vector query keep scanning the index until it
+        has enough rows that pass the filter (pgvector 0.8); ``relaxed_order`` needs the
+        re-sort the retriever does anyway.  Servers with an older pgvector ignore both.
+        """
         params: dict[str, Any] = conninfo_to_dict(self.conninfo)
         options = params.get("options", "")
         path = search_path(self.schema, self.vector_schema).replace(" ", "")
-        params["options"] = f"{options} -c search_path={path}".strip()
+        params["options"] = (
+            f"{options} -c search_path={path} -c hnsw.ef_search={self.hnsw_ef_search}"
+            " -c hnsw.iterative_scan=relaxed_order"
+        ).strip()
         params.setdefault("application_name", "fengchao")
         params.setdefault("connect_timeout", str(max(1, round(self.connect_timeout))))
         return make_conninfo("", **params)
@@ -248,3 +272,20 @@ def _configure_sync(conn: psycopg.Connection) -> None:
 async def _configure_async(conn: psycopg.AsyncConnection) -> None:
     await register_vector_async(conn)
     await conn.commit()
+
+
+_shared: list[Database] = []
+_shared_lock = threading.Lock()
+
+
+def get_database() -> Database:
+    """The process-wide database of the default settings, for library use (``get_retriever``
+    without a ``database``): started on first use, closed when the interpreter exits."""
+    from fengchao_chains.settings import get_settings
+
+    with _shared_lock:
+        if not _shared or _shared[0]._pool is None:
+            database = Database.start(get_settings())
+            atexit.register(database.close)
+            _shared[:] = [database]
+        return _shared[0]
