@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from psycopg import sql
 from langchain_core.embeddings import Embeddings
+from psycopg import sql
 
 from fengchao_chains.db import Database
 from fengchao_chains.retrievers import (

@@ -8,6 +8,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from fengchao_chains.db import Database
+from fengchao_chains.retrievers.search import SearchType
 from fengchao_chains.retrievers import (
     EmbeddingMismatchError,
     KnowledgeBase,
@@ -36,7 +37,10 @@ def ids(documents: list[Document]) -> list[str]:
 
 @pytest.mark.parametrize("search_type", ["hybrid", "vector"])
 def test_each_question_finds_its_article_first(
-    database: Database, news_kb: KnowledgeBase, use_embeddings: Embeddings, search_type: str
+    database: Database,
+    news_kb: KnowledgeBase,
+    use_embeddings: Embeddings,
+    search_type: SearchType,
 ) -> None:
     retriever = get_retriever(
         "news", database=database, embeddings=use_embeddings, top_k=3, search_type=search_type
@@ -204,7 +208,7 @@ def test_querying_with_another_embedding_model_is_refused(
     from fengchao_chains.embeddings import get_embeddings
 
     e5 = get_embeddings("multilingual-e5-small")
-    with pytest.raises(EmbeddingMismatchError, match="use-multilingual-v3.*multilingual-e5"):
+    with pytest.raises(EmbeddingMismatchError, match=r"use-multilingual-v3.*multilingual-e5"):
         get_retriever("news", database=database, embeddings=e5)
 
 
@@ -221,5 +225,5 @@ def test_a_query_vector_of_the_wrong_size_is_refused(
             return [1.0, 0.0, 0.0]
 
     retriever = get_retriever("news", database=database, embeddings=ThreeDims())
-    with pytest.raises(EmbeddingMismatchError, match="3 dimensions.*stores 512"):
+    with pytest.raises(EmbeddingMismatchError, match=r"3 dimensions.*stores 512"):
         retriever.invoke("故宫")
