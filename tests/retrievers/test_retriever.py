@@ -8,7 +8,6 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from fengchao_chains.db import Database
-from fengchao_chains.retrievers.search import SearchType
 from fengchao_chains.retrievers import (
     EmbeddingMismatchError,
     KnowledgeBase,
@@ -18,6 +17,7 @@ from fengchao_chains.retrievers import (
     similarity_from_threshold,
     threshold_from_similarity,
 )
+from fengchao_chains.retrievers.search import SearchType
 
 QUESTIONS = {
     "故宫今年有多少游客？": "palace",
