@@ -257,6 +257,12 @@ from fengchao_chains.cli_prompts import prompts_app  # noqa: E402  (a sub-app, k
 
 app.add_typer(prompts_app, name="prompts")
 
+# --------------------------------------------------------------------------- kb, ingest --
+from fengchao_chains.cli_kb import ingest_command, kb_app  # noqa: E402
+
+app.command("ingest")(ingest_command)
+app.add_typer(kb_app, name="kb")
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +130,28 @@ def document_fingerprint(item: SourceItem, chunker: Chunker) -> str:
     chunking that made its chunks."""
     payload = f"{content_hash(item)}:{chunker.chunk_size}:{chunker.chunk_overlap}"
     return text_hash(payload)
+
+
+@contextmanager
+def knowledge_base_lock(database: Database, kb: KnowledgeBase, *, shared: bool) -> Iterator[None]:
+    """The knowledge base's advisory lock for the block: shared by ingestions, exclusive for a
+    re-embedding (which must not see new chunks embedded with the old model).  Not waited
+    for: a conflict is an :class:`IngestError` at once.  A killed process releases it."""
+    kind = "_shared" if shared else ""
+    key = f"fengchao-kb:{database.schema}.{kb.id}"
+    with database.pool.connection() as conn:
+        conn.autocommit = True
+        row = conn.execute(f"SELECT pg_try_advisory_lock{kind}(hashtext(%s))", (key,)).fetchone()
+        if not row or not row[0]:
+            doing = "ingested" if not shared else "re-embedded"
+            raise IngestError(
+                f"knowledge base {kb.id!r} is being {doing} by another process; try again when"
+                " it has finished"
+            )
+        try:
+            yield
+        finally:
+            conn.execute(f"SELECT pg_advisory_unlock{kind}(hashtext(%s))", (key,))
 
 
 @dataclass
@@ -259,6 +281,15 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the run ----------
     def run(self, entries: Iterable[SourceItem | SourceProblem], total: int | None) -> IngestReport:
+        with ExitStack() as stack:
+            if self.store is not None and not self.dry_run:
+                stack.enter_context(knowledge_base_lock(self.store.database, self.kb, shared=True))
+            return self._run(entries, total)
+        raise AssertionError("unreachable")  # pragma: no cover - for mypy
+
+    def _run(
+        self, entries: Iterable[SourceItem | SourceProblem], total: int | None
+    ) -> IngestReport:
         started = time.perf_counter()
         writer = None if self.dry_run else self._writer(total)
         handled = 0
