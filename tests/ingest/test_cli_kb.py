@@ -8,10 +8,18 @@ import json
 import subprocess
 from pathlib import Path
 
+from typing import Any
+
 import pytest
+from psycopg import sql
 from typer.testing import CliRunner
 
 from fengchao_chains.cli import app
+from fengchao_chains.db import Database
+from fengchao_chains.ingest.pipeline import knowledge_base_lock
+from fengchao_chains.ingest.reembed import _build_next_table
+from fengchao_chains.retrievers import KnowledgeBase, KnowledgeBaseRegistry
+from fengchao_chains.settings import Settings
 from tests.ingest.test_pipeline import news, write_jsonl
 from tests.processes import FENGCHAO, clean_env
 
@@ -27,6 +35,7 @@ def run_cli(*args: str, env: dict[str, str]) -> Result:
 
 
 USE = "use-multilingual-v3"
+E5 = "multilingual-e5-small"
 
 
 @pytest.fixture
@@ -182,3 +191,59 @@ def test_usage_errors(env: dict[str, str], tmp_path: Path) -> None:
         1,
         "error: knowledge base 'dup' already exists",
     )
+
+
+def test_reembed_switches_model_and_keeps_every_chunk(
+    env: dict[str, str], tmp_path: Path, settings: Settings
+) -> None:
+    rows = [
+        *news(4),
+        {"id": "gugong", "title": "故宫钟表展", "content": "故宫博物院推出钟表特展。"},
+    ]
+    source = write_jsonl(tmp_path / "news.jsonl", rows)
+    ok(run_cli("ingest", str(source), "--kb", "swap", "--create", env=env))
+    database = Database.start(settings)
+    try:
+        kb = KnowledgeBaseRegistry(database).get("swap")
+        before = _chunks(database, kb)
+        # A re-embedding killed after building part of its table leaves the old one serving.
+        _build_next_table(database, kb, 384)
+        with knowledge_base_lock(database, kb, shared=True):  # an ingestion is running
+            busy = run_cli("kb", "reembed", "swap", "--model", E5, env=env)
+        assert busy.returncode == 1
+        assert "is being ingested by another process" in busy.stderr
+
+        result = ok(run_cli("kb", "reembed", "swap", "--model", E5, "--batch-size", "2", env=env))
+        assert f"re-embedded 5 chunks of swap with {E5} (384 dimensions" in result.stdout
+        kb = KnowledgeBaseRegistry(database).get("swap")
+        assert (kb.embedding_model, kb.dims) == (E5, 384)
+        after = _chunks(database, kb)
+        assert [row[:3] for row in after] == [row[:3] for row in before]
+        assert all(len(row[3]) == 384 for row in after)
+        with database.pool.connection() as conn:
+            names = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = current_schema() AND relname LIKE 'kb_swap%%'"
+                )
+            }
+        assert names == {
+            "kb_swap_documents", "kb_swap_documents_pkey", "kb_swap_chunks", "kb_swap_chunks_pkey",
+            "kb_swap_chunks_id_seq", "kb_swap_chunks_document_id_position_key", "kb_swap_hnsw",
+            "kb_swap_tsv", "kb_swap_hash",
+        }  # fmt: skip
+    finally:
+        database.close()
+    hits = json.loads(ok(run_cli("kb", "search", "swap", "故宫的展览", "--json", env=env)).stdout)
+    assert hits[0]["document_id"] == "gugong"
+    again = ok(run_cli("ingest", str(source), "--kb", "swap", "--json", env=env))
+    assert json.loads(again.stdout)["unchanged"] == 5
+
+
+def _chunks(database: Database, kb: KnowledgeBase) -> list[tuple[Any, ...]]:
+    query = sql.SQL(
+        "SELECT document_id, position, content_hash, embedding FROM {} ORDER BY 1, 2"
+    ).format(kb.chunks_table)
+    with database.pool.connection() as conn:
+        return conn.execute(query).fetchall()
