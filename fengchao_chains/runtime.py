@@ -6,14 +6,19 @@ reported as one line; a plain ``uvicorn server:app`` starts it in the app's life
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fengchao_chains.catalog import Catalog, get_catalog
 from fengchao_chains.db import Database
 from fengchao_chains.errors import ConfigurationError, UnknownModelError
 from fengchao_chains.prompts import PromptLibrary, get_prompt_library
 from fengchao_chains.settings import Settings
+
+if TYPE_CHECKING:
+    from fengchao_chains.ingest.sample import SampleNewsLoader
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ class Runtime:
     catalog: Catalog
     prompts: PromptLibrary
     database: Database
+    sample_news: SampleNewsLoader | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -45,13 +51,28 @@ class Runtime:
         else:
             logger.info("prompt library reloaded: %d prompts", len(self.prompts))
 
+    def start_sample_news(self) -> None:
+        """Make sure ``news_vector_store`` exists (before the server answers), then load the
+        packaged sample news into it in the background if it is empty (and the settings
+        allow)."""
+        from fengchao_chains.ingest.sample import SampleNewsLoader, ensure_news_store
+
+        ensure_news_store(self.database, self.settings)
+        if self.settings.load_sample_news and self.sample_news is None:
+            self.sample_news = SampleNewsLoader(self.database, self.settings).start()
+
     async def open_async(self) -> None:
         await self.database.open_async_pool()
 
     async def aclose(self) -> None:
-        """Close everything: the async pool in this loop, then the sync pool and the server."""
+        """Close everything: the sample news load (off the loop: it finishes its batch), the
+        async pool in this loop, then the sync pool and the server."""
+        if self.sample_news is not None:
+            await asyncio.to_thread(self.sample_news.stop)
         await self.database.close_async_pool()
         self.close()
 
     def close(self) -> None:
+        if self.sample_news is not None:
+            self.sample_news.stop()  # after its batch in flight, before the pools close
         self.database.close()

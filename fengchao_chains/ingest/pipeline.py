@@ -59,7 +59,7 @@ from fengchao_chains.retrievers.store import ChunkRecord, ChunkStore, DocumentRe
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
-EMBED_GROUP = 64
+EMBED_GROUP = 32
 """Texts per ``embed_documents`` call: small enough to notice a stop request soon."""
 OnError = Literal["skip", "fail"]
 

@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from fengchao_chains.catalog import ModelCard
-from fengchao_chains.server.deps import CatalogDep, PromptsDep
+from fengchao_chains.retrievers import KnowledgeBaseRegistry
+from fengchao_chains.server.deps import CatalogDep, PromptsDep, RuntimeDep
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
 
@@ -50,3 +51,19 @@ def list_models(catalog: CatalogDep) -> dict[str, Any]:
 def list_prompts(prompts: PromptsDep) -> dict[str, Any]:
     """Every instruction as a prompt card; unauthenticated, like the model list."""
     return {"status": 200, "msg": "执行成功", "data": prompts.cards()}
+
+
+@router.get("/kgs")
+@router.get("/kgs/", include_in_schema=False)
+async def list_knowledge_bases(runtime: RuntimeDep) -> dict[str, Any]:
+    """Every knowledge base (the SDK's KGCard: id, desc, created); unauthenticated, and
+    answered at ``/aigc/kgs`` exactly, the path the SDK calls (no trailing slash)."""
+    knowledge_bases = await KnowledgeBaseRegistry(runtime.database).aall()
+    return {
+        "status": 200,
+        "msg": "执行成功",
+        "data": [
+            {"id": kb.id, "desc": kb.description, "created": kb.created_at.strftime(CREATED_FORMAT)}
+            for kb in knowledge_bases
+        ],
+    }

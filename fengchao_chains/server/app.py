@@ -33,11 +33,12 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             current = await asyncio.to_thread(Runtime.start, settings or get_settings())
         app.state.runtime = current
         try:
+            await asyncio.to_thread(current.start_sample_news)
             await current.open_async()
             with _reload_prompts_on_sighup(current):
                 yield
         finally:
-            await current.aclose()
+            await current.aclose()  # stops the sample news load first
 
     app = FastAPI(
         title="fengchao-chains",
