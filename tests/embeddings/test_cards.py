@@ -137,3 +137,12 @@ def test_docs_catalog_examples_load(tmp_path: Path) -> None:
     catalog = load_catalog([write(tmp_path / "example.toml", example)])
     vendors = {card.vendor for card in catalog.embeddings.values()}
     assert {"tei", "openai_compatible"} <= vendors
+
+
+def test_packaged_files_commented_examples_load(tmp_path: Path) -> None:
+    """The remote examples commented out at the end of models.toml are valid once enabled."""
+    packaged = Path(__file__).parents[2] / "fengchao_chains" / "catalog" / "models.toml"
+    tail = packaged.read_text(encoding="utf-8").split("# [embeddings.", 1)[1]
+    example = "\n".join(line.removeprefix("# ") for line in ("# [embeddings." + tail).splitlines())
+    catalog = load_catalog([write(tmp_path / "enabled.toml", example)])
+    assert {"e5-small-tei", "text-embedding-3-small"} <= set(catalog.embeddings)
