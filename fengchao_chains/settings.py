@@ -106,7 +106,7 @@ class Settings(BaseSettings):
 
     # --- knowledge base -------------------------------------------------------------------
     knowledge_ef_search: int = Field(
-        default=100,
+        default=40,
         ge=10,
         le=1000,
         description="HNSW candidate list size per vector query (higher: better recall, slower).",

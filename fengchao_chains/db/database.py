@@ -73,7 +73,7 @@ class Database:
     pool_max_size: int = 10
     connect_timeout: float = 10.0
     _pool: ConnectionPool | None = field(default=None, repr=False)
-    hnsw_ef_search: int = 100
+    hnsw_ef_search: int = 40
     _async_pool: AsyncConnectionPool | None = field(default=None, repr=False)
     _async_pool_loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 

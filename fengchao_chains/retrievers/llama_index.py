@@ -34,11 +34,11 @@ def node_from_document(document: Document) -> NodeWithScore:
 class KnowledgeBaseRetriever(BaseRetriever):
     """A LlamaIndex retriever over one knowledge base::
 
-        from fengchao_chains.retrievers import get_retriever
-        from fengchao_chains.retrievers.llama_index import KnowledgeBaseRetriever
+    from fengchao_chains.retrievers import get_retriever
+    from fengchao_chains.retrievers.llama_index import KnowledgeBaseRetriever
 
-        retriever = KnowledgeBaseRetriever(get_retriever("news_vector_store", top_k=5))
-        nodes = retriever.retrieve("故宫今年有多少游客？")
+    retriever = KnowledgeBaseRetriever(get_retriever("news_vector_store", top_k=5))
+    nodes = retriever.retrieve("故宫今年有多少游客？")
     """
 
     def __init__(self, retriever: PGVectorRetriever, **kwargs: Any) -> None:

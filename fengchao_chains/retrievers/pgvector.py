@@ -37,7 +37,7 @@ from fengchao_chains.retrievers.search import (
     arun_search,
     run_search,
 )
-from fengchao_chains.retrievers.text_search import query_terms, tsquery
+from fengchao_chains.retrievers.text_search import query_terms
 
 
 def similarity_from_threshold(threshold: float) -> float | None:
@@ -102,7 +102,7 @@ class PGVectorRetriever(BaseRetriever):
             search_type=self.search_type,
             fetch_k=self.fetch_k or max(wanted, 40),
             ef_search=self.database.hnsw_ef_search,
-            text_query=tsquery(query_terms(query)) if self.search_type != "vector" else None,
+            text_terms=query_terms(query) if self.search_type != "vector" else [],
             filter=self.filter,
             rrf_k=self.rrf_k,
             with_embeddings=self.mmr,

@@ -12,12 +12,23 @@ A search runs in one transaction on one connection:
 3. the candidates fused by reciprocal rank (in Python), then their rows fetched with the
    exact cosine distance of every one, text-only hits included, so the similarity threshold
    always applies to a real similarity and never to the fused score.
+
+Ranking full-text matches costs time per matching row, and a query word found in a large
+share of a big knowledge base (今年, 公司) matches tens of thousands of rows while telling
+little about relevance (the reasoning behind IDF).  So the query's words are first checked
+against PostgreSQL's own statistics of the tsvector column (``pg_stats.most_common_elems``,
+kept by ANALYZE): a word estimated to match more than ``COMMON_WORD_ROWS`` rows is left out
+of the text search, unless every word is that common, when the rarest one is kept.  Small
+knowledge bases are never pruned.  The statistics are cached per knowledge base for
+``STATS_TTL`` seconds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -26,8 +37,11 @@ from psycopg import sql
 
 from fengchao_chains.retrievers.filters import compile_filter
 from fengchao_chains.retrievers.registry import KnowledgeBase
+from fengchao_chains.retrievers.text_search import tsquery
 
 SearchType = Literal["hybrid", "vector", "text"]
+COMMON_WORD_ROWS = 2000
+STATS_TTL = 60.0
 Query = sql.SQL | sql.Composed
 Statement = tuple[Query, dict[str, Any]]
 _C = sql.Identifier("c")
@@ -62,7 +76,7 @@ class SearchPlan:
     search_type: SearchType
     fetch_k: int
     ef_search: int
-    text_query: str | None
+    text_terms: Sequence[str]
     filter: Mapping[str, Any] | None = None
     rrf_k: int = 60
     with_embeddings: bool = False
@@ -76,7 +90,6 @@ class SearchPlan:
             **compiled.params,
             "q": self.query_vector,
             "n": self.fetch_k,
-            "tsq": self.text_query,
         }
 
     @property
@@ -101,6 +114,16 @@ class SearchPlan:
             " ORDER BY c.embedding <=> %(q)s LIMIT %(n)s)"
             " SELECT * FROM nearest ORDER BY distance + 0"
         ).format(columns=columns, chunks=self.kb.chunks_table, where=self.where)
+
+    def stats_sql(self) -> Statement:
+        """The estimated row count and the most common words of the chunk table."""
+        query = sql.SQL(
+            "SELECT c.reltuples, s.most_common_elems::text::text[], s.most_common_elem_freqs"
+            " FROM pg_class c LEFT JOIN pg_stats s ON s.schemaname = current_schema()"
+            " AND s.tablename = c.relname AND s.attname = 'tsv'"
+            " WHERE c.oid = to_regclass(%(table)s)"
+        )
+        return query, {"table": f"kb_{self.kb.id}_chunks"}
 
     def text_sql(self) -> Query:
         return sql.SQL(
@@ -183,8 +206,14 @@ def search_steps(plan: SearchPlan) -> Steps:
     if plan.search_type == "hybrid":
         vector_ids = [row[0] for row in (yield from _vector_rows(plan, full_rows=False))]
     text_ids: list[int] = []
-    if plan.text_query is not None:
-        text_ids = [row[0] for row in (yield plan.text_sql(), plan.params)]
+    if plan.text_terms:
+        word_rows = _cached_word_rows(plan.kb)
+        if word_rows is None:
+            word_rows = _remember_word_rows(plan.kb, (yield plan.stats_sql()))
+        text_query = tsquery(searchable_words(plan.text_terms, word_rows))
+        if text_query is not None:
+            params = {**plan.params, "tsq": text_query}
+            text_ids = [row[0] for row in (yield plan.text_sql(), params)]
     candidates = list(dict.fromkeys([*vector_ids, *text_ids]))
     if not candidates:
         return []
@@ -221,3 +250,31 @@ async def arun_search(conn: psycopg.AsyncConnection[Any], plan: SearchPlan) -> l
             statement = steps.send(await cursor.fetchall())
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+_word_rows: dict[tuple[str, datetime], tuple[float, dict[str, float]]] = {}
+
+
+def _cached_word_rows(kb: KnowledgeBase) -> dict[str, float] | None:
+    cached = _word_rows.get((kb.id, kb.created_at))
+    if cached is None or cached[0] < time.monotonic():
+        return None
+    return cached[1]
+
+
+def _remember_word_rows(kb: KnowledgeBase, rows: list[Any]) -> dict[str, float]:
+    """Estimated matching rows per common word, from one row of :meth:`stats_sql`."""
+    estimate: dict[str, float] = {}
+    if rows and rows[0][1]:
+        total, words, frequencies = rows[0]
+        estimate = {w: f * max(total, 0) for w, f in zip(words, frequencies, strict=False)}
+    _word_rows[(kb.id, kb.created_at)] = (time.monotonic() + STATS_TTL, estimate)
+    return estimate
+
+
+def searchable_words(terms: Sequence[str], word_rows: dict[str, float]) -> list[str]:
+    """``terms`` without the words too common to rank by (see the module docstring)."""
+    kept = [t for t in terms if word_rows.get(t, 0.0) <= COMMON_WORD_ROWS]
+    if kept or not terms:
+        return kept
+    return [min(terms, key=lambda t: word_rows.get(t, 0.0))]

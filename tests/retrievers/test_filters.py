@@ -129,7 +129,7 @@ def test_filtered_query_returns_top_k_when_enough_rows_match(database: Database)
             search_type="vector",
             fetch_k=10,
             ef_search=database.hnsw_ef_search,
-            text_query=None,
+            text_terms=[],
             filter={"tag": "rare"},
         )
         with database.pool.connection() as conn:
