@@ -61,6 +61,10 @@ bench: $(STAMP)-dev
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/vendor_overhead.py
 	$(BIN)/python bench/local_model.py
+	$(BIN)/python bench/kb_query.py
+	$(BIN)/python bench/kb_quality.py
+	$(BIN)/python bench/kb_ingest.py
+	$(BIN)/python bench/kb_ingest_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
