@@ -139,3 +139,26 @@ def test_killed_runs_resume_to_the_uninterrupted_state(
     assert sum(1 for key in whole_keys if key[0] != "chunk") == DOCUMENTS
     for key, vector in whole_vectors.items():
         assert np.allclose(resumed_vectors[key], vector, atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_whole_batches_only(
+    postgres_url: str, schema_name: str, tmp_path: Path
+) -> None:
+    env = clean_env(
+        FENGCHAO_DATABASE_URL=postgres_url,
+        FENGCHAO_DATABASE_SCHEMA=schema_name,
+        FENGCHAO_EMBEDDING_MODEL="use-multilingual-v3",
+    )
+    source = corpus(tmp_path / "news.jsonl")
+    proc = start(source, "interrupted", env)
+    deadline = time.monotonic() + 120
+    while stored_documents(postgres_url, schema_name, "interrupted") < BATCH:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    stored = stored_documents(postgres_url, schema_name, "interrupted")
+    assert stored % BATCH == 0  # every batch committed whole or not at all
+    assert stored < DOCUMENTS
