@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 EMBED_GROUP = 32
-"""Texts per ``embed_documents`` call: small enough to notice a stop request soon."""
+"""Texts per ``embed_documents`` call by default: a stop request waits for one call at most."""
 OnError = Literal["skip", "fail"]
 
 
@@ -260,15 +260,17 @@ class Pipeline:
         on_problem: ProblemCallback | None = None,
         on_progress: ProgressCallback | None = None,
         stop: threading.Event | None = None,
+        embed_group: int = EMBED_GROUP,
     ) -> None:
-        if batch_size < 1:
-            raise IngestError(f"batch size must be at least 1, not {batch_size}")
+        if batch_size < 1 or embed_group < 1:
+            raise IngestError(f"batch sizes must be at least 1, not {batch_size}/{embed_group}")
         self.kb = knowledge_base
         self.store = ChunkStore(database, knowledge_base) if database is not None else None
         self.embeddings = embeddings
         if embeddings is not None and not dry_run:
             _check_model(knowledge_base, embeddings)
         self.batch_size = batch_size
+        self.embed_group = embed_group
         self.chunker = Chunker(
             knowledge_base.chunk_size if chunk_size is None else chunk_size,
             knowledge_base.chunk_overlap if chunk_overlap is None else chunk_overlap,
@@ -420,10 +422,10 @@ class Pipeline:
             vectors.update(self._timed("load", self.store.stored_embeddings, list(texts)))
         self.report.embeddings_reused += len(vectors)
         missing = [(digest, text) for digest, text in texts.items() if digest not in vectors]
-        for start in range(0, len(missing), EMBED_GROUP):
+        for start in range(0, len(missing), self.embed_group):
             if self.stop.is_set():
                 return None
-            group = missing[start : start + EMBED_GROUP]
+            group = missing[start : start + self.embed_group]
             embedded = self._timed(
                 "embed", self.embeddings.embed_documents, [text for _, text in group]
             )
@@ -488,6 +490,7 @@ def ingest(
     on_problem: ProblemCallback | None = None,
     on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    embed_group: int = EMBED_GROUP,
 ) -> IngestReport:
     """Ingest ``sources`` (paths, or ``"-"`` for JSONL on stdin) into ``knowledge_base``.
 
@@ -496,7 +499,8 @@ def ingest(
     read and checked without embedding, and :class:`IngestError` is raised, with nothing
     written, when anything is wrong.  ``dry_run`` reads, checks and chunks, and reports what
     would change without embedding or writing.  Setting ``stop`` ends the run after the
-    batch being written (``report.stopped``).
+    batch being written (``report.stopped``); ``embed_group`` texts are embedded per call,
+    so a stop waits for one such call at most.
     """
     if on_error not in ("skip", "fail"):
         raise IngestError(f"on_error must be 'skip' or 'fail', not {on_error!r}")
@@ -520,6 +524,7 @@ def ingest(
             on_problem=on_problem,
             on_progress=on_progress,
             stop=stop,
+            embed_group=embed_group,
         )
         if on_error == "fail":
             problems = validate(

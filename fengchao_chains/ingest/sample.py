@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_FILE = "sample_news.jsonl"
 SAMPLE_BATCH = 16
-"""Documents per transaction: a server stopping mid-load waits for one small batch only."""
+"""Documents per transaction, and texts per embedding call below: a server stopping
+mid-load waits for one small batch and one small call only."""
+SAMPLE_EMBED_GROUP = 4
+STOP_TIMEOUT = 20.0
+"""Seconds a shutdown waits for the load to stop; then it goes on (the thread is a daemon,
+and a write cut short by the closing pool rolls back)."""
 
 
 def sample_news_path() -> Path:
@@ -90,6 +95,7 @@ def load_sample_news(
         embeddings=get_embeddings(kb.embedding_model, settings),
         batch_size=SAMPLE_BATCH,
         stop=stop,
+        embed_group=SAMPLE_EMBED_GROUP,
     )
 
 
@@ -132,7 +138,7 @@ class SampleNewsLoader:
         """True once the load has finished (loaded, skipped, stopped or failed)."""
         return self.done.wait(timeout)
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         self.stopping.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
