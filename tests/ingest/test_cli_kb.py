@@ -246,3 +246,16 @@ def _chunks(database: Database, kb: KnowledgeBase) -> list[tuple[Any, ...]]:
     ).format(kb.chunks_table)
     with database.pool.connection() as conn:
         return conn.execute(query).fetchall()
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fengchao_chains.cli_kb.LOG_EVERY", 0.0)
+    source = write_jsonl(tmp_path / "news.jsonl", news(4))
+    args = ("ingest", str(source), "--kb", "logged", "--create", "--batch-size", "2")
+    result = ok(run_cli(*args, env=env))
+    assert "ingest: 2/4 documents, 2 chunks written" in result.stderr
+    assert "ingest: 4/4 documents, 4 chunks written" in result.stderr
+    quiet = ok(run_cli(*args, "--no-progress", env=env))
+    assert "ingest:" not in quiet.stderr
