@@ -55,6 +55,7 @@ from fengchao_chains.ingest.sources import (
 from fengchao_chains.retrievers.errors import EmbeddingMismatchError
 from fengchao_chains.retrievers.registry import KnowledgeBase
 from fengchao_chains.retrievers.store import ChunkRecord, ChunkStore, DocumentRecord
+from fengchao_chains.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -491,23 +492,25 @@ def ingest(
     on_progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     embed_group: int = EMBED_GROUP,
+    settings: Settings | None = None,
 ) -> IngestReport:
     """Ingest ``sources`` (paths, or ``"-"`` for JSONL on stdin) into ``knowledge_base``.
 
-    ``embeddings`` defaults to the knowledge base's own model.  Problems in the source are
-    passed to ``on_problem`` and skipped; with ``on_error="fail"`` the whole source is first
-    read and checked without embedding, and :class:`IngestError` is raised, with nothing
-    written, when anything is wrong.  ``dry_run`` reads, checks and chunks, and reports what
-    would change without embedding or writing.  Setting ``stop`` ends the run after the
-    batch being written (``report.stopped``); ``embed_group`` texts are embedded per call,
-    so a stop waits for one such call at most.
+    ``embeddings`` defaults to the knowledge base's own model (from ``settings``' catalog).
+    Problems in the source are passed to ``on_problem`` and skipped; with
+    ``on_error="fail"`` the whole source is first read and checked without embedding, and
+    :class:`IngestError` is raised, with nothing written, when anything is wrong.
+    ``dry_run`` reads, checks and chunks, and reports what would change without embedding or
+    writing.  Setting ``stop`` ends the run after the batch being written
+    (``report.stopped``); ``embed_group`` texts are embedded per call, so a stop waits for
+    one such call at most.
     """
     if on_error not in ("skip", "fail"):
         raise IngestError(f"on_error must be 'skip' or 'fail', not {on_error!r}")
     if embeddings is None and not dry_run:
         from fengchao_chains.embeddings import get_embeddings
 
-        embeddings = get_embeddings(knowledge_base.embedding_model)
+        embeddings = get_embeddings(knowledge_base.embedding_model, settings)
     with ExitStack() as stack:
         if on_error == "fail":
             spooled = [stack.enter_context(_Replayable(source)) for source in sources]
