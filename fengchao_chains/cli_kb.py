@@ -185,6 +185,8 @@ def _ingest_target(
     from fengchao_chains.retrievers.registry import (
         DEFAULT_CHUNK_OVERLAP,
         DEFAULT_CHUNK_SIZE,
+        NEWS_STORE,
+        NEWS_STORE_DESCRIPTION,
         check_kb_id,
     )
 
@@ -209,10 +211,11 @@ def _ingest_target(
         "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE,
         "chunk_overlap": DEFAULT_CHUNK_OVERLAP if chunk_overlap is None else chunk_overlap,
     }
+    description = NEWS_STORE_DESCRIPTION if kb_id == NEWS_STORE else ""
     if dry_run:
         check_kb_id(kb_id)
-        return KnowledgeBase(kb_id, "", created_at=datetime.now(UTC), **options), False
-    return registry.create(kb_id, **options), True
+        return KnowledgeBase(kb_id, description, created_at=datetime.now(UTC), **options), False
+    return registry.create(kb_id, description=description, **options), True
 
 
 def _embeddings(kb: KnowledgeBase, settings: Settings) -> Any:
