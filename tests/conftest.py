@@ -36,6 +36,9 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
             _VENDOR_ENV_PREFIXES
         ):
             monkeypatch.delenv(name)
+    # a started app would otherwise embed the sample news in the background in every test;
+    # the tests of that load turn it on
+    monkeypatch.setenv("FENGCHAO_LOAD_SAMPLE_NEWS", "false")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     get_settings.cache_clear()

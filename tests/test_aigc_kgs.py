@@ -45,7 +45,8 @@ def check_sample_search(runtime: Runtime) -> None:
 
 
 def test_a_started_app_lists_the_news_store_and_loads_the_sample(settings: Settings) -> None:
-    app = create_app(settings=settings.model_copy(update={"embedding_model": USE}))
+    loading = {"embedding_model": USE, "load_sample_news": True}
+    app = create_app(settings=settings.model_copy(update=loading))
     with TestClient(app) as client:
         for path in ("/aigc/kgs", "/aigc/kgs/"):
             response = client.get(path, follow_redirects=False)
@@ -98,7 +99,7 @@ def test_other_knowledge_bases_are_listed_too_and_the_load_can_be_turned_off(
 def test_shutdown_during_the_load_stops_it_and_the_next_start_finishes_it(
     settings: Settings,
 ) -> None:
-    fast = settings.model_copy(update={"embedding_model": USE})
+    fast = settings.model_copy(update={"embedding_model": USE, "load_sample_news": True})
     with TestClient(create_app(settings=fast)) as client:
         assert client.get("/aigc/kgs").status_code == 200
     # shut down at once: the load stopped after a whole batch (or before writing any)
@@ -119,7 +120,7 @@ def test_shutdown_during_the_load_stops_it_and_the_next_start_finishes_it(
 @pytest.mark.slow
 def test_the_sample_with_the_default_embedding_model(settings: Settings) -> None:
     """multilingual-e5-small, the default: about 10 s to embed the sample."""
-    app = create_app(settings=settings)
+    app = create_app(settings=settings.model_copy(update={"load_sample_news": True}))
     with TestClient(app) as client:
         assert client.get("/aigc/kgs").json()["data"][0]["id"] == "news_vector_store"
         check_sample_search(app.state.runtime)
