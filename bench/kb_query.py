@@ -50,7 +50,7 @@ from fengchao_chains.retrievers import (  # noqa: E402
     KnowledgeBaseRegistry,
     PGVectorRetriever,
 )
-from fengchao_chains.retrievers.search import SearchPlan, SearchType, search_steps  # noqa: E402
+from fengchao_chains.retrievers.search import SearchPlan, SearchType, run_search  # noqa: E402
 from fengchao_chains.settings import Settings  # noqa: E402
 
 DIMS = 384
@@ -165,13 +165,7 @@ def bare_search(database: Database, plan: SearchPlan) -> Callable[[], object]:
 
     def run() -> object:
         with database.pool.connection() as conn:
-            steps = search_steps(plan)
-            try:
-                statement = next(steps)
-                while True:
-                    statement = steps.send(conn.execute(*statement).fetchall())
-            except StopIteration as done:
-                return done.value
+            return run_search(conn, plan)
 
     return run
 

@@ -8,6 +8,7 @@ an index that later compares vectors from two spaces.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -57,3 +58,35 @@ class CatalogEmbeddings(BaseModel, Embeddings):
             if len(row) != self.dimensions:
                 raise EmbeddingDimensionsError(self.model, self.dimensions, len(row))
         return rows
+
+
+class InProcessEmbeddings(CatalogEmbeddings):
+    """An embedding model run in this process: subclasses give :meth:`_encode`.
+
+    The async methods run the CPU-bound model in a worker thread (``asyncio.to_thread``), one
+    hop per batch so a cancelled call stops between batches; an event loop keeps serving, but
+    they are no faster than the sync ones.
+    """
+
+    def _encode(self, texts: list[str], *, query: bool) -> Any:
+        """``texts`` as an ``(n, dimensions)`` array: queries or documents."""
+        raise NotImplementedError
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for batch in self._batches(texts):
+            vectors.extend(self._checked(self._encode(batch, query=False)))
+        return vectors
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._checked(self._encode([text], query=True))[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors: list[list[float]] = []
+        for batch in self._batches(texts):
+            encoded = await asyncio.to_thread(self._encode, batch, query=False)
+            vectors.extend(self._checked(encoded))
+        return vectors
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return self._checked(await asyncio.to_thread(self._encode, [text], query=True))[0]

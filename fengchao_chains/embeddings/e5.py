@@ -10,14 +10,13 @@ batch over every core (OpenMP), so concurrent calls would only contend.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from fengchao_chains.embeddings._base import CatalogEmbeddings
+from fengchao_chains.embeddings._base import InProcessEmbeddings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,32 +46,12 @@ def encode(texts: list[str], *, query: bool) -> np.ndarray:
     return vectors
 
 
-class E5Embeddings(CatalogEmbeddings):
-    """multilingual-e5-small (384 dimensions), in-process.
-
-    The async methods run the CPU-bound engine in a worker thread (``asyncio.to_thread``)
-    so an event loop keeps serving; they are no faster than the sync ones.
-    """
+class E5Embeddings(InProcessEmbeddings):
+    """multilingual-e5-small (384 dimensions), in-process."""
 
     model: str = "multilingual-e5-small"
     dimensions: int = Field(default=E5_DIMENSIONS, gt=0)
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Passages (``passage: `` prefix), ``batch_size`` per engine call."""
-        vectors: list[list[float]] = []
-        for batch in self._batches(texts):
-            vectors.extend(self._checked(encode(batch, query=False)))
-        return vectors
-
-    def embed_query(self, text: str) -> list[float]:
-        """A search query (``query: `` prefix)."""
-        return self._checked(encode([text], query=True))[0]
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for batch in self._batches(texts):  # one thread hop per batch: cancellable between
-            vectors.extend(self._checked(await asyncio.to_thread(encode, batch, query=False)))
-        return vectors
-
-    async def aembed_query(self, text: str) -> list[float]:
-        return self._checked(await asyncio.to_thread(encode, [text], query=True))[0]
+    def _encode(self, texts: list[str], *, query: bool) -> Any:
+        """Queries with the ``query: `` prefix, documents with ``passage: ``."""
+        return encode(texts, query=query)

@@ -9,14 +9,13 @@ builds its tables lazily, neither of which is safe to do from two threads at onc
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from fengchao_chains.embeddings._base import CatalogEmbeddings
+from fengchao_chains.embeddings._base import InProcessEmbeddings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,30 +41,12 @@ def encode(texts: list[str]) -> np.ndarray:
     return vectors
 
 
-class USEEmbeddings(CatalogEmbeddings):
-    """Universal Sentence Encoder multilingual v3 (512 dimensions), in-process.
-
-    The async methods run the CPU-bound encoder in a worker thread (``asyncio.to_thread``)
-    so an event loop keeps serving; they are no faster than the sync ones.
-    """
+class USEEmbeddings(InProcessEmbeddings):
+    """Universal Sentence Encoder multilingual v3 (512 dimensions), in-process."""
 
     model: str = "use-multilingual-v3"
     dimensions: int = Field(default=USE_DIMENSIONS, gt=0)
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for batch in self._batches(texts):
-            vectors.extend(self._checked(encode(batch)))
-        return vectors
-
-    def embed_query(self, text: str) -> list[float]:
-        return self._checked(encode([text]))[0]
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        for batch in self._batches(texts):
-            vectors.extend(self._checked(await asyncio.to_thread(encode, batch)))
-        return vectors
-
-    async def aembed_query(self, text: str) -> list[float]:
-        return self._checked(await asyncio.to_thread(encode, [text]))[0]
+    def _encode(self, texts: list[str], *, query: bool) -> Any:
+        """Queries and documents alike (USE has no query/passage distinction)."""
+        return encode(texts)
