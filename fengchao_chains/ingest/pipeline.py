@@ -284,11 +284,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the run ----------
     def run(self, entries: Iterable[SourceItem | SourceProblem], total: int | None) -> IngestReport:
-        with ExitStack() as stack:
-            if self.store is not None and not self.dry_run:
-                stack.enter_context(knowledge_base_lock(self.store.database, self.kb, shared=True))
+        if self.store is None or self.dry_run:
             return self._run(entries, total)
-        raise AssertionError("unreachable")  # pragma: no cover - for mypy
+        with knowledge_base_lock(self.store.database, self.kb, shared=True):
+            self.store.begin_bulk_load()
+            try:
+                return self._run(entries, total)
+            finally:  # a killed run leaves the index missing: the next run builds it
+                started = time.perf_counter()
+                self.store.finish_bulk_load()
+                self.report.stage_seconds["write"] += time.perf_counter() - started
 
     def _run(
         self, entries: Iterable[SourceItem | SourceProblem], total: int | None

@@ -54,6 +54,10 @@ class KnowledgeBase:
     def chunks_table(self) -> sql.Identifier:
         return sql.Identifier(f"kb_{self.id}_chunks")
 
+    @property
+    def vector_index(self) -> sql.Identifier:
+        return sql.Identifier(f"kb_{self.id}_hnsw")
+
 
 def check_kb_id(kb_id: str) -> str:
     if not KB_ID.match(kb_id):
@@ -64,9 +68,22 @@ def check_kb_id(kb_id: str) -> str:
     return kb_id
 
 
+def vector_index_ddl(kb: KnowledgeBase, *, if_not_exists: bool = False) -> sql.Composed:
+    """The HNSW cosine index of a knowledge base's chunk table."""
+    return sql.SQL(
+        "CREATE INDEX {exists} {index} ON {chunks} USING hnsw (embedding vector_cosine_ops)"
+        " WITH (m = {m}, ef_construction = {ef})"
+    ).format(
+        exists=sql.SQL("IF NOT EXISTS" if if_not_exists else ""),
+        index=kb.vector_index,
+        chunks=kb.chunks_table,
+        m=sql.Literal(HNSW_M),
+        ef=sql.Literal(HNSW_EF_CONSTRUCTION),
+    )
+
+
 def _table_ddl(kb: KnowledgeBase) -> list[sql.Composed]:
     docs, chunks = kb.documents_table, kb.chunks_table
-    index = sql.Identifier(f"kb_{kb.id}_hnsw")
     return [
         sql.SQL(
             """CREATE TABLE {docs} (
@@ -90,15 +107,7 @@ def _table_ddl(kb: KnowledgeBase) -> list[sql.Composed]:
                     STORED,
                 UNIQUE (document_id, position))"""
         ).format(chunks=chunks, docs=docs, dims=sql.Literal(kb.dims)),
-        sql.SQL(
-            "CREATE INDEX {index} ON {chunks} USING hnsw (embedding vector_cosine_ops)"
-            " WITH (m = {m}, ef_construction = {ef})"
-        ).format(
-            index=index,
-            chunks=chunks,
-            m=sql.Literal(HNSW_M),
-            ef=sql.Literal(HNSW_EF_CONSTRUCTION),
-        ),
+        vector_index_ddl(kb),
         sql.SQL("CREATE INDEX {index} ON {chunks} USING gin (tsv)").format(
             index=sql.Identifier(f"kb_{kb.id}_tsv"), chunks=chunks
         ),

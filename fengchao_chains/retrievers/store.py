@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from fengchao_chains.db import Database
 from fengchao_chains.retrievers.errors import EmbeddingMismatchError
-from fengchao_chains.retrievers.registry import KnowledgeBase
+from fengchao_chains.retrievers.registry import KnowledgeBase, vector_index_ddl
 from fengchao_chains.retrievers.text_search import segment
 
 
@@ -150,6 +150,26 @@ class ChunkStore:
                 for row in rows:
                     writer.write_row(row)
         return len(rows)
+
+    # ------------------------------------------------------------------ bulk loads ------
+    def begin_bulk_load(self) -> bool:
+        """Drop the HNSW index when the knowledge base holds no chunks yet, so a first load
+        writes rows without maintaining it (building it once afterwards is about twice as
+        fast).  True when it did; :meth:`finish_bulk_load` must follow."""
+        empty = sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(self.kb.chunks_table)
+        with self.database.pool.connection() as conn, conn.transaction():
+            row = conn.execute(empty).fetchone()
+            if not (row and row[0]):
+                return False
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self.kb.vector_index))
+        return True
+
+    def finish_bulk_load(self) -> None:
+        """(Re)build the HNSW index if it is missing: after a bulk load, and after a load
+        that was killed before it could."""
+        with self.database.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT set_config('maintenance_work_mem', '256MB', true)")
+            conn.execute(vector_index_ddl(self.kb, if_not_exists=True))
 
     def delete_document(self, document_id: str) -> bool:
         """Delete a document and its chunks; False when it was not stored."""

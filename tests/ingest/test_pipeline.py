@@ -373,3 +373,33 @@ def test_memory_stays_flat_whatever_the_input_size(
     # ru_maxrss is in KiB (about 0.1 MiB of growth was measured for both sizes)
     assert growth[20_000] < 16 * 1024, growth
     assert growth[20_000] - growth[2_000] < 8 * 1024, growth
+
+
+def has_vector_index(database: Database, kb: KnowledgeBase) -> bool:
+    with database.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND indexname = %s AND indexdef LIKE %s",
+            (f"kb_{kb.id}_hnsw", "%USING hnsw%"),
+        ).fetchone()
+    return bool(row and row[0] == 1)
+
+
+def test_a_first_load_builds_the_vector_index_once_at_the_end(
+    database: Database, kb: KnowledgeBase, use_embeddings: Any, tmp_path: Path
+) -> None:
+    """An empty knowledge base is loaded without index maintenance and indexed afterwards;
+    a load killed before that point (index missing, rows present) gets it from the next run,
+    and a load into a filled knowledge base keeps the index throughout."""
+    source = write_jsonl(tmp_path / "a.jsonl", news(6))
+    ingest([source], database=database, knowledge_base=kb, embeddings=use_embeddings)
+    assert has_vector_index(database, kb)
+    assert not ChunkStore(database, kb).begin_bulk_load()  # not empty: the index stays
+    assert has_vector_index(database, kb)
+
+    with database.pool.connection() as conn:  # what a run killed mid bulk load leaves
+        conn.execute(sql.SQL("DROP INDEX {}").format(kb.vector_index))
+    more = write_jsonl(tmp_path / "b.jsonl", news(3, start=6))
+    report = ingest([more], database=database, knowledge_base=kb, embeddings=use_embeddings)
+    assert report.new == 3
+    assert has_vector_index(database, kb)
