@@ -34,6 +34,10 @@ class ChunkRecord:
     metadata: dict[str, Any]
     content_hash: str
     embedding: Sequence[float]
+    search_text: str | None = None
+    """The jieba-segmented text for full-text search; None: segmented when written.  A
+    pipeline that segments while its writer thread copies the previous batch saves the
+    writer that work."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,9 @@ class ChunkStore:
                 Jsonb(chunk.metadata),
                 chunk.content_hash,
                 np.asarray(chunk.embedding, dtype=np.float32),
-                segment(_title(document), chunk.content),
+                chunk.search_text
+                if chunk.search_text is not None
+                else segment(_title(document), chunk.content),
             )
             for document in ordered
             for chunk in document.chunks
