@@ -55,7 +55,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jieba  # noqa: E402
 from langchain_core.documents import Document as LCDocument  # noqa: E402
 from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_text_splitters import RecursiveCharacterTextSplitter  # noqa: E402
@@ -63,6 +62,7 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 from sqlalchemy.engine import URL  # noqa: E402
 
+from bench._corpus import vocabulary  # noqa: E402
 from fengchao_chains.db import Database  # noqa: E402
 from fengchao_chains.ingest.chunking import SEPARATORS  # noqa: E402
 from fengchao_chains.ingest.pipeline import IngestReport, ingest  # noqa: E402
@@ -79,18 +79,6 @@ TABLE = "news"
 
 
 # ------------------------------------------------------------------------------ corpus ---
-def vocabulary(size: int = 8000) -> list[str]:
-    """Common multi-character words from jieba's own dictionary, most frequent first."""
-    path = Path(jieba.__file__).parent / "dict.txt"
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        word, freq, *_ = line.split()
-        if len(word) >= 2:
-            entries.append((int(freq), word))
-    entries.sort(reverse=True)
-    return [word for _, word in entries[:size]]
-
-
 def chinese_text(rng: np.random.Generator, words: list[str], length: int) -> str:
     """About ``length`` characters of sentences of dictionary words (clauses with ，, ends
     with 。！？), paragraphs now and then."""
@@ -126,7 +114,7 @@ def news_record(i: int, rng: np.random.Generator, words: list[str], lo: int, hi:
 def write_corpus(path: Path, docs: int, seed: int = 20261122) -> None:
     """``docs`` news items of 300-900 characters, one JSON object a line."""
     rng = np.random.default_rng(seed)
-    words = vocabulary()
+    words = vocabulary(8000)
     with path.open("w", encoding="utf-8") as file:
         for i in range(docs):
             file.write(news_record(i, rng, words, 300, 900) + "\n")

@@ -33,8 +33,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jieba  # noqa: E402
 
+from bench._corpus import vocabulary  # noqa: E402
 from fengchao_chains.db import Database  # noqa: E402
 from fengchao_chains.embeddings import get_embeddings  # noqa: E402
 from fengchao_chains.ingest.pipeline import Progress, ingest  # noqa: E402
@@ -47,22 +47,10 @@ GROWTH_TARGET_MB = 50.0
 KB_ID = "bench_memory"
 
 
-def vocabulary(size: int = 8000) -> list[str]:
-    """Common multi-character words from jieba's own dictionary, most frequent first."""
-    path = Path(jieba.__file__).parent / "dict.txt"
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        word, freq, *_ = line.split()
-        if len(word) >= 2:
-            entries.append((int(freq), word))
-    entries.sort(reverse=True)
-    return [word for _, word in entries[:size]]
-
-
 def write_corpus(path: Path, docs: int, seed: int = 20261123) -> None:
     """``docs`` short news items, written line by line."""
     rng = np.random.default_rng(seed)
-    words = np.array(vocabulary())
+    words = np.array(vocabulary(8000))
     ends = np.array(["。", "。", "！", "？"])
     with path.open("w", encoding="utf-8") as file:
         for i in range(docs):

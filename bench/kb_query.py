@@ -37,10 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jieba  # noqa: E402
 from langchain_core.embeddings import Embeddings  # noqa: E402
 from psycopg import sql  # noqa: E402
 
+from bench._corpus import vocabulary  # noqa: E402
 from fengchao_chains.db import Database  # noqa: E402
 from fengchao_chains.retrievers import (  # noqa: E402
     ChunkRecord,
@@ -74,20 +74,8 @@ class Precomputed(Embeddings):
         return self.vectors[text]  # type: ignore[return-value]  # an array; the plan takes it
 
 
-def vocabulary(size: int = 6000) -> list[str]:
-    """Common multi-character words from jieba's own dictionary, most frequent first."""
-    path = Path(jieba.__file__).parent / "dict.txt"
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        word, freq, *_ = line.split()
-        if len(word) >= 2:
-            entries.append((int(freq), word))
-    entries.sort(reverse=True)
-    return [word for _, word in entries[:size]]
-
-
 def generate(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str], Any]:
-    words = vocabulary()
+    words = vocabulary(6000)
     common, topical = words[:1000], words[1000:]
     centres = rng.normal(size=(TOPICS, DIMS)).astype(np.float32)
     topic_words = [rng.choice(topical, size=12, replace=False) for _ in range(TOPICS)]
