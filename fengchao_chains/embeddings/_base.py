@@ -59,6 +59,26 @@ class CatalogEmbeddings(BaseModel, Embeddings):
                 raise EmbeddingDimensionsError(self.model, self.dimensions, len(row))
         return rows
 
+    # LangChain's four methods, over one pair of hooks every subclass gives.
+    def _embed(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        """``texts`` embedded as queries or as documents, in order."""
+        raise NotImplementedError
+
+    async def _aembed(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        raise NotImplementedError
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(texts, query=False)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed([text], query=True)[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await self._aembed(texts, query=False)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return (await self._aembed([text], query=True))[0]
+
 
 class InProcessEmbeddings(CatalogEmbeddings):
     """An embedding model run in this process: subclasses give :meth:`_encode`.
@@ -72,21 +92,15 @@ class InProcessEmbeddings(CatalogEmbeddings):
         """``texts`` as an ``(n, dimensions)`` array: queries or documents."""
         raise NotImplementedError
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+    def _embed(self, texts: list[str], *, query: bool) -> list[list[float]]:
         vectors: list[list[float]] = []
         for batch in self._batches(texts):
-            vectors.extend(self._checked(self._encode(batch, query=False)))
+            vectors.extend(self._checked(self._encode(batch, query=query)))
         return vectors
 
-    def embed_query(self, text: str) -> list[float]:
-        return self._checked(self._encode([text], query=True))[0]
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+    async def _aembed(self, texts: list[str], *, query: bool) -> list[list[float]]:
         vectors: list[list[float]] = []
         for batch in self._batches(texts):
-            encoded = await asyncio.to_thread(self._encode, batch, query=False)
+            encoded = await asyncio.to_thread(self._encode, batch, query=query)
             vectors.extend(self._checked(encoded))
         return vectors
-
-    async def aembed_query(self, text: str) -> list[float]:
-        return self._checked(await asyncio.to_thread(self._encode, [text], query=True))[0]

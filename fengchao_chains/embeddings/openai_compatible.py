@@ -104,12 +104,6 @@ class OpenAICompatibleEmbeddings(CatalogEmbeddings):
             vectors.extend(self._vectors(body, len(batch)))
         return vectors
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(texts, query=False)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self._embed([text], query=True)[0]
-
     # ------------------------------------------------------------------ async
 
     async def _aembed(self, texts: list[str], *, query: bool) -> list[list[float]]:
@@ -119,12 +113,6 @@ class OpenAICompatibleEmbeddings(CatalogEmbeddings):
             body, _ = await _http.asend(self._exchange, request, self.http_async_client)
             vectors.extend(self._vectors(body, len(batch)))
         return vectors
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return await self._aembed(texts, query=False)
-
-    async def aembed_query(self, text: str) -> list[float]:
-        return (await self._aembed([text], query=True))[0]
 
 
 def _vector(raw: Any, vendor: str) -> list[float]:

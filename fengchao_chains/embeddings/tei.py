@@ -113,12 +113,6 @@ class TEIEmbeddings(CatalogEmbeddings):
                 vectors.extend(self._answer(_http._with_retries(self, attempt), len(batch)))
         return vectors
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(texts, query=False)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self._embed([text], query=True)[0]
-
     # ------------------------------------------------------------------ async
 
     async def _aembed(self, texts: list[str], *, query: bool) -> list[list[float]]:
@@ -135,9 +129,3 @@ class TEIEmbeddings(CatalogEmbeddings):
                 answer = await _http._awith_retries(self, attempt)
                 vectors.extend(self._answer(answer, len(batch)))
         return vectors
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return await self._aembed(texts, query=False)
-
-    async def aembed_query(self, text: str) -> list[float]:
-        return (await self._aembed([text], query=True))[0]
