@@ -55,8 +55,12 @@ class KnowledgeBase:
         return sql.Identifier(f"kb_{self.id}_chunks")
 
     @property
+    def vector_index_name(self) -> str:
+        return f"kb_{self.id}_hnsw"
+
+    @property
     def vector_index(self) -> sql.Identifier:
-        return sql.Identifier(f"kb_{self.id}_hnsw")
+        return sql.Identifier(self.vector_index_name)
 
 
 def check_kb_id(kb_id: str) -> str:

@@ -174,6 +174,12 @@ class ChunkStore:
         """(Re)build the HNSW index if it is missing: after a bulk load, and after a load
         that was killed before it could."""
         with self.database.pool.connection() as conn, conn.transaction():
+            # CREATE INDEX locks the table even when the index exists: look in the catalog
+            found = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (self.kb.vector_index_name,)
+            ).fetchone()
+            if found and found[0]:
+                return
             conn.execute("SELECT set_config('maintenance_work_mem', '256MB', true)")
             conn.execute(vector_index_ddl(self.kb, if_not_exists=True))
 
