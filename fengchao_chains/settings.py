@@ -116,6 +116,52 @@ class Settings(BaseSettings):
         description="Load the packaged sample news into an empty news_vector_store at serve.",
     )
 
+    # --- gateway: authentication ----------------------------------------------------------
+    auth_required: bool = Field(
+        default=True,
+        description="Require a key's token on chat routes (off only for a private sandbox).",
+    )
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key encrypting API secrets at rest; unset: <data_dir>/master.key.",
+    )
+    token_ttl_seconds: int = Field(
+        default=1800, ge=60, le=7 * 86400, description="Lifetime of tokens from /aigc/token."
+    )
+
+    # --- gateway: sensitive words, async tasks, uploads, conversations ---------------------
+    sensitive_word_files: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra word lists (one word per line) added to the packaged list.",
+    )
+    task_workers: int = Field(
+        default=4, ge=1, le=256, description="Async chat tasks one server process runs at once."
+    )
+    task_retention_seconds: int = Field(
+        default=86400, ge=60, description="How long a finished async task's result is kept."
+    )
+    task_lease_seconds: int = Field(
+        default=120,
+        ge=5,
+        description="A running task whose worker stopped renewing it for this long is retried.",
+    )
+    upload_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="Largest accepted upload, per file."
+    )
+    upload_max_files: int = Field(default=10, ge=1, description="Files per upload request.")
+    upload_suffixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            ".txt", ".md", ".json", ".jsonl", ".csv", ".html", ".htm", ".pdf", ".docx",
+        ],  # fmt: skip
+        description="File types accepted by /aigc/uploadfiles/ (by suffix; content is checked).",
+    )
+    file_context_max_chars: int = Field(
+        default=20000, ge=100, description="Characters of uploaded files put before a query."
+    )
+    conversation_max_messages: int = Field(
+        default=40, ge=0, description="Stored messages of a request_id replayed to the model."
+    )
+
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
     openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")
     openai_base_url: str | None = _vendor_env("OPENAI_BASE_URL")
@@ -148,7 +194,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
         return value
 
-    @field_validator("catalog_files", "prompt_dirs", mode="before")
+    @field_validator(
+        "catalog_files", "prompt_dirs", "sensitive_word_files", "upload_suffixes", mode="before"
+    )
     @classmethod
     def _split_path_list(cls, value: Any) -> Any:
         """From the environment: a JSON list, or paths joined with ``:`` like ``PATH``."""
