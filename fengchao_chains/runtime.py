@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from fengchao_chains.catalog import Catalog, get_catalog
@@ -18,6 +19,12 @@ from fengchao_chains.prompts import PromptLibrary, get_prompt_library
 from fengchao_chains.settings import Settings
 
 if TYPE_CHECKING:
+    from fengchao_chains.gateway.auth import TokenVerifier
+    from fengchao_chains.gateway.conversations import ConversationStore
+    from fengchao_chains.gateway.keys import KeyStore
+    from fengchao_chains.gateway.sensitive import SensitiveWords
+    from fengchao_chains.gateway.tasks import TaskQueue
+    from fengchao_chains.gateway.uploads import UploadStore
     from fengchao_chains.ingest.sample import SampleNewsLoader
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,44 @@ class Runtime:
         prompts = get_prompt_library(settings)  # a broken prompt file fails start-up too
         database = Database.start(settings)
         return cls(settings=settings, catalog=catalog, prompts=prompts, database=database)
+
+    # The gateway's services, built on first use (a CLI command needs none of them).
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        from fengchao_chains.gateway.keys import KeyStore
+
+        return KeyStore(self.database, self.settings)
+
+    @cached_property
+    def token_verifier(self) -> TokenVerifier:
+        from fengchao_chains.gateway.auth import TokenVerifier
+
+        return TokenVerifier(self.keys)
+
+    @cached_property
+    def sensitive_words(self) -> SensitiveWords:
+        from fengchao_chains.gateway.sensitive import SensitiveWords
+
+        return SensitiveWords.from_settings(self.settings)
+
+    @cached_property
+    def tasks(self) -> TaskQueue:
+        from fengchao_chains.gateway.tasks import TaskQueue
+
+        return TaskQueue(self.database, self.settings)
+
+    @cached_property
+    def uploads(self) -> UploadStore:
+        from fengchao_chains.gateway.uploads import UploadStore
+
+        return UploadStore(self.database, self.settings)
+
+    @cached_property
+    def conversations(self) -> ConversationStore:
+        from fengchao_chains.gateway.conversations import ConversationStore
+
+        return ConversationStore(self.database, self.settings)
 
     def reload_prompts(self) -> None:
         """Re-read the prompt files (on SIGHUP); a broken file keeps the current library."""
