@@ -1,0 +1,221 @@
+"""Tokens and the request dependency that checks them.
+
+A token is the fengchao SDK's own: an HS256 JWT signed with the key's secret, header
+``{"alg":"HS256","sign_type":"SIGN","typ":"JWT"}``, payload ``{"api_key", "exp",
+"timestamp"}`` with ``exp`` and ``timestamp`` in Unix **milliseconds**.  Clients sign their
+own (the SDK does) or get one from ``GET /aigc/token``; both are the same thing.
+
+Verifying reads ``api_key`` from the unverified payload, looks up that key's secret (none
+for an unknown or revoked key), then lets PyJWT check the signature with ``HS256`` as the
+only algorithm (so ``alg: none`` and algorithm confusion fail there).  ``exp`` is required
+and checked here, because PyJWT reads it as seconds: a value below ``10**11`` is taken as
+seconds (standard JWT libraries), anything larger as milliseconds; the two ranges cannot
+overlap for any date between 1973 and the year 5138.
+
+The token arrives as the raw ``Authorization`` header (the SDK sends no ``Bearer``; a
+``Bearer`` prefix is accepted too) or, for browsers, in the ``fengchao_token`` cookie that
+``POST /login`` sets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
+
+import jwt
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from fengchao_chains.errors import ConfigurationError, FengchaoError
+from fengchao_chains.gateway.keys import KeyStore
+
+if TYPE_CHECKING:
+    from fengchao_chains.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+AUTH_COOKIE = "fengchao_token"
+ALGORITHM = "HS256"
+TOKEN_HEADERS = {"alg": ALGORITHM, "sign_type": "SIGN"}  # PyJWT adds "typ": "JWT"
+SECONDS_EXP_BELOW = 10**11
+"""An ``exp`` below this is Unix seconds (year 5138); at or above it, milliseconds (1973)."""
+TOKEN_MAX_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the api_key a verified token was signed for."""
+
+    api_key: str
+
+
+ANONYMOUS = Caller(api_key="anonymous")
+"""The caller without a token when ``auth_required`` is off (no real key has this name)."""
+
+
+class AuthError(FengchaoError):
+    """A token that does not authenticate anyone.  The message is safe to show the client:
+    it never contains the token or a secret."""
+
+
+def issue_token(
+    api_key: str, secret_key: str, ttl_seconds: int, *, now_ms: int | None = None
+) -> str:
+    """A token exactly as the SDK signs one, valid for ``ttl_seconds`` from ``now_ms``."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    payload = {"api_key": api_key, "exp": now + ttl_seconds * 1000, "timestamp": now}
+    return jwt.encode(payload, secret_key, algorithm=ALGORITHM, headers=TOKEN_HEADERS)
+
+
+class TokenVerifier:
+    """Checks tokens against the key store (every time: a revoked key stops at once)."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+
+    async def averify(self, token: str) -> Caller:
+        """The caller the token was signed for; :class:`AuthError` otherwise."""
+        if len(token) > TOKEN_MAX_CHARS:
+            raise AuthError("invalid token: too long")
+        api_key = _claimed_api_key(token)
+        secret = await self.keys.asecret(api_key)
+        if secret is None:
+            raise AuthError("invalid token: unknown or revoked api_key")
+        claims = _verified_claims(token, secret)
+        _check_exp(claims.get("exp"))
+        return Caller(api_key=api_key)
+
+
+def _claimed_api_key(token: str) -> str:
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthError("invalid token: not a JWT") from None
+    api_key = claims.get("api_key")
+    if not isinstance(api_key, str) or not api_key:
+        raise AuthError("invalid token: no api_key")
+    return api_key
+
+
+def _verified_claims(token: str, secret: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "require": ["exp"]},
+        )
+    except jwt.InvalidAlgorithmError:
+        raise AuthError(f"invalid token: the algorithm must be {ALGORITHM}") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError("invalid token: the signature does not match the api_key") from None
+    except jwt.MissingRequiredClaimError:
+        raise AuthError("invalid token: no exp") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {type(exc).__name__}") from None
+    return claims
+
+
+def _check_exp(exp: object) -> None:
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise AuthError("invalid token: exp must be a number (Unix time in milliseconds)")
+    exp_ms = exp * 1000 if exp < SECONDS_EXP_BELOW else exp
+    if time.time() * 1000 >= exp_ms:
+        raise AuthError("token expired: sign a new one")
+
+
+# --------------------------------------------------------------------------- requests ----
+def token_from_request(request: Request) -> str | None:
+    """The ``Authorization`` header (raw, or after ``Bearer``), else the login cookie."""
+    header = request.headers.get("authorization", "").strip()
+    if header:
+        scheme, _, rest = header.partition(" ")
+        token = rest.strip() if scheme.lower() == "bearer" else header
+        return token or None
+    return request.cookies.get(AUTH_COOKIE) or None
+
+
+def token_verifier(request: Request) -> TokenVerifier:
+    """The app's verifier: the runtime's ``token_verifier`` when it has one, else one built
+    once per app from the runtime's ``keys`` (or a new :class:`KeyStore`)."""
+    runtime: Runtime = request.app.state.runtime
+    verifier = getattr(runtime, "token_verifier", None)
+    if isinstance(verifier, TokenVerifier):
+        return verifier
+    cached = getattr(request.app.state, "fengchao_token_verifier", None)
+    if isinstance(cached, TokenVerifier) and cached.keys.database is runtime.database:
+        return cached
+    keys = getattr(runtime, "keys", None)
+    if not isinstance(keys, KeyStore):
+        keys = KeyStore(runtime.database, runtime.settings)
+    verifier = TokenVerifier(keys)
+    request.app.state.fengchao_token_verifier = verifier
+    return verifier
+
+
+class AuthHTTPException(HTTPException):
+    """An authentication failure whose ``detail`` is the whole JSON body
+    (``{"status": 401, "msg": ...}``), answered as such by :func:`install_auth_errors`."""
+
+    def __init__(self, status_code: int, msg: str) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="fengchao"'} if status_code == 401 else None
+        super().__init__(status_code, {"status": status_code, "msg": msg}, headers)
+
+
+async def require_caller(request: Request) -> Caller:
+    """FastAPI dependency: the verified caller (also left in ``request.state.caller``).
+
+    No token: 401, or :data:`ANONYMOUS` when ``auth_required`` is off; a token that is
+    sent is verified either way.  A master key that cannot decrypt the stored secrets is
+    the server's fault: 500, logged.
+    """
+    runtime: Runtime = request.app.state.runtime
+    token = token_from_request(request)
+    if token is None:
+        if runtime.settings.auth_required:
+            raise AuthHTTPException(
+                401, "missing token: send it in the Authorization header (see /aigc/token)"
+            )
+        caller = ANONYMOUS
+    else:
+        try:
+            caller = await token_verifier(request).averify(token)
+        except AuthError as exc:
+            logger.info("refused a token: %s", exc)
+            raise AuthHTTPException(401, str(exc)) from None
+        except ConfigurationError as exc:
+            logger.error("cannot check tokens: %s", exc)
+            raise AuthHTTPException(500, "the server cannot check tokens now") from None
+    request.state.caller = caller
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(require_caller)]
+
+
+async def auth_error_response(request: Request, exc: Exception) -> Response:
+    """The JSON body of an :class:`AuthHTTPException`; a browser navigating to a protected
+    page (a GET that accepts HTML, outside ``/aigc``) is sent to ``/login`` instead."""
+    if not isinstance(exc, AuthHTTPException):  # registered for that class only
+        raise exc
+    root = request.scope.get("root_path", "")
+    path = request.url.path
+    if (
+        exc.status_code == 401
+        and request.method == "GET"
+        and "text/html" in request.headers.get("accept", "")
+        and not path.startswith(f"{root}/aigc")
+    ):
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{root}/login?next={quote(target, safe='/')}", status_code=303)
+    return JSONResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+
+
+def install_auth_errors(app: FastAPI) -> None:
+    """Answer :class:`AuthHTTPException` with its JSON body (the SDK's ``{"status", "msg"}``)
+    instead of FastAPI's ``{"detail": ...}``."""
+    app.add_exception_handler(AuthHTTPException, auth_error_response)
