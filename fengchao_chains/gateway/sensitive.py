@@ -1,0 +1,362 @@
+"""Sensitive words: one Aho-Corasick scan of the input and the output, whole or streamed.
+
+The list is the packaged ``sensitive_words.txt`` plus the operator's files
+(``FENGCHAO_SENSITIVE_WORD_FILES``).  Text and words are matched in a normalised form, so
+trivial evasions still match:
+
+- every character is NFKC-normalised and casefolded *on its own* (full-width ``ＡＢ`` and
+  ``ab`` match ``AB``); a character whose normal form is not exactly one character is kept,
+  so every matched character maps back to one original character and hits carry indices into
+  the original text;
+- format characters (Unicode category Cf: zero-width space and joiners, soft hyphen, BOM) are
+  ignored wherever they are;
+- a run of whitespace between two Chinese or Japanese characters is ignored (``赌 博`` and
+  ``赌\\n博`` match 赌博), because those scripts put no spaces between words; anywhere else a
+  run of whitespace counts as one space, so ``his exam`` does not match ``sex``.
+
+A hit is an occurrence of any word.  :meth:`SensitiveWords.find` reports them leftmost-
+longest and non-overlapping; :meth:`SensitiveWords.mask` masks *every* occurrence, overlapping
+ones too, which is also what makes a streamed result independent of how the stream was cut
+into chunks (:class:`StreamGuard`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import ahocorasick  # type: ignore[import-not-found]  # a C extension without type hints
+
+from fengchao_chains.errors import ConfigurationError, FengchaoError
+
+if TYPE_CHECKING:
+    from fengchao_chains.settings import Settings
+
+_SPACE = " "  # every whitespace character normalises to this
+_IGNORED = "\u200b"  # every format character (category Cf) normalises to this
+_SKIPPABLE_RUN = re.compile(f"[{_SPACE}{_IGNORED}]+")
+# Han (with extension planes and compatibility ideographs), hiragana and katakana: scripts
+# written without spaces between words
+_SPACELESS = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+)
+
+
+class SensitiveContentError(FengchaoError):
+    """The text contains words of the sensitive-word list (fengchao status 6601).
+
+    The message does not quote the words, so it can go to the client as it is; ``words``
+    (the list's spelling, each once) is there for the operator's log.
+    """
+
+    code: ClassVar[int] = 6601
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self.words = tuple(dict.fromkeys(words))
+        count = len(self.words)
+        super().__init__(
+            f"the content contains {count} sensitive word{'s' if count != 1 else ''}"
+            " and was refused"
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One occurrence of a list word: ``text[start:end]`` in the original text, and the word
+    as the list spells it."""
+
+    start: int
+    end: int
+    word: str
+
+
+def _normal_char(char: str) -> str:
+    """The one character ``char`` matches as (see the module docstring)."""
+    if unicodedata.category(char) == "Cf":
+        return _IGNORED
+    normal = unicodedata.normalize("NFKC", char)
+    if len(normal) != 1:
+        normal = char
+    folded = normal.casefold()
+    if len(folded) == 1:
+        normal = folded
+    return _SPACE if normal.isspace() else normal
+
+
+class _CharTable(dict[int, str]):
+    """``str.translate`` table filled on first sight of each character: translating is one
+    C-level pass, and every mapping is one character, so indices are preserved."""
+
+    def __missing__(self, code: int) -> str:
+        normal = self[code] = _normal_char(chr(code))
+        return normal
+
+
+_TABLE = _CharTable()
+
+
+def _spaceless(char: str) -> bool:
+    return bool(char) and _SPACELESS.match(char) is not None
+
+
+@dataclass(frozen=True)
+class _View:
+    """A text as the automaton scans it.
+
+    ``compact`` is the normalised text with ignored characters and ignored whitespace runs
+    taken out and every other whitespace run reduced to one space.  It is made of segments:
+    segment ``j`` starts at ``compact`` index ``cstarts[j]`` and original index
+    ``ostarts[j]``, and is either a run of characters copied one for one or a single space
+    standing for a whitespace run.
+    """
+
+    normal: str  # the original text translated character by character (same length)
+    compact: str
+    cstarts: list[int]
+    ostarts: list[int]
+    tail: int | None  # where a whitespace run at the end, not yet resolved, begins
+
+    def origin(self, index: int) -> int:
+        """The original index of ``compact[index]`` (of the first space of a run)."""
+        j = bisect_right(self.cstarts, index) - 1
+        return self.ostarts[j] + (index - self.cstarts[j])
+
+
+def _view(text: str, *, before: str = "", final: bool = True) -> _View:
+    """Normalise ``text``; ``before`` is the last significant normalised character before it
+    (in a stream), and ``final=False`` leaves a whitespace run at the end unresolved, since
+    the next chunk decides whether it is ignored."""
+    normal = text.translate(_TABLE)
+    pieces: list[str] = []
+    cstarts: list[int] = []
+    ostarts: list[int] = []
+    size = 0
+    position = 0
+    tail: int | None = None
+    for run in _SKIPPABLE_RUN.finditer(normal):
+        start, end = run.span()
+        if start > position:
+            pieces.append(normal[position:start])
+            cstarts.append(size)
+            ostarts.append(position)
+            size += start - position
+        position = end
+        first_space = normal.find(_SPACE, start, end)
+        if first_space < 0:  # only ignored characters
+            continue
+        if end == len(normal) and not final:
+            tail = start
+            break
+        previous = normal[start - 1] if start > 0 else before
+        following = normal[end] if end < len(normal) else ""
+        if _spaceless(previous) and _spaceless(following):
+            continue
+        pieces.append(_SPACE)
+        cstarts.append(size)
+        ostarts.append(first_space)
+        size += 1
+    else:
+        if position < len(normal):
+            pieces.append(normal[position:])
+            cstarts.append(size)
+            ostarts.append(position)
+    return _View(normal, "".join(pieces), cstarts, ostarts, tail)
+
+
+def _pattern(word: str) -> str:
+    """The form of a list word the automaton holds ('' for a word that is only spaces)."""
+    return _view(word.strip()).compact.strip(_SPACE)
+
+
+def _read_words(text: str) -> Iterator[str]:
+    for line in text.splitlines():
+        word = line.strip()
+        if word and not word.startswith("#"):
+            yield word
+
+
+@cache
+def _packaged_words() -> tuple[str, ...]:
+    source = resources.files("fengchao_chains.gateway").joinpath("sensitive_words.txt")
+    return tuple(_read_words(source.read_text(encoding="utf-8")))
+
+
+def read_word_file(path: Path) -> list[str]:
+    """The words of one list file (UTF-8, one per line, ``#`` comments, blank lines)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"sensitive-word file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(
+            f"cannot read sensitive-word file {path}: {reason}"
+            " (check FENGCHAO_SENSITIVE_WORD_FILES)"
+        ) from None
+    return list(_read_words(text))
+
+
+class SensitiveWords:
+    """A compiled word list: immutable, thread-safe, shared by every request."""
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self._automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
+        self._longest = 0
+        for word in words:
+            pattern = _pattern(word)
+            if pattern and pattern not in self._automaton:  # the first spelling is kept
+                self._automaton.add_word(pattern, (len(pattern), word.strip()))
+                self._longest = max(self._longest, len(pattern))
+        self._count = len(self._automaton)
+        if self._count:
+            self._automaton.make_automaton()
+
+    @classmethod
+    def packaged(cls) -> SensitiveWords:
+        """The list shipped with the package (``gateway/sensitive_words.txt``)."""
+        return cls(_packaged_words())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SensitiveWords:
+        """The packaged list plus every file in ``settings.sensitive_word_files``; a file
+        that cannot be read or decoded raises :class:`ConfigurationError` naming it."""
+        words = list(_packaged_words())
+        for path in settings.sensitive_word_files:
+            words.extend(read_word_file(path))
+        return cls(words)
+
+    def __len__(self) -> int:
+        """Distinct words (after normalisation)."""
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"SensitiveWords({self._count} words)"
+
+    @property
+    def longest(self) -> int:
+        """The longest word, in characters after normalisation: a stream holds back one
+        character fewer."""
+        return self._longest
+
+    def _occurrences(self, view: _View) -> Iterator[tuple[int, int, str]]:
+        """Every occurrence, overlapping ones too, as original ``(start, end, word)``.  A
+        pattern never starts or ends with a space, so both ends map one for one."""
+        if not self._count or not view.compact:
+            return
+        for last, (length, word) in self._automaton.iter(view.compact):
+            yield view.origin(last - length + 1), view.origin(last) + 1, word
+
+    def find(self, text: str) -> list[Hit]:
+        """The hits in ``text``, leftmost first, longest at each place, none overlapping."""
+        found = sorted(self._occurrences(_view(text)), key=lambda o: (o[0], -o[1]))
+        hits: list[Hit] = []
+        for start, end, word in found:
+            if not hits or start >= hits[-1].end:
+                hits.append(Hit(start, end, word))
+        return hits
+
+    def check(self, text: str) -> None:
+        """Raise :class:`SensitiveContentError` if ``text`` contains any word."""
+        found = sorted(self._occurrences(_view(text)))
+        if found:
+            raise SensitiveContentError(word for _, _, word in found)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every character of every occurrence replaced by ``*`` (whitespace
+        inside a hit is kept); the length never changes."""
+        view = _view(text)
+        spans = [(start, end) for start, end, _ in self._occurrences(view)]
+        return _masked(text, view.normal, spans) if spans else text
+
+    def guard(self, *, replace: bool) -> StreamGuard:
+        """A filter for one streamed answer; ``replace`` masks instead of refusing."""
+        return StreamGuard(self, replace=replace)
+
+
+def _masked(text: str, normal: str, spans: Iterable[tuple[int, int]], upto: int = 0) -> str:
+    """``text`` with the non-space characters of ``[0, upto)`` and of every span masked."""
+    chars = list(text)
+    for start, end in [(0, upto), *spans]:
+        for i in range(start, min(end, len(chars))):
+            if normal[i] != _SPACE:
+                chars[i] = "*"
+    return "".join(chars)
+
+
+class StreamGuard:
+    """Filters one stream of text deltas so that the text let through is exactly what the
+    whole text would give, however the stream is cut.
+
+    It holds back the last ``longest - 1`` characters (and a trailing whitespace run, which
+    the next character may turn into nothing): a word that starts there may still be
+    completed by the next delta.  Everything before is final and is released.  Without
+    ``replace`` the first hit raises :class:`SensitiveContentError` before any character of
+    the word was released, and every later call raises it again; with ``replace`` the hits
+    come out masked.  Not thread-safe: one guard per stream.
+    """
+
+    def __init__(self, words: SensitiveWords, *, replace: bool) -> None:
+        self._words = words
+        self._replace = replace
+        self._pending = ""  # received, not yet released
+        self._before = ""  # the last significant normalised character released
+        self._masked_upto = 0  # the start of _pending is inside a hit found earlier
+        self._error: SensitiveContentError | None = None
+        self._flushed = False
+
+    def feed(self, delta: str) -> str:
+        """Take the next delta; return the text now safe to emit (maybe empty)."""
+        self._pending += delta
+        return self._release(final=False)
+
+    def flush(self) -> str:
+        """The end of the stream: return the held-back tail, checked or masked."""
+        released = self._release(final=True)
+        self._flushed = True
+        return released
+
+    def _release(self, *, final: bool) -> str:
+        if self._error is not None:
+            raise self._error
+        if self._flushed:
+            raise RuntimeError("this stream was already flushed; use a new guard")
+        view = _view(self._pending, before=self._before, final=final)
+        spans = [(s, e, w) for s, e, w in self._words._occurrences(view)]
+        if spans and not self._replace:
+            self._pending = ""
+            self._error = SensitiveContentError(w for _, _, w in sorted(spans))
+            raise self._error
+        boundary = self._boundary(view, final=final)
+        released = self._pending[:boundary]
+        if self._replace and (spans or self._masked_upto):
+            masking = [(s, e) for s, e, _ in spans if s < boundary]
+            released = _masked(released, view.normal, masking, self._masked_upto)
+            self._masked_upto = max([self._masked_upto, *(e for _, e in masking)]) - boundary
+            self._masked_upto = max(self._masked_upto, 0)
+        significant = view.normal[:boundary].rstrip(_SPACE + _IGNORED)
+        if significant:
+            self._before = significant[-1]
+        self._pending = self._pending[boundary:]
+        return released
+
+    def _boundary(self, view: _View, *, final: bool) -> int:
+        """How much of the pending text no future delta can make part of a hit: everything
+        before the ``longest - 1`` last resolved characters."""
+        if final:
+            return len(self._pending)
+        resolved = len(view.compact)
+        first_open = resolved - max(self._words.longest - 1, 0)
+        if first_open <= 0:
+            return 0
+        if first_open < resolved:
+            return view.origin(first_open)
+        return view.tail if view.tail is not None else len(self._pending)
