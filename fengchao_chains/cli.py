@@ -263,6 +263,11 @@ from fengchao_chains.cli_kb import ingest_command, kb_app  # noqa: E402
 app.command("ingest")(ingest_command)
 app.add_typer(kb_app, name="kb")
 
+# --------------------------------------------------------------------------- keys --------
+from fengchao_chains.cli_keys import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+
 
 def main() -> None:
     """Console-script entry point."""
