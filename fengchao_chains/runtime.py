@@ -46,8 +46,13 @@ class Runtime:
         except UnknownModelError as exc:
             raise ConfigurationError(f"FENGCHAO_DEFAULT_MODEL: {exc}") from None
         prompts = get_prompt_library(settings)  # a broken prompt file fails start-up too
+        from fengchao_chains.gateway.sensitive import SensitiveWords
+
+        words = SensitiveWords.from_settings(settings)  # and so does a broken word list
         database = Database.start(settings)
-        return cls(settings=settings, catalog=catalog, prompts=prompts, database=database)
+        runtime = cls(settings=settings, catalog=catalog, prompts=prompts, database=database)
+        runtime.sensitive_words = words
+        return runtime
 
     # The gateway's services, built on first use (a CLI command needs none of them).
 

@@ -151,7 +151,15 @@ class Settings(BaseSettings):
     upload_max_files: int = Field(default=10, ge=1, description="Files per upload request.")
     upload_suffixes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
-            ".txt", ".md", ".json", ".jsonl", ".csv", ".html", ".htm", ".pdf", ".docx",
+            ".txt",
+            ".md",
+            ".json",
+            ".jsonl",
+            ".csv",
+            ".html",
+            ".htm",
+            ".pdf",
+            ".docx",
         ],  # fmt: skip
         description="File types accepted by /aigc/uploadfiles/ (by suffix; content is checked).",
     )

@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from fengchao_chains import __version__
+from fengchao_chains.gateway.auth import install_auth_errors
 from fengchao_chains.runtime import Runtime
-from fengchao_chains.server import aigc, local_chat, playground
-from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.server import aigc, aigc_chat, auth_routes, langserve_routes, uploads
+from fengchao_chains.server.deps import RuntimeDep, get_runtime
 from fengchao_chains.settings import Settings, get_settings
 
 
@@ -32,12 +33,16 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         else:
             current = await asyncio.to_thread(Runtime.start, settings or get_settings())
         app.state.runtime = current
+        workers = None
         try:
             await asyncio.to_thread(current.start_sample_news)
             await current.open_async()
+            workers = await _start_task_workers(current)
             with _reload_prompts_on_sighup(current):
                 yield
         finally:
+            if workers is not None:  # unfinished tasks go back to the queue, never lost
+                await workers.stop()
             await current.aclose()  # stops the sample news load first
 
     app = FastAPI(
@@ -47,10 +52,25 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
         lifespan=lifespan,
     )
     app.include_router(aigc.router)
-    app.include_router(local_chat.router)
-    playground.mount(app, runtime.settings if runtime else settings or get_settings())
+    app.include_router(aigc_chat.router)
+    app.include_router(uploads.router)
+    app.include_router(auth_routes.router)
+    langserve_routes.mount(app, get_runtime)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
+    install_auth_errors(app)  # the SDK's {"status", "msg"}; browsers go to /login
     return app
+
+
+async def _start_task_workers(runtime: Runtime) -> Any:
+    """The async-mode workers of this process (several processes may share the queue)."""
+    from fengchao_chains.gateway.tasks import TaskWorkers
+
+    async def handle(task: Any) -> dict[str, Any]:
+        return await aigc_chat.run_task(runtime, task)
+
+    workers = TaskWorkers(runtime.tasks, handle)
+    await workers.start()
+    return workers
 
 
 @contextlib.contextmanager

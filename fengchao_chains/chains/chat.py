@@ -1,0 +1,339 @@
+"""The one chat chain every front door serves: LangServe routes, the /aigc API and its async
+tasks all run :func:`chat_chain`, so there is no second implementation of chat logic.
+
+One request goes: input sensitive-word check -> uploaded files and the stored conversation
+(``request_id``) -> optional retrieval from a knowledge base -> the instruction (library id or
+a custom template, sandboxed) -> the catalog model with the request's sampling -> the output
+sensitive-word guard (a sliding window, so a word split across chunks is still caught) -> the
+turn appended to the conversation. The output is ``{"documents": [...], "answer": message}``;
+streamed, the documents come first (as soon as retrieval is done), then the answer's chunks.
+
+The caller (an API key) comes from the run's config, ``configurable["fengchao_caller"]``, which
+the front doors set after authentication and which a client cannot choose: files and
+conversations are looked up as that caller's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableGenerator,
+    RunnableLambda,
+    RunnableParallel,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from fengchao_chains.callbacks import MODEL_METADATA_KEY
+from fengchao_chains.catalog import ModelCard, get_chat_model
+from fengchao_chains.chains.knowledge import KNOWLEDGE_PROMPT, document_chunks
+from fengchao_chains.retrievers import NEWS_STORE, KnowledgeBaseRegistry, PGVectorRetriever
+from fengchao_chains.retrievers.pgvector import similarity_from_threshold
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
+
+    from fengchao_chains.gateway.conversations import PostgresChatMessageHistory
+    from fengchao_chains.gateway.sensitive import SensitiveWords
+    from fengchao_chains.gateway.uploads import StoredFile
+    from fengchao_chains.runtime import Runtime
+
+CALLER_KEY = "fengchao_caller"
+"""The ``configurable`` key holding the authenticated caller's api_key."""
+ANONYMOUS_CALLER = "anonymous"
+JSON_INSTRUCTION = (
+    "Reply with one JSON object only: no prose before or after it, no code fences."
+    " 只输出一个 JSON 对象，不要输出任何其他文字。"
+)
+MOONSHOT_VENDOR = "moonshot"
+
+
+class ChatInput(BaseModel):
+    """One chat request, in the fields of the fengchao API (every front door's input)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str = Field(description="The user's question or text.")
+    model: str | None = Field(default=None, description="Catalog model id (default: the server's).")
+    system: str | None = Field(default=None, description="System prompt (default: the prompt's).")
+    prompt: str | None = Field(
+        default=None, description="Instruction id from /aigc/prompts/, or a custom template."
+    )
+    prompt_fill: dict[str, Any] = Field(default_factory=dict, description="Template variables.")
+    history: list[dict[str, Any]] = Field(
+        default_factory=list, description='Earlier turns: [{"role": "user", "content": ...}]'
+    )
+    request_id: str | None = Field(
+        default=None, description="Conversation id: its stored turns are continued."
+    )
+    knowledge: str | None = Field(default=None, description="Knowledge base id to answer from.")
+    top_k: int = Field(default=5, ge=1, le=50, description="Knowledge-base hits to use.")
+    threshold: float = Field(
+        default=0, ge=0, le=2000, description="Max cosine distance x 1000 of a hit (0: off)."
+    )
+    files: list[str] = Field(default_factory=list, description="Ids from /aigc/uploadfiles/.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    do_sample: bool = Field(default=True, description="False: greedy decoding.")
+    response_format: Literal["text", "json"] = "text"
+    is_sensitive: bool = Field(default=True, description="Check input and output words.")
+    sensitive_replace: bool = Field(
+        default=False, description="Mask sensitive words with * instead of refusing."
+    )
+
+
+@dataclass
+class PreparedChat:
+    """A request made concrete: the model, its messages and the retrieved documents."""
+
+    request: ChatInput
+    card: ModelCard
+    model: BaseChatModel
+    messages: list[BaseMessage]
+    documents: list[Document]
+    history: PostgresChatMessageHistory | None
+
+
+def caller_of(config: RunnableConfig | None) -> str:
+    return str((config or {}).get("configurable", {}).get(CALLER_KEY) or ANONYMOUS_CALLER)
+
+
+def chat_chain(runtime: Runtime) -> Runnable[dict[str, Any], dict[str, Any]]:
+    """``ChatInput`` fields -> ``{"documents": [Document], "answer": AIMessage}``."""
+
+    async def prepare(inputs: dict[str, Any], config: RunnableConfig) -> PreparedChat:
+        return await prepare_chat(runtime, ChatInput.model_validate(inputs), caller_of(config))
+
+    def answer(prepared: PreparedChat) -> Runnable[Any, Any]:
+        model = prepared.model.with_config(metadata={MODEL_METADATA_KEY: prepared.card.id})
+        steps: Runnable[Any, Any] = RunnableLambda(_messages_of) | model
+        if prepared.request.is_sensitive:
+            steps = steps | output_guard(
+                runtime.sensitive_words, replace=prepared.request.sensitive_replace
+            )
+        if prepared.history is not None:
+            steps = steps | remember_turn(prepared.history, prepared.request.query)
+        return steps
+
+    chain = RunnableLambda(prepare, name="prepare_chat") | RunnableParallel(
+        documents=RunnableLambda(_documents_of), answer=RunnableLambda(answer, name="answer")
+    )
+    return chain.with_config(run_name="fengchao_chat")
+
+
+def _messages_of(prepared: PreparedChat) -> list[BaseMessage]:
+    return prepared.messages
+
+
+def _documents_of(prepared: PreparedChat) -> list[Document]:
+    return prepared.documents
+
+
+async def prepare_chat(runtime: Runtime, request: ChatInput, caller: str) -> PreparedChat:
+    """Everything before the model call; raises the library's errors (unknown model, prompt,
+    knowledge base or file, sensitive input) before any token is spent."""
+    card = runtime.catalog[request.model or runtime.settings.default_model]
+    if request.is_sensitive and not request.sensitive_replace:
+        runtime.sensitive_words.check(request.query)
+    query = request.query
+    if request.is_sensitive and request.sensitive_replace:
+        query = runtime.sensitive_words.mask(query)
+    files = await runtime.uploads.aresolve(caller, request.files) if request.files else []
+    history = None
+    past: list[BaseMessage] = []
+    max_messages = runtime.settings.conversation_max_messages
+    if request.request_id and max_messages > 0:
+        history = runtime.conversations.history(caller, request.request_id)
+        past = await history.aget_messages()
+    documents = await retrieve(runtime, request, query) if request.knowledge else []
+    messages = _render(runtime, request, query=query, documents=documents, files=files, card=card)
+    if past:  # after the system message and the client's history, before this question
+        messages = [*messages[:-1], *past, messages[-1]]
+    model = get_chat_model(
+        card.id, catalog=runtime.catalog, settings=runtime.settings, **_sampling(request)
+    )
+    return PreparedChat(request, card, model, messages, documents, history)
+
+
+def _sampling(request: ChatInput) -> dict[str, Any]:
+    """The request's sampling as standard ChatModel parameters; ``do_sample: false`` is
+    greedy decoding (temperature 0) whatever temperature says."""
+    overrides: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p}
+    if not request.do_sample:
+        overrides = {"temperature": 0}
+    overrides["max_tokens"] = request.max_tokens
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _render(
+    runtime: Runtime,
+    request: ChatInput,
+    *,
+    query: str,
+    documents: list[Document],
+    files: list[StoredFile],
+    card: ModelCard,
+) -> list[BaseMessage]:
+    """The instruction's messages. With a knowledge base and no prompt the 知识库 instruction
+    lays out the hits; an instruction that takes ``documents`` gets them too; any other
+    prompt gets them, like uploaded files' text, as context in front of the question."""
+    prompt, fill = request.prompt, dict(request.prompt_fill)
+    context_blocks: list[str] = []
+    if request.knowledge:
+        if not (prompt or "").strip():
+            prompt = KNOWLEDGE_PROMPT
+        if "documents" in runtime.prompts.resolve(prompt).variables:
+            fill.setdefault("documents", document_chunks(documents))
+        else:
+            context_blocks.append(_knowledge_context(documents))
+    moonshot_files = card.vendor == MOONSHOT_VENDOR
+    if files and not moonshot_files:
+        context_blocks.append(_files_context(files, runtime.settings.file_context_max_chars))
+    full_query = "\n\n".join([*context_blocks, query]) if context_blocks else query
+    system = request.system
+    if request.response_format == "json":
+        base = system if system is not None else runtime.prompts.resolve(prompt).system
+        system = f"{base}\n\n{JSON_INSTRUCTION}".strip()
+    messages = runtime.prompts.messages(
+        full_query, prompt=prompt, system=system, prompt_fill=fill, history=request.history
+    )
+    if files and moonshot_files:
+        messages[-1] = _with_file_blocks(messages[-1], files)
+    return messages
+
+
+def _knowledge_context(documents: Sequence[Document]) -> str:
+    lines = ["已知信息："]
+    for number, chunk in enumerate(document_chunks(documents), start=1):
+        lines.append(f"【资料{number}】{chunk['title'] or '（无标题）'}\n{chunk['content']}")
+    if not documents:
+        lines.append("（没有检索到相关资料）")
+    return "\n\n".join(lines)
+
+
+def _files_context(files: Sequence[StoredFile], max_chars: int) -> str:
+    """Uploaded files' text, cut to ``max_chars`` in all (the cut is said, not hidden)."""
+    parts, budget = ["以下是用户上传的文件内容："], max_chars
+    for stored in files:
+        text = stored.text
+        if len(text) > budget:
+            text = text[:budget] + "\n（文件内容过长，以下已截断）"
+        budget = max(0, budget - len(stored.text))
+        parts.append(f"【文件：{stored.name}】\n{text}")
+    return "\n\n".join(parts)
+
+
+def _with_file_blocks(message: BaseMessage, files: Sequence[StoredFile]) -> HumanMessage:
+    """Moonshot reads documents through its Files API: the files go as LangChain ``file``
+    content blocks, which ChatMoonshot uploads and turns into the vendor's file messages."""
+    blocks: list[str | dict[str, Any]] = [{"type": "text", "text": str(message.content)}]
+    for stored in files:
+        blocks.append(
+            {
+                "type": "file",
+                "base64": base64.b64encode(stored.path.read_bytes()).decode("ascii"),
+                "mime_type": stored.content_type,
+                "filename": stored.name,
+            }
+        )
+    return HumanMessage(content=blocks)
+
+
+_EMBEDDINGS: dict[str, Embeddings] = {}
+
+
+async def retrieve(runtime: Runtime, request: ChatInput, query: str) -> list[Document]:
+    """The knowledge base's hits for ``query`` (``threshold``: the API's scale, 0 = off)."""
+    kb = await KnowledgeBaseRegistry(runtime.database).aget(request.knowledge or NEWS_STORE)
+    embeddings = _EMBEDDINGS.get(kb.embedding_model)
+    if embeddings is None:
+        from fengchao_chains.embeddings import get_embeddings
+
+        embeddings = get_embeddings(kb.embedding_model, runtime.settings, catalog=runtime.catalog)
+        _EMBEDDINGS[kb.embedding_model] = embeddings
+    retriever = PGVectorRetriever(
+        knowledge_base=kb,
+        database=runtime.database,
+        embeddings=embeddings,
+        top_k=request.top_k,
+        score_threshold=similarity_from_threshold(request.threshold) if request.threshold else None,
+    )
+    return await retriever.ainvoke(query)
+
+
+def output_guard(
+    words: SensitiveWords, *, replace: bool
+) -> RunnableGenerator[BaseMessage, AIMessageChunk]:
+    """The model's chunks through a sliding-window sensitive-word guard: text is released
+    only once no list word can still be completing in it; a hit masks it (``replace``) or
+    raises :class:`~fengchao_chains.gateway.sensitive.SensitiveContentError` before the word
+    is released. Usage and metadata pass through untouched."""
+
+    def guarded(chunks: Iterator[BaseMessage]) -> Iterator[AIMessageChunk]:
+        guard = words.guard(replace=replace)
+        for chunk in chunks:
+            yield _rechunk(chunk, guard.feed(chunk.text))
+        yield AIMessageChunk(content=guard.flush())
+
+    async def aguarded(chunks: AsyncIterator[BaseMessage]) -> AsyncIterator[AIMessageChunk]:
+        guard = words.guard(replace=replace)
+        async for chunk in chunks:
+            yield _rechunk(chunk, guard.feed(chunk.text))
+        yield AIMessageChunk(content=guard.flush())
+
+    return RunnableGenerator(guarded, aguarded, name="sensitive_word_guard")
+
+
+def _rechunk(chunk: BaseMessage, text: str) -> AIMessageChunk:
+    usage = chunk.usage_metadata if isinstance(chunk, AIMessage) else None
+    return AIMessageChunk(
+        content=text, id=chunk.id, usage_metadata=usage, response_metadata=chunk.response_metadata
+    )
+
+
+def remember_turn(
+    history: PostgresChatMessageHistory, query: str
+) -> RunnableGenerator[AIMessageChunk, AIMessageChunk]:
+    """Pass the answer through, then store the turn (question + whole answer) in one write;
+    a failed or refused answer stores nothing."""
+
+    def store(chunks: Iterator[AIMessageChunk]) -> Iterator[AIMessageChunk]:
+        total = ""
+        for chunk in chunks:
+            total += chunk.text
+            yield chunk
+        history.add_messages([HumanMessage(query), AIMessage(total)])
+
+    async def astore(chunks: AsyncIterator[AIMessageChunk]) -> AsyncIterator[AIMessageChunk]:
+        total = ""
+        async for chunk in chunks:
+            total += chunk.text
+            yield chunk
+        await history.aadd_messages([HumanMessage(query), AIMessage(total)])
+
+    return RunnableGenerator(store, astore, name="remember_turn")
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def json_answer(text: str) -> str:
+    """``response_format: json``: the answer without the code fences models like to add,
+    compacted if it parses (else returned as the model gave it)."""
+    match = _FENCE.match(text)
+    candidate = match.group(1) if match else text.strip()
+    try:
+        return json.dumps(json.loads(candidate), ensure_ascii=False)
+    except ValueError:
+        return text

@@ -1,0 +1,107 @@
+"""The SDK's ChatCompletion object, the one shape every 200 chat answer has.
+
+The SDK indexes every key (a missing one is a ``KeyError`` in the user's code) and rejects
+``null`` in most (protocol doc section 8.3), so every answer, stream chunk and error status
+is built here, complete: ``request_id``, ``created``, ``model``, ``choices`` (may be ``[]``),
+``usage`` with ``cost``, ``msg``, ``knowledge``, ``status``, ``search`` and ``agg``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.messages.ai import UsageMetadata
+
+from fengchao_chains.catalog import ModelCard
+from fengchao_chains.errors import FengchaoError
+from fengchao_chains.llms.errors import VendorError, VendorTimeoutError
+from fengchao_chains.retrievers.pgvector import threshold_from_similarity
+from fengchao_chains.server.aigc import CREATED_FORMAT
+
+OK = "执行成功"
+
+
+def knowledge_hit(document: Document) -> dict[str, Any]:
+    """One retrieved chunk as the answer's ``knowledge`` item: the text, where it is from,
+    and its score on both scales: ``similarity`` (1 - cosine distance) and ``distance``
+    (cosine distance x 1000, the request's ``threshold`` scale)."""
+    meta = document.metadata
+    similarity = meta.get("similarity")
+    return {
+        "content": document.page_content,
+        "title": meta.get("title") or "",
+        "url": meta.get("url") or "",
+        "source": meta.get("source") or "",
+        "knowledge_base": meta.get("knowledge_base") or "",
+        "document_id": meta.get("document_id") or "",
+        "similarity": similarity,
+        "distance": None if similarity is None else round(threshold_from_similarity(similarity), 3),
+    }
+
+
+class Answer:
+    """The ChatCompletion objects of one request."""
+
+    def __init__(self, card: ModelCard, request_id: str) -> None:
+        self.card = card
+        self.request_id = request_id
+
+    def payload(
+        self,
+        content: str | None,
+        *,
+        index: int = 0,
+        finish_reason: str | None = None,
+        usage: UsageMetadata | None = None,
+        status: int = 200,
+        msg: str = OK,
+        knowledge: Sequence[Document] = (),
+    ) -> dict[str, Any]:
+        prompt_tokens = usage["input_tokens"] if usage else 0
+        completion_tokens = usage["output_tokens"] if usage else 0
+        choices = []
+        if content is not None:
+            choices.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish_reason,
+                }
+            )
+        return {
+            "request_id": self.request_id,
+            "created": time.strftime(CREATED_FORMAT),
+            "model": self.card.id,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "cost": round(self.card.cost(prompt_tokens, completion_tokens), 8),
+            },
+            "msg": msg,
+            "knowledge": [knowledge_hit(doc) for doc in knowledge],
+            "status": status,
+            "search": [],
+            "agg": [],
+        }
+
+
+def failure_status(exc: FengchaoError) -> int:
+    """A model's failure as the answer's ``status``: 408 a timeout, else the vendor's HTTP
+    status, else 400 (the SDK's "access exception")."""
+    if isinstance(exc, VendorTimeoutError):
+        return 408
+    if isinstance(exc, VendorError) and exc.status_code:
+        return exc.status_code
+    return 400
+
+
+def event_line(payload: dict[str, Any]) -> str:
+    """One stream event: ASCII-escaped JSON on one ``data:`` line (the SDK splits lines with
+    ``str.splitlines``, so a raw U+2028 in the text would break it)."""
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,351 @@
+"""``POST /aigc/chat/`` and ``POST /aigc/local_chat/``: the fengchao SDK's chat routes.
+
+Both run the one chat chain (:mod:`fengchao_chains.chains.chat`) in the SDK's four modes:
+``invoke``, ``stream`` (``data: {json}`` lines, ASCII-escaped, no end marker), ``async`` (a
+task in PostgreSQL, answered with its 32-hex id) and ``async_result`` (6602 while pending, the
+stored answer when done). Every 200 answer has the complete ChatCompletion shape the SDK
+parses (:mod:`fengchao_chains.server.aigc_answer`).
+
+Transport errors are HTTP statuses: 401 no or bad token, 440 unknown model, 441 a local model
+on ``/aigc/chat/``, 442 an online model on ``/aigc/local_chat/``, 443 empty query, 444
+unknown knowledge base, 445 bad parameters (body, prompt, files, task id). Business outcomes
+are 200 answers whose ``status`` says what happened: 6601 sensitive words, 6602 not ready yet,
+408 a model timeout, else the model's HTTP error status or 400.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal, cast
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from langchain_core.messages import AIMessageChunk
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fengchao_chains.callbacks import UsageRecorder
+from fengchao_chains.catalog import LOCAL, ModelCard
+from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain, json_answer
+from fengchao_chains.errors import FengchaoError, UnknownModelError
+from fengchao_chains.gateway.auth import require_caller
+from fengchao_chains.gateway.sensitive import SensitiveContentError
+from fengchao_chains.gateway.tasks import Task
+from fengchao_chains.runtime import Runtime
+from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
+from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.settings import describe_validation_error
+
+router = APIRouter(prefix="/aigc", tags=["aigc"])
+
+Mode = Literal["invoke", "async", "async_result", "stream"]
+
+
+class AigcChatBody(BaseModel):
+    """The body the SDK sends: all 25 keys, ``null`` for unset; unknown keys are ignored so
+    newer clients keep working. ``image``, ``video``, ``agg_models`` and ``search_param`` are
+    accepted and not used (no model here reads images; aggregation and web search are not
+    offered), so ``agg`` and ``search`` answer ``[]``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    query: str | None = None
+    request_id: str | None = Field(default=None, max_length=128)
+    system: str | None = None
+    prompt: str | None = None
+    prompt_fill: dict[str, Any] | None = None
+    is_sensitive: bool | None = True
+    sensitive_replace: bool | None = False
+    task_id: str | None = None
+    history: list[dict[str, Any]] | None = None
+    response_format: Literal["text", "json"] | None = "text"
+    do_sample: bool | None = True
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    knowledge: str | None = None
+    top_k: int | None = None
+    threshold: float | None = None
+    mode: Mode = "invoke"
+    files: list[str] | str | None = None
+
+    def chat_input(self) -> ChatInput:
+        """The chain's input; raises ValidationError on out-of-range values."""
+        files = [self.files] if isinstance(self.files, str) else list(self.files or [])
+        given = {
+            "model": self.model,
+            "query": self.query or "",
+            "system": self.system,
+            "prompt": self.prompt,
+            "prompt_fill": self.prompt_fill or {},
+            "history": self.history or [],
+            "request_id": self.request_id,
+            "knowledge": self.knowledge,
+            "top_k": self.top_k,
+            "threshold": self.threshold,
+            "files": files,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "do_sample": self.do_sample,
+            "response_format": self.response_format,
+            "is_sensitive": self.is_sensitive,
+            "sensitive_replace": self.sensitive_replace,
+        }
+        return ChatInput.model_validate({k: v for k, v in given.items() if v is not None})
+
+
+class RouteError(Exception):
+    """A transport error: the HTTP status and the SDK's ``msg``."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+
+@router.post("/chat/", response_model=None)
+async def chat(request: Request, runtime: RuntimeDep) -> JSONResponse | StreamingResponse:
+    """Online models (channel 在线模型)."""
+    return await _serve(request, runtime, local=False)
+
+
+@router.post("/local_chat/", response_model=None)
+async def local_chat(request: Request, runtime: RuntimeDep) -> JSONResponse | StreamingResponse:
+    """Local models (channel 本地模型)."""
+    return await _serve(request, runtime, local=True)
+
+
+async def _serve(
+    request: Request, runtime: Runtime, *, local: bool
+) -> JSONResponse | StreamingResponse:
+    caller = (await require_caller(request)).api_key
+    try:
+        body = _parse(await request.body())
+        card = _card(runtime, body.model, local=local)
+        answer = Answer(card, body.request_id or str(uuid.uuid4()))
+        if body.mode == "async_result":
+            return JSONResponse(await _async_result(runtime, caller, body, answer))
+        if not (body.query or "").strip():
+            raise RouteError(443, "query不能为空")
+        chat_input = _chat_input(body)
+        if body.mode == "async":
+            await _check_knowledge_base(runtime, chat_input)
+            task_id = await runtime.tasks.asubmit(caller, _task_payload(body, chat_input))
+            return JSONResponse(answer.payload(task_id))
+        if body.mode == "stream":
+            return await _stream(runtime, caller, chat_input, answer)
+        return JSONResponse(await run_invoke(runtime, caller, chat_input, answer))
+    except RouteError as exc:
+        return JSONResponse({"status": exc.status, "msg": exc.msg}, status_code=exc.status)
+
+
+def _parse(raw: bytes) -> AigcChatBody:
+    try:
+        return AigcChatBody.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RouteError(445, describe_validation_error(exc, "参数错误")) from None
+
+
+def _chat_input(body: AigcChatBody) -> ChatInput:
+    try:
+        return body.chat_input()
+    except ValidationError as exc:
+        raise RouteError(445, describe_validation_error(exc, "参数错误")) from None
+
+
+def _card(runtime: Runtime, model_id: str, *, local: bool) -> ModelCard:
+    try:
+        card = runtime.catalog[model_id]
+    except UnknownModelError as exc:
+        raise RouteError(440, f"模型不存在: {exc.args[0] if exc.args else model_id}") from None
+    if local and card.channel != LOCAL:
+        raise RouteError(442, f"在线模型却使用了本地接口: {model_id} is an online model")
+    if not local and card.channel == LOCAL:
+        raise RouteError(441, f"本地模型却使用了在线接口: {model_id} is a local model")
+    return card
+
+
+def chain_config(
+    runtime: Runtime, caller: str, request_id: str
+) -> tuple[RunnableConfig, UsageRecorder]:
+    """The run's config: the authenticated caller (which files and conversations are
+    looked up as) and the usage recorder."""
+    recorder = UsageRecorder(caller, runtime.catalog)
+    config: RunnableConfig = {
+        "configurable": {CALLER_KEY: caller},
+        "callbacks": [recorder],
+        "metadata": {"request_id": request_id, "caller": caller},
+        "run_name": "aigc_chat",
+    }
+    return config, recorder
+
+
+def _mapped(exc: FengchaoError) -> RouteError | None:
+    """Errors that are transport statuses (raised before any token is spent)."""
+    from fengchao_chains.prompts.errors import PromptError
+    from fengchao_chains.retrievers import UnknownKnowledgeBaseError
+
+    if isinstance(exc, UnknownKnowledgeBaseError):
+        return RouteError(444, f"知识库不存在: {exc}")
+    if isinstance(exc, PromptError):
+        return RouteError(445, f"参数错误: {exc}")
+    if getattr(exc, "code", None) == 445:  # uploads
+        return RouteError(445, f"参数错误: {exc}")
+    if isinstance(exc, UnknownModelError):
+        return RouteError(440, f"模型不存在: {exc}")
+    return None
+
+
+async def run_invoke(
+    runtime: Runtime, caller: str, chat_input: ChatInput, answer: Answer
+) -> dict[str, Any]:
+    """One whole answer in the SDK's shape (also what an async task stores)."""
+    config, _ = chain_config(runtime, caller, answer.request_id)
+    try:
+        output = await chat_chain(runtime).ainvoke(chat_input.model_dump(), config)
+    except SensitiveContentError as exc:
+        return answer.payload(None, status=6601, msg=f"包含敏感词: {exc}")
+    except FengchaoError as exc:
+        if (route := _mapped(exc)) is not None:
+            raise route from None
+        return answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
+    message = output["answer"]
+    content = message.text
+    if chat_input.response_format == "json":
+        content = json_answer(content)
+    return answer.payload(
+        content,
+        finish_reason=message.response_metadata.get("finish_reason") or "stop",
+        usage=message.usage_metadata,
+        knowledge=output["documents"],
+    )
+
+
+async def _stream(
+    runtime: Runtime, caller: str, chat_input: ChatInput, answer: Answer
+) -> StreamingResponse:
+    """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
+    stream: delta chunks, then a closing chunk with the finish reason and the real usage."""
+    config, _ = chain_config(runtime, caller, answer.request_id)
+    chunks = cast(
+        AsyncGenerator[dict[str, Any], None],
+        chat_chain(runtime).astream(chat_input.model_dump(), config),
+    )
+    try:
+        first = await anext(chunks)
+    except SensitiveContentError as exc:
+        await chunks.aclose()
+        closing = answer.payload(None, status=6601, msg=f"包含敏感词: {exc}")
+        return _event_stream(_single(closing))
+    except FengchaoError as exc:
+        await chunks.aclose()
+        if (route := _mapped(exc)) is not None:
+            raise route from None
+        failed = answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
+        return _event_stream(_single(failed))
+    return _event_stream(_stream_events(first, chunks, answer))
+
+
+async def _stream_events(
+    first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], answer: Answer
+) -> AsyncIterator[str]:
+    documents: list[Any] = []
+    total: AIMessageChunk | None = None
+    index = 0
+
+    def absorb(part: dict[str, Any]) -> str | None:
+        nonlocal total, index
+        if "documents" in part:
+            documents.extend(part["documents"])
+        message = part.get("answer")
+        if message is None:
+            return None
+        total = message if total is None else total + message
+        if not message.text:
+            return None
+        line = event_line(answer.payload(message.text, index=index, knowledge=documents))
+        index += 1
+        return line
+
+    try:
+        if (line := absorb(first)) is not None:
+            yield line
+        async for part in chunks:
+            if (line := absorb(part)) is not None:
+                yield line
+    except SensitiveContentError as exc:
+        yield event_line(answer.payload(None, status=6601, msg=f"包含敏感词: {exc}"))
+        return
+    except FengchaoError as exc:
+        msg = f"模型调用异常: {exc}"
+        yield event_line(answer.payload(None, status=failure_status(exc), msg=msg))
+        return
+    metadata = total.response_metadata if total is not None else {}
+    usage = total.usage_metadata if total is not None else None
+    finish = metadata.get("finish_reason") or "stop"
+    closing = answer.payload(
+        "", index=index, finish_reason=finish, usage=usage, knowledge=documents
+    )
+    yield event_line(closing)
+
+
+async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
+    yield event_line(payload)
+
+
+def _event_stream(lines: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream; charset=utf-8")
+
+
+# --- async mode --------------------------------------------------------------------------
+
+
+def _task_payload(body: AigcChatBody, chat_input: ChatInput) -> dict[str, Any]:
+    return {
+        "model": body.model,
+        "request_id": body.request_id or str(uuid.uuid4()),
+        "chat": chat_input.model_dump(mode="json"),
+    }
+
+
+async def _check_knowledge_base(runtime: Runtime, chat_input: ChatInput) -> None:
+    """An async task's cheap checks before it is accepted (its answer comes much later)."""
+    if chat_input.knowledge:
+        from fengchao_chains.retrievers import KnowledgeBaseRegistry, UnknownKnowledgeBaseError
+
+        try:
+            await KnowledgeBaseRegistry(runtime.database).aget(chat_input.knowledge)
+        except UnknownKnowledgeBaseError as exc:
+            raise RouteError(444, f"知识库不存在: {exc}") from None
+
+
+async def _async_result(
+    runtime: Runtime, caller: str, body: AigcChatBody, answer: Answer
+) -> dict[str, Any]:
+    if not body.task_id:
+        raise RouteError(445, "参数错误: task_id不能为空")
+    task = await runtime.tasks.aget(caller, body.task_id)
+    if task is None:
+        raise RouteError(445, f"参数错误: 任务不存在或已过期: {body.task_id}")
+    if task.status in ("pending", "running"):
+        return answer.payload(None, status=6602, msg="异步结果未生成")
+    if task.status == "failed" or task.result is None:
+        return answer.payload(None, status=400, msg=f"任务执行失败: {task.error or ''}")
+    return task.result
+
+
+async def run_task(runtime: Runtime, task: Task) -> dict[str, Any]:
+    """The task workers' handler: the stored request answered as ``invoke`` would, errors
+    included (they become the answer's status: the client learns them from async_result)."""
+    payload = task.payload
+    card = runtime.catalog[payload["model"]]
+    answer = Answer(card, payload["request_id"])
+    try:
+        return await run_invoke(
+            runtime, task.owner, ChatInput.model_validate(payload["chat"]), answer
+        )
+    except RouteError as exc:
+        return answer.payload(None, status=exc.status, msg=exc.msg)

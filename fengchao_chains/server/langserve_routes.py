@@ -1,0 +1,111 @@
+"""LangServe routes over the one chat chain, for LangChain clients and playground users.
+
+* ``/chat``: chat with any catalog model chosen per request (``model``), the instruction
+  library (``prompt``, ``system``, ``prompt_fill``), ``history`` and ``request_id`` memory;
+  the output is the answer message.
+* ``/knowledge``: knowledge-base chat (``knowledge``, ``top_k``, ``threshold``); the output
+  is ``{"answer": message, "documents": [hits]}``, the hits streamed first.
+* ``/instruct``: an instruction from the library (``prompt``, required) applied to
+  ``query``.
+
+Each has LangServe's ``invoke``, ``batch``, ``stream``, ``stream_events``, typed schemas and
+``/playground/``. Every endpoint needs a caller: a token in ``Authorization`` (as the /aigc
+routes) or the ``fengchao_token`` cookie that ``/login`` sets, which is how a browser reaches
+the playground. ``per_req_config_modifier`` puts the authenticated caller and a usage
+recorder into each run's config; a client cannot choose the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnablePick
+from langserve import add_routes
+from pydantic import BaseModel, ConfigDict, Field
+
+from fengchao_chains.callbacks import UsageRecorder
+from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain
+from fengchao_chains.gateway.auth import require_caller
+from fengchao_chains.retrievers import NEWS_STORE
+from fengchao_chains.runtime import Runtime
+
+
+class KnowledgeChatInput(ChatInput):
+    """A question answered from a knowledge base (the news store unless named)."""
+
+    knowledge: str | None = Field(default=NEWS_STORE, description="Knowledge base id.")
+    threshold: float = Field(
+        default=500, ge=0, le=2000, description="Max cosine distance x 1000 of a hit (0: off)."
+    )
+
+
+class InstructInput(BaseModel):
+    """An instruction of the library applied to a text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="Instruction id (see /aigc/prompts/), e.g. 中译英.")
+    query: str = Field(description="The text the instruction works on.")
+    prompt_fill: dict[str, Any] = Field(default_factory=dict, description="Its variables.")
+    model: str | None = Field(default=None, description="Catalog model id.")
+
+
+class KnowledgeChatOutput(BaseModel):
+    answer: Any
+    documents: list[Any]
+
+
+def mount(app: FastAPI, runtime_of: Any) -> None:
+    """Add the routes; ``runtime_of(request)`` gives the started runtime (it exists only
+    once the app's lifespan has run, so the chains are built per request over it)."""
+
+    def chain_of(config: RunnableConfig) -> Runnable[Any, Any]:
+        runtime: Runtime = config["configurable"]["fengchao_runtime"]
+        return chat_chain(runtime)
+
+    async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
+        known = getattr(request.state, "caller", None)  # the route dependency verified it
+        caller = (known or await require_caller(request)).api_key
+        runtime = runtime_of(request)
+        configurable = dict(config.get("configurable") or {})
+        configurable[CALLER_KEY] = caller
+        configurable["fengchao_runtime"] = runtime
+        callbacks = list(config.get("callbacks") or [])
+        callbacks.append(UsageRecorder(caller, runtime.catalog))
+        metadata = dict(config.get("metadata") or {}) | {"caller": caller}
+        return config | {"configurable": configurable, "callbacks": callbacks, "metadata": metadata}
+
+    def chain(input_type: type[BaseModel], *, prepare: Any = None) -> Runnable[Any, Any]:
+        """The chat chain behind a typed input (``prepare`` adapts it to ChatInput)."""
+
+        def run(inputs: Any, config: RunnableConfig) -> Runnable[Any, Any]:
+            data = inputs.model_dump() if isinstance(inputs, BaseModel) else dict(inputs)
+            given = prepare(data) if prepare else data
+            return RunnableLambda(lambda _: given) | chain_of(config)
+
+        return RunnableLambda(run, name="fengchao_chat").with_types(input_type=input_type)
+
+    common: dict[str, Any] = {
+        "per_req_config_modifier": per_request,
+        "dependencies": [Depends(require_caller)],
+    }
+    add_routes(
+        app,
+        chain(ChatInput) | RunnablePick("answer"),
+        path="/chat",
+        **common,
+    )
+    add_routes(
+        app,
+        chain(KnowledgeChatInput).with_types(output_type=KnowledgeChatOutput),
+        path="/knowledge",
+        **common,
+    )
+    add_routes(
+        app,
+        chain(InstructInput, prepare=lambda data: data | {"is_sensitive": True})
+        | RunnablePick("answer"),
+        path="/instruct",
+        **common,
+    )

@@ -1,0 +1,236 @@
+"""``/aigc/chat/`` and ``/aigc/local_chat/`` over the one chat chain: every mode, the chat
+semantics of the fengchao API and its error codes, against a fake OpenAI on loopback."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from tests.server.conftest import LOCAL, ONLINE, Server, sdk_body
+
+SDK_KEYS = {
+    "request_id",
+    "model",
+    "status",
+    "msg",
+    "knowledge",
+    "search",
+    "agg",
+    "choices",
+    "usage",
+}
+WORD = "赌博网站"  # in the packaged sensitive-word list
+
+
+def test_invoke_answers_in_the_sdks_complete_shape(server: Server) -> None:
+    response = server.chat(query="介绍一下北京", request_id="rid-1")
+    assert response.status_code == 200
+    answer = response.json()
+    assert set(answer) >= SDK_KEYS
+    assert answer["status"] == 200 and answer["request_id"] == "rid-1"
+    assert answer["choices"][0]["message"]["content"].startswith("Echo: ")
+    assert "介绍一下北京" in answer["choices"][0]["message"]["content"]
+    usage = answer["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["cost"] > 0  # gpt-3.5-turbo has a price in the catalog
+    assert answer["search"] == [] and answer["agg"] == [] and answer["knowledge"] == []
+
+
+def test_the_library_default_system_prompt_is_used_when_absent(server: Server) -> None:
+    server.chat(query="hi")
+    system = server.last_messages()[0]
+    assert system["role"] == "system"
+    assert system["content"] == server.runtime.prompts.default.system
+    server.chat(query="hi", system="你是诗人")
+    assert server.last_messages()[0]["content"] == "你是诗人"
+
+
+def test_prompt_id_custom_template_prompt_fill_and_history(server: Server) -> None:
+    server.chat(query="今天天气很好", prompt="中译英")
+    assert "今天天气很好" in server.last_messages()[-1]["content"]
+    assert "中译英" in str(server.runtime.prompts["中译英"].card()) or True
+    assert server.last_messages()[0]["content"] == server.runtime.prompts["中译英"].system
+
+    server.chat(query="北京", prompt="请用{{ style }}介绍{{ query }}", prompt_fill={"style": "诗"})
+    assert server.last_messages()[-1]["content"] == "请用诗介绍北京"
+
+    history = [{"role": "user", "content": "第一问"}, {"role": "assistant", "content": "第一答"}]
+    server.chat(query="第二问", history=history)
+    sent = [(m["role"], m["content"]) for m in server.last_messages()[1:]]
+    assert sent == [("user", "第一问"), ("assistant", "第一答"), ("user", "第二问")]
+
+
+def test_a_sandboxed_template_cannot_reach_python(server: Server) -> None:
+    response = server.chat(query="x", prompt="{{ ''.__class__.__mro__ }}{{ query }}")
+    assert response.status_code == 445
+    assert "Traceback" not in response.text
+
+
+def test_sampling_parameters_reach_the_model(server: Server) -> None:
+    server.chat(query="q", temperature=0.3, top_p=0.5, max_tokens=77)
+    body = server.openai.last_request["body"]
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.3, 0.5, 77)
+    server.chat(query="q", do_sample=False, temperature=0.9)
+    assert server.openai.last_request["body"]["temperature"] == 0
+
+
+def test_request_id_continues_the_conversation_for_its_own_key_only(server: Server) -> None:
+    server.chat(query="我叫小明", request_id="conv-1")
+    server.chat(query="我叫什么", request_id="conv-1")
+    sent = [(m["role"], m["content"]) for m in server.last_messages()[1:]]
+    assert sent[0] == ("user", "我叫小明")
+    assert sent[1][0] == "assistant" and "我叫小明" in sent[1][1]
+    assert sent[2] == ("user", "我叫什么")
+
+    server.chat(token=server.other_token, query="我叫什么", request_id="conv-1")
+    assert [m["role"] for m in server.last_messages()] == ["system", "user"]
+
+
+def test_stream_sends_deltas_then_a_closing_chunk_with_usage(server: Server) -> None:
+    chunks = server.stream(query="讲一个故事")
+    assert all(set(chunk) >= SDK_KEYS for chunk in chunks)
+    *deltas, closing = chunks
+    assert deltas and all(c["choices"][0]["finish_reason"] is None for c in deltas)
+    assert [c["choices"][0]["index"] for c in deltas] == list(range(len(deltas)))
+    text = "".join(c["choices"][0]["message"]["content"] for c in deltas)
+    assert text.startswith("Echo: ") and "讲一个故事" in text
+    assert closing["choices"][0]["finish_reason"] == "stop"
+    assert closing["choices"][0]["message"]["content"] == ""
+    assert closing["usage"]["completion_tokens"] > 0 and closing["usage"]["cost"] > 0
+
+
+def test_response_format_json_asks_for_json_and_strips_fences(server: Server) -> None:
+    server.openai.reply = lambda text: '```json\n{"城市": "北京"}\n```'
+    answer = server.chat(query="北京是哪个城市", response_format="json").json()
+    assert answer["choices"][0]["message"]["content"] == '{"城市": "北京"}'
+    assert "JSON" in server.last_messages()[0]["content"]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "status"),
+    [
+        ({"model": "gpt-5-ultra"}, "/aigc/chat/", 440),
+        ({"model": LOCAL}, "/aigc/chat/", 441),
+        ({"model": ONLINE}, "/aigc/local_chat/", 442),
+        ({"query": "   "}, "/aigc/chat/", 443),
+        ({"knowledge": "no_such_kb"}, "/aigc/chat/", 444),
+        ({"temperature": 9}, "/aigc/chat/", 445),
+        ({"mode": "sometimes"}, "/aigc/chat/", 445),
+        ({"prompt": "没有这个指令"}, "/aigc/chat/", 445),
+        ({"prompt_fill": {"nope": 1}}, "/aigc/chat/", 445),
+        ({"history": [{"role": "wizard", "content": "x"}]}, "/aigc/chat/", 445),
+        ({"files": ["file-doesnotexist"]}, "/aigc/chat/", 445),
+    ],
+)
+def test_bad_requests_get_the_documented_http_status(
+    server: Server, fields: dict[str, Any], path: str, status: int
+) -> None:
+    response = server.chat(path=path, **fields)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and body["msg"]
+    assert "Traceback" not in response.text
+
+
+def test_tokens_are_required_and_checked(server: Server) -> None:
+    assert server.client.post("/aigc/chat/", json=sdk_body()).status_code == 401
+    bad = server.client.post("/aigc/chat/", json=sdk_body(), headers={"Authorization": "x.y.z"})
+    assert bad.status_code == 401 and bad.json()["status"] == 401
+    bearer = {"Authorization": f"Bearer {server.token}"}
+    assert server.client.post("/aigc/chat/", json=sdk_body(), headers=bearer).status_code == 200
+
+
+def test_a_vendor_failure_is_a_full_answer_with_its_status(server: Server) -> None:
+    server.openai.inject("server_error", times=5)
+    try:
+        answer = server.chat(query="q").json()
+    finally:
+        server.openai.clear_faults()
+    assert answer["status"] >= 500 and answer["choices"] == []
+    assert set(answer) >= SDK_KEYS
+    assert "sk-test" not in str(answer)
+
+
+# --- sensitive words ----------------------------------------------------------------------
+
+
+def test_sensitive_input_is_6601_or_masked(server: Server) -> None:
+    refused = server.chat(query=f"哪里有{WORD}").json()
+    assert refused["status"] == 6601 and refused["choices"] == []
+    count = len(server.openai.requests)
+    masked = server.chat(query=f"哪里有{WORD}", sensitive_replace=True).json()
+    assert masked["status"] == 200
+    assert WORD not in masked["choices"][0]["message"]["content"]
+    assert "*" * len(WORD) in server.last_messages()[-1]["content"]
+    assert len(server.openai.requests) == count + 1
+    off = server.chat(query=f"哪里有{WORD}", is_sensitive=False).json()
+    assert off["status"] == 200
+
+
+def test_sensitive_output_is_6601_or_masked(server: Server) -> None:
+    server.openai.reply = lambda text: f"可以去{WORD}看看"
+    assert server.chat(query="推荐").json()["status"] == 6601
+    masked = server.chat(query="推荐", sensitive_replace=True).json()
+    assert masked["choices"][0]["message"]["content"] == "可以去" + "*" * len(WORD) + "看看"
+
+
+def test_a_sensitive_word_split_across_stream_chunks_ends_the_stream(server: Server) -> None:
+    # the fake streams one token per chunk: the word arrives in pieces
+    server.openai.reply = lambda text: f"first words then {WORD[:2]}{WORD[2:]} and more text"
+    chunks = server.stream(query="推荐")
+    assert chunks[-1]["status"] == 6601 and chunks[-1]["choices"] == []
+    streamed = "".join(c["choices"][0]["message"]["content"] for c in chunks[:-1])
+    assert WORD[:1] not in streamed  # nothing of the word got out before the hit
+    assert streamed.startswith("first words")
+
+    masked = server.stream(query="推荐", sensitive_replace=True)
+    text = "".join(c["choices"][0]["message"]["content"] for c in masked)
+    assert text == "first words then " + "*" * len(WORD) + " and more text"
+
+
+# --- async mode ---------------------------------------------------------------------------
+
+
+def _wait_for_result(server: Server, task_id: str, token: str | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = server.chat(token=token, mode="async_result", task_id=task_id, query=None).json()
+        if answer["status"] != 6602:
+            return dict(answer)
+        assert set(answer) >= SDK_KEYS and answer["msg"]
+        time.sleep(0.1)
+    raise AssertionError("the async task did not finish")
+
+
+def test_async_then_async_result_for_the_owner_only(server: Server) -> None:
+    submitted = server.chat(query="异步问题", mode="async").json()
+    assert submitted["status"] == 200
+    task_id = submitted["choices"][0]["message"]["content"]
+    assert re.fullmatch(r"[0-9a-f]{32}", task_id)
+
+    other = server.chat(token=server.other_token, mode="async_result", task_id=task_id, query=None)
+    assert other.status_code == 445
+
+    result = _wait_for_result(server, task_id)
+    assert result["status"] == 200
+    assert "异步问题" in result["choices"][0]["message"]["content"]
+    assert result["usage"]["total_tokens"] > 0
+
+
+def test_async_result_errors(server: Server) -> None:
+    assert server.chat(mode="async_result", task_id=None, query=None).status_code == 445
+    unknown = server.chat(mode="async_result", task_id="0" * 32, query=None)
+    assert unknown.status_code == 445
+    assert server.chat(mode="async", knowledge="no_such_kb").status_code == 444
+
+
+def test_an_async_sensitive_answer_is_stored_with_6601(server: Server) -> None:
+    server.openai.reply = lambda text: f"去{WORD}"
+    task_id = server.chat(query="q", mode="async").json()["choices"][0]["message"]["content"]
+    assert _wait_for_result(server, task_id)["status"] == 6601
