@@ -451,15 +451,35 @@ def _read_document(path: Path, root: Path, max_chars: int) -> SourceEntry:
     return SourceItem(relative, content, metadata, location)
 
 
+def document_text(path: Path, max_chars: int = DEFAULT_MAX_DOCUMENT_CHARS) -> str:
+    """The cleaned text of one document file, parsed as :func:`read_source` parses it; a
+    suffix with no loader of its own (``.json``, ``.csv``...) is read as plain text.
+
+    Raises :class:`SourceError` when the file is unreadable, has no text or has more than
+    ``max_chars`` characters; the message is the reason alone, never the path, so it can be
+    shown to whoever sent the file.
+    """
+    loaded = _load_document(path, "", max_chars)
+    if isinstance(loaded, SourceProblem):
+        raise SourceError(loaded.reason)
+    content = clean_text(loaded.content)
+    if not content:
+        raise SourceError("no text in the file")
+    if len(content) > max_chars:
+        raise SourceError(f"{len(content)} characters of text, over the limit of {max_chars}")
+    return content
+
+
 def _load_document(path: Path, location: str, max_chars: int) -> _Loaded | SourceProblem:
     suffix = path.suffix.lower()
     try:
         size = path.stat().st_size
-        if suffix in _TEXT_SUFFIXES and size > _MAX_BYTES_PER_CHAR * max_chars:
+        plain = suffix in _TEXT_SUFFIXES or suffix not in _DOCUMENT_LOADERS
+        if plain and size > _MAX_BYTES_PER_CHAR * max_chars:
             return SourceProblem(
                 location, f"{size} bytes, over the limit of {max_chars} characters"
             )
-        return _DOCUMENT_LOADERS[suffix](path)
+        return _DOCUMENT_LOADERS.get(suffix, _load_text)(path)
     except OSError as exc:
         return SourceProblem(location, f"cannot read the file: {exc.strerror or one_line(exc)}")
     except _UnreadableError as exc:
