@@ -73,14 +73,28 @@ class KeyStore:
 
     def __init__(self, database: Database, settings: Settings) -> None:
         self.database = database
-        self._fernet = master_fernet(settings)
+        self._settings = settings
+        # checked now (a bad key fails start-up), but created only when a key is issued
+        self._fernet = existing_master_fernet(settings)
+
+    def _master(self, *, create: bool) -> Fernet:
+        if self._fernet is None:
+            if create:
+                self._fernet = master_fernet(self._settings)
+            else:
+                raise ConfigurationError(
+                    f"the master key file {self._settings.data_dir / MASTER_KEY_FILE} is gone:"
+                    " the stored secrets cannot be decrypted (restore it, or set"
+                    " FENGCHAO_MASTER_KEY to the key they were stored with)"
+                )
+        return self._fernet
 
     def create(self, name: str | None = None) -> IssuedKey:
         """Issue a new key: ``fc-`` and 24 hex digits, and a 256-bit random secret."""
         name = _checked_name(name)
         api_key = API_KEY_PREFIX + secrets.token_hex(12)
         secret_key = secrets.token_urlsafe(32)
-        ciphertext = self._fernet.encrypt(secret_key.encode("utf-8")).decode("ascii")
+        ciphertext = self._master(create=True).encrypt(secret_key.encode("utf-8")).decode("ascii")
         with self.database.pool.connection() as conn:
             row = conn.execute(
                 "INSERT INTO api_keys (api_key, name, secret_ciphertext) VALUES (%s, %s, %s)"
@@ -133,7 +147,7 @@ class KeyStore:
 
     def _decrypt(self, api_key: str, ciphertext: str) -> str:
         try:
-            return self._fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
+            return self._master(create=False).decrypt(ciphertext.encode("ascii")).decode("utf-8")
         except InvalidToken:
             raise ConfigurationError(
                 f"the secret of API key {api_key} cannot be decrypted: the master key in use"
@@ -174,13 +188,22 @@ def master_fernet(settings: Settings) -> Fernet:
     """The Fernet of ``settings.master_key``, else of ``<data_dir>/master.key`` (created,
     mode 0600, on first use).  A key that is not a Fernet key is a :class:`ConfigurationError`
     whose message never quotes it."""
+    existing = existing_master_fernet(settings)
+    if existing is not None:
+        return existing
+    path = settings.data_dir / MASTER_KEY_FILE
+    return _fernet(_create_key_file(path), f"the master key file {path}")
+
+
+def existing_master_fernet(settings: Settings) -> Fernet | None:
+    """:func:`master_fernet` without creating the file: None when there is none yet."""
     if settings.master_key is not None:
         return _fernet(settings.master_key.get_secret_value(), "FENGCHAO_MASTER_KEY")
     path = settings.data_dir / MASTER_KEY_FILE
     try:
         text = _read_key_file(path)
     except FileNotFoundError:
-        text = _create_key_file(path)
+        return None
     return _fernet(text, f"the master key file {path}")
 
 

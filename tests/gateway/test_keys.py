@@ -194,3 +194,27 @@ def test_another_master_key_cannot_read_the_secrets(database: Database, settings
     with pytest.raises(ConfigurationError, match="cannot be decrypted") as caught:
         other.secret(issued.api_key)
     assert issued.secret_key not in str(caught.value)
+
+
+def test_the_master_key_file_appears_only_when_a_key_is_issued(
+    database: Database, settings: Settings
+) -> None:
+    path = settings.data_dir / MASTER_KEY_FILE
+    keys = KeyStore(database, settings)
+    assert keys.list() == [] and keys.secret("fc-000000000000000000000000") is None
+    with pytest.raises(UnknownKeyError):
+        keys.revoke("fc-000000000000000000000000")
+    assert not path.exists()
+    issued = keys.create()
+    assert path.exists()
+    path.unlink()  # lost: the stored secrets cannot be read, and the error says why
+    with pytest.raises(ConfigurationError, match=r"master key file .* is gone"):
+        KeyStore(database, settings).secret(issued.api_key)
+
+
+def test_a_broken_master_key_fails_when_the_store_is_built(
+    database: Database, settings: Settings
+) -> None:
+    broken = settings.model_copy(update={"master_key": SecretStr("short")})
+    with pytest.raises(ConfigurationError, match="FENGCHAO_MASTER_KEY is not a valid"):
+        KeyStore(database, broken)
