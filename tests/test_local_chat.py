@@ -1,4 +1,4 @@
-"""``/aigc/local_chat/`` and the LangServe ``/local`` routes: the embedded model answering
+"""``/aigc/local_chat/`` and the LangServe ``/chat`` route: the embedded model answering
 for real, a TGI-served Qwen model answering through the fake TGI, the SDK's exact request
 and response shapes, its error codes, and the published fengchao SDK itself."""
 
@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from fengchao_chains.gateway.auth import issue_token
 from fengchao_chains.server import create_app
 from fengchao_chains.settings import Settings
 from fengchao_chains.testing.fakes.tgi import FakeTGI
 from fengchao_chains.testing.serve import serve_in_thread
-from tests.processes import ServeProcess, clean_env
+from tests.processes import ServeProcess, clean_env, run_cli
 from tests.sdk import run_sdk
 
 pytest.importorskip("llama_cpp")
@@ -67,6 +68,8 @@ def tgi() -> Iterator[tuple[FakeTGI, str]]:
 def client(settings: Settings, tgi: tuple[FakeTGI, str]) -> Iterator[TestClient]:
     app = create_app(settings=settings.model_copy(update={"tgi_base_url": tgi[1]}))
     with TestClient(app) as test_client:
+        key = app.state.runtime.keys.create("local chat tests")
+        test_client.headers["Authorization"] = issue_token(key.api_key, key.secret_key, 600)
         yield test_client
 
 
@@ -177,7 +180,7 @@ def test_a_failure_mid_stream_is_a_last_chunk_with_its_status(
         (sdk_body(model="glm-4"), 442, "在线模型却使用了本地接口"),
         (sdk_body(query="  "), 443, "query不能为空"),
         (sdk_body(temperature=5), 445, "temperature"),
-        (sdk_body(mode="async"), 445, "mode async"),
+        (sdk_body(mode="sometimes"), 445, "mode"),
         (sdk_body(prompt="没有这个指令"), 445, "{{ query }}"),
         ({"query": "hi"}, 445, "model"),
         (sdk_body(history=[{"role": "robot", "content": "beep"}]), 445, "history[0]"),
@@ -198,19 +201,24 @@ def test_body_that_is_not_json_is_445(client: TestClient) -> None:
     assert response.status_code == 445
 
 
-def test_langserve_routes_serve_the_default_model(client: TestClient) -> None:
+def test_langserve_chat_route_serves_the_default_model(client: TestClient) -> None:
     answer = client.post(
-        "/local/invoke", json={"input": {"query": "Hello"}, "config": {}, "kwargs": {}}
+        "/chat/invoke",
+        json={"input": {"query": "Hello", "max_tokens": 8}, "config": {}, "kwargs": {}},
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["output"]["content"]
-    assert client.get("/local/playground/").status_code == 200
-    schema = client.get("/local/input_schema").json()
-    assert "query" in schema["properties"]
+    assert client.get("/chat/playground/").status_code == 200
+    schema = client.get("/chat/input_schema").json()
+    assert {"query", "model", "prompt", "knowledge"} <= set(schema["properties"])
 
 
 def test_published_sdk_chats_with_the_embedded_model(tmp_path: Any) -> None:
-    server = ServeProcess(clean_env(FENGCHAO_DATA_DIR=str(tmp_path / "data")), ()).start()
+    env = clean_env(FENGCHAO_DATA_DIR=str(tmp_path / "data"))
+    created = run_cli("keys", "create", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    server = ServeProcess(env, ()).start()
     try:
         base_url = server.wait_ready()
         result = run_sdk(
@@ -222,6 +230,8 @@ def test_published_sdk_chats_with_the_embedded_model(tmp_path: Any) -> None:
             "          'streamed': ''.join(c.data.choices[0].message.content for c in chunks)}",
             base_url,
             timeout=300,
+            api_key=key["api_key"],
+            secret_key=key["secret_key"],
         )
     finally:
         server.stop(timeout=30)

@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnablePick
 from langserve import add_routes
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,8 +54,11 @@ class InstructInput(BaseModel):
 
 
 class KnowledgeChatOutput(BaseModel):
-    answer: Any
-    documents: list[Any]
+    """The answer and the knowledge-base hits it was given (``[]`` without a knowledge
+    base)."""
+
+    answer: AIMessage
+    documents: list[Document]
 
 
 def mount(app: FastAPI, runtime_of: Any) -> None:
@@ -84,7 +89,9 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
             given = prepare(data) if prepare else data
             return RunnableLambda(lambda _: given) | chain_of(config)
 
-        return RunnableLambda(run, name="fengchao_chat").with_types(input_type=input_type)
+        return RunnableLambda(run, name="fengchao_chat").with_types(
+            input_type=input_type, output_type=KnowledgeChatOutput
+        )
 
     common: dict[str, Any] = {
         "per_req_config_modifier": per_request,
@@ -92,20 +99,22 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
     }
     add_routes(
         app,
-        chain(ChatInput) | RunnablePick("answer"),
+        (chain(ChatInput) | RunnablePick("answer")).with_types(output_type=AIMessage),
         path="/chat",
         **common,
     )
     add_routes(
         app,
-        chain(KnowledgeChatInput).with_types(output_type=KnowledgeChatOutput),
+        chain(KnowledgeChatInput),
         path="/knowledge",
         **common,
     )
     add_routes(
         app,
-        chain(InstructInput, prepare=lambda data: data | {"is_sensitive": True})
-        | RunnablePick("answer"),
+        (
+            chain(InstructInput, prepare=lambda data: data | {"is_sensitive": True})
+            | RunnablePick("answer")
+        ).with_types(output_type=AIMessage),
         path="/instruct",
         **common,
     )

@@ -186,8 +186,8 @@ def test_a_sensitive_word_split_across_stream_chunks_ends_the_stream(server: Ser
     chunks = server.stream(query="推荐")
     assert chunks[-1]["status"] == 6601 and chunks[-1]["choices"] == []
     streamed = "".join(c["choices"][0]["message"]["content"] for c in chunks[:-1])
-    assert WORD[:1] not in streamed  # nothing of the word got out before the hit
-    assert streamed.startswith("first words")
+    # text before the word got out (less the window held back), nothing of the word did
+    assert streamed and "first words then ".startswith(streamed)
 
     masked = server.stream(query="推荐", sensitive_replace=True)
     text = "".join(c["choices"][0]["message"]["content"] for c in masked)
