@@ -333,7 +333,7 @@ class TaskWorkers:
         self._maintenance_every = min(MAINTENANCE_INTERVAL, queue.lease_seconds)
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
-        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._running: dict[uuid.UUID, tuple[Claim, asyncio.Task[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._listener: psycopg.AsyncConnection[Any] | None = None
 
@@ -355,6 +355,8 @@ class TaskWorkers:
             asyncio.create_task(self._listen(self._listener), name="tasks-listen"),
             asyncio.create_task(self._maintain(), name="tasks-maintain"),
         ]
+        for loop in self._loops:
+            loop.add_done_callback(_report_crash)
         logger.info(
             "async task workers started: %d at once, lease %.0fs",
             self.concurrency,
@@ -376,7 +378,7 @@ class TaskWorkers:
         if self._listener is not None:  # a listener cancelled before it ran never closed it
             await self._listener.close()
             self._listener = None
-        running = list(self._running.values())
+        running = [task for _, task in self._running.values()]
         if running:
             late = set(running)
             if grace > 0:
@@ -386,6 +388,9 @@ class TaskWorkers:
             await asyncio.gather(*late, return_exceptions=True)
             if late:
                 logger.info("%d unfinished async tasks returned to the queue", len(late))
+        for claim, _ in list(self._running.values()):  # cancelled before they even began
+            await self._give_back(claim)
+        self._running.clear()
         self._loops = []
 
     # ------------------------------------------------------------------ loops ------------
@@ -415,9 +420,8 @@ class TaskWorkers:
             elif self._stop.is_set():
                 await self._give_back(claim)
             else:
-                self._running[claim.token] = asyncio.create_task(
-                    self._run(claim), name=f"task-{claim.task.id}"
-                )
+                run = asyncio.create_task(self._run(claim), name=f"task-{claim.task.id}")
+                self._running[claim.token] = (claim, run)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Turn NOTIFYs into kicks; reconnect (and kick, for what was missed) on failure."""
@@ -484,7 +488,14 @@ class TaskWorkers:
             else:
                 await self._give_back(claim)
             raise
-        await self._record(claim, handler)
+        # the outcome is stored even if stop() runs out of grace meanwhile: a few milliseconds
+        # of UPDATE rather than a whole re-run after the lease
+        recording = asyncio.ensure_future(self._record(claim, handler))
+        try:
+            await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            await recording
+            raise
 
     async def _renew(self, claim: Claim) -> bool:
         """False only when the claim is lost; a database hiccup keeps the run going."""
@@ -530,6 +541,12 @@ class TaskWorkers:
                 claim.task.id,
                 one_line(exc),
             )
+
+
+def _report_crash(loop: asyncio.Task[None]) -> None:
+    """A worker loop that ended by a bug would otherwise stop the queue silently."""
+    if not loop.cancelled() and (exc := loop.exception()) is not None:
+        logger.error("async task loop %s stopped: %s", loop.get_name(), one_line(exc))
 
 
 async def _cancel(task: asyncio.Future[Any], wait: float = 5.0) -> None:

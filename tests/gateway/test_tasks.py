@@ -448,7 +448,8 @@ class WorkerProcess:
             text=True,
         )
         self.lines: thread_queue.Queue[str] = thread_queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -466,14 +467,20 @@ class WorkerProcess:
                 continue
             if line.startswith(prefix):
                 return line
-        self.kill()
+        if self.proc.poll() is None:
+            self.proc.kill()
         assert self.proc.stderr is not None
         raise AssertionError(f"worker process never said {prefix!r}: {self.proc.stderr.read()}")
 
     def kill(self) -> None:
+        """Make sure it is gone and its pipes are closed."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+        self.reader.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture
