@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnablePick
 from langserve import add_routes
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +31,10 @@ from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain
 from fengchao_chains.gateway.auth import require_caller
 from fengchao_chains.retrievers import NEWS_STORE
 from fengchao_chains.runtime import Runtime
+
+AnswerMessage = AIMessage | AIMessageChunk
+"""A whole answer (invoke) or its chunks (stream, or after the sensitive-word guard)."""
+ANSWER_TYPE: Any = AnswerMessage
 
 
 class KnowledgeChatInput(ChatInput):
@@ -57,7 +61,7 @@ class KnowledgeChatOutput(BaseModel):
     """The answer and the knowledge-base hits it was given (``[]`` without a knowledge
     base)."""
 
-    answer: AIMessage
+    answer: AnswerMessage
     documents: list[Document]
 
 
@@ -99,7 +103,7 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
     }
     add_routes(
         app,
-        (chain(ChatInput) | RunnablePick("answer")).with_types(output_type=AIMessage),
+        (chain(ChatInput) | RunnablePick("answer")).with_types(output_type=ANSWER_TYPE),
         path="/chat",
         **common,
     )
@@ -114,7 +118,7 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
         (
             chain(InstructInput, prepare=lambda data: data | {"is_sensitive": True})
             | RunnablePick("answer")
-        ).with_types(output_type=AIMessage),
+        ).with_types(output_type=ANSWER_TYPE),
         path="/instruct",
         **common,
     )
