@@ -15,6 +15,8 @@ from typing import Any
 
 SDK_REQUIREMENT = "fengchao==2.5.1"
 SDK_VENV = Path(sys.prefix) / "fengchao-sdk-2.5.1"
+DEFAULT_API_KEY = "sdk-test-key"
+DEFAULT_SECRET_KEY = "sdk-test-secret"
 
 
 def sdk_python() -> Path:
@@ -32,13 +34,21 @@ def sdk_python() -> Path:
     return python
 
 
-def run_sdk(script: str, base_url: str, timeout: float = 120) -> Any:
-    """Run ``script`` with the SDK imported and ``client`` bound to ``base_url``; the script
-    sets ``result``, which comes back through JSON."""
+def run_sdk(
+    script: str,
+    base_url: str,
+    timeout: float = 120,
+    *,
+    api_key: str = DEFAULT_API_KEY,
+    secret_key: str = DEFAULT_SECRET_KEY,
+) -> Any:
+    """Run ``script`` with the SDK imported and ``client`` bound to ``base_url`` with the key
+    pair (the defaults suit calls that need no key); the script sets ``result``, which comes
+    back through JSON."""
     program = (
         "import json\n"
         "from fengchao import FengChao\n"
-        "client = FengChao(api_key='sdk-test-key', secret_key='sdk-test-secret',"
+        f"client = FengChao(api_key={api_key!r}, secret_key={secret_key!r},"
         f" base_url={base_url!r})\n"
         f"{script}\n"
         "print(json.dumps(result, ensure_ascii=False, default=str))\n"
