@@ -160,7 +160,7 @@ class Settings(BaseSettings):
             ".htm",
             ".pdf",
             ".docx",
-        ],  # fmt: skip
+        ],
         description="File types accepted by /aigc/uploadfiles/ (by suffix; content is checked).",
     )
     file_context_max_chars: int = Field(

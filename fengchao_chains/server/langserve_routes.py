@@ -93,8 +93,9 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
             given = prepare(data) if prepare else data
             return RunnableLambda(lambda _: given) | chain_of(config)
 
+        output_type: Any = KnowledgeChatOutput  # a pydantic model, as LangServe takes
         return RunnableLambda(run, name="fengchao_chat").with_types(
-            input_type=input_type, output_type=KnowledgeChatOutput
+            input_type=input_type, output_type=output_type
         )
 
     common: dict[str, Any] = {
