@@ -166,6 +166,12 @@ class Settings(BaseSettings):
     file_context_max_chars: int = Field(
         default=20000, ge=100, description="Characters of uploaded files put before a query."
     )
+    upload_unclaimed_seconds: int = Field(
+        default=86400, ge=60, description="Anonymous uploads no chat used are deleted after this."
+    )
+    conversation_retention_seconds: int = Field(
+        default=30 * 86400, ge=60, description="Conversations idle this long are deleted."
+    )
     conversation_max_messages: int = Field(
         default=40, ge=0, description="Stored messages of a request_id replayed to the model."
     )

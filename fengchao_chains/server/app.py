@@ -14,7 +14,14 @@ from fastapi import FastAPI
 from fengchao_chains import __version__
 from fengchao_chains.gateway.auth import install_auth_errors
 from fengchao_chains.runtime import Runtime
-from fengchao_chains.server import aigc, aigc_chat, auth_routes, langserve_routes, uploads
+from fengchao_chains.server import (
+    aigc,
+    aigc_chat,
+    auth_routes,
+    housekeeping,
+    langserve_routes,
+    uploads,
+)
 from fengchao_chains.server.deps import RuntimeDep, get_runtime
 from fengchao_chains.settings import Settings, get_settings
 
@@ -38,8 +45,9 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             await asyncio.to_thread(current.start_sample_news)
             await current.open_async()
             workers = await _start_task_workers(current)
-            with _reload_prompts_on_sighup(current):
-                yield
+            async with housekeeping.running(current):
+                with _reload_prompts_on_sighup(current):
+                    yield
         finally:
             if workers is not None:  # unfinished tasks go back to the queue, never lost
                 await workers.stop()

@@ -1,0 +1,57 @@
+"""Hourly clean-up of what clients leave behind: anonymous uploads no chat ever used, and
+conversations nobody wrote to for a long time. Every server process runs it; the deletes
+are idempotent, so several processes sharing a database do no harm. (Finished async tasks
+are purged by the task workers themselves.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from fengchao_chains.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 3600.0
+
+
+async def sweep(runtime: Runtime) -> tuple[int, int]:
+    """One pass; returns (uploads deleted, conversations deleted)."""
+    settings = runtime.settings
+    uploads = await runtime.uploads.apurge_unclaimed(
+        timedelta(seconds=settings.upload_unclaimed_seconds)
+    )
+    conversations = await runtime.conversations.adelete_older_than(
+        settings.conversation_retention_seconds
+    )
+    if uploads or conversations:
+        logger.info(
+            "housekeeping: %d unclaimed uploads and %d idle conversations deleted",
+            uploads,
+            conversations,
+        )
+    return uploads, conversations
+
+
+async def _every(runtime: Runtime, interval: float) -> None:
+    while True:
+        try:
+            await sweep(runtime)
+        except Exception as exc:  # a failed sweep is retried next time, never fatal
+            logger.warning("housekeeping failed, retrying in %.0f s: %s", interval, exc)
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime, interval: float = INTERVAL_SECONDS) -> AsyncIterator[None]:
+    """Sweep now and every ``interval`` seconds while the block runs."""
+    task = asyncio.create_task(_every(runtime, interval), name="fengchao-housekeeping")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
