@@ -18,6 +18,7 @@ from fengchao_chains.testing.fakes.tgi import FakeTGI
 from fengchao_chains.testing.serve import serve_in_thread
 from tests.processes import ServeProcess, clean_env, run_cli
 from tests.sdk import run_sdk
+from tests.server.conftest import sdk_body as aigc_body
 
 pytest.importorskip("llama_cpp")
 
@@ -27,34 +28,14 @@ SDK_KEYS = {"request_id", "model", "status", "msg", "knowledge", "search", "agg"
 
 
 def sdk_body(**fields: Any) -> dict[str, Any]:
-    """The 25 keys the SDK always sends (protocol doc 8.2), with its defaults."""
-    body: dict[str, Any] = {
+    """The SDK's 25 keys for the embedded model (tests/server/conftest.py has the rest)."""
+    local = {
         "model": SMOL,
         "query": "Hello",
         "request_id": "a34e4840-e61f-11f1-b4b4-02fc00000001",
-        "system": None,
-        "prompt": None,
-        "prompt_fill": {},
-        "is_sensitive": True,
-        "sensitive_replace": False,
-        "task_id": None,
-        "history": [],
-        "response_format": "text",
-        "do_sample": True,
-        "temperature": 0.8,
-        "top_p": 0.75,
         "max_tokens": 8,
-        "knowledge": None,
-        "top_k": 5,
-        "threshold": 500,
-        "mode": "invoke",
-        "files": None,
-        "image": None,
-        "video": None,
-        "agg_models": None,
-        "search_param": None,
     }
-    return body | fields
+    return aigc_body(**(local | fields))
 
 
 @pytest.fixture(scope="module")
