@@ -149,7 +149,7 @@ def main() -> None:
     )
     print(f"{'task':24} {'ours MB/s':>10} {'naive MB/s':>11} {'ours/naive':>11}")
     for task, mb, ours_t, naive_t in rows:
-        print(f"{task:24} {mb / ours_t:10.2f} {mb / naive_t:11.3f} {naive_t / ours_t:10.0f}x")
+        print(f"{task:24} {mb / ours_t:10.2f} {mb / naive_t:11.3f} {naive_t / ours_t:10.1f}x")
     print(f"bare automaton (no normalisation, planted text): {mb_planted / bare_s:.2f} MB/s")
     print(f"StreamGuard, {DELTA}-character deltas, replace=True: {mb_planted / stream_s:.2f} MB/s")
 
