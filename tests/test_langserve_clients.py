@@ -170,6 +170,12 @@ def test_instruct_applies_the_library_instruction(gateway: Gateway) -> None:
     )
     assert ["一" in str(answers[0].content), "二" in str(answers[1].content)] == [True, True]
 
+    async def collect() -> list[Any]:
+        question = {"prompt": "中译英", "query": "异步", "model": ONLINE_MODEL}
+        return [chunk async for chunk in instruct.astream(question)]
+
+    assert "异步" in "".join(str(c.content) for c in asyncio.run(collect()))
+
 
 # --------------------------------------------------------------------------- auth, usage -
 @pytest.mark.parametrize("path", ["/chat", "/knowledge", "/instruct"])
