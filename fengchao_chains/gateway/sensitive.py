@@ -92,10 +92,14 @@ def _normal_char(char: str) -> str:
 
 class _CharTable(dict[int, str]):
     """``str.translate`` table filled on first sight of each character: translating is one
-    C-level pass, and every mapping is one character, so indices are preserved."""
+    C-level pass, and every mapping is one character, so indices are preserved.  Only the
+    Basic Multilingual Plane is kept (at most 65,536 entries), so text full of rare
+    characters cannot grow it without bound."""
 
     def __missing__(self, code: int) -> str:
-        normal = self[code] = _normal_char(chr(code))
+        normal = _normal_char(chr(code))
+        if code < 0x10000:
+            self[code] = normal
         return normal
 
 
@@ -129,11 +133,15 @@ class _View:
         return self.ostarts[j] + (index - self.cstarts[j])
 
 
-def _view(text: str, *, before: str = "", final: bool = True) -> _View:
-    """Normalise ``text``; ``before`` is the last significant normalised character before it
-    (in a stream), and ``final=False`` leaves a whitespace run at the end unresolved, since
-    the next chunk decides whether it is ignored."""
-    normal = text.translate(_TABLE)
+def _normalise(text: str) -> str:
+    """``text`` character by character in its normal form (same length)."""
+    return text.translate(_TABLE)
+
+
+def _view(normal: str, *, before: str = "", final: bool = True) -> _View:
+    """The view of a normalised text; ``before`` is the last significant normalised character
+    before it (in a stream), and ``final=False`` leaves a whitespace run at the end
+    unresolved, since the next chunk decides whether it is ignored."""
     pieces: list[str] = []
     cstarts: list[int] = []
     ostarts: list[int] = []
@@ -172,7 +180,7 @@ def _view(text: str, *, before: str = "", final: bool = True) -> _View:
 
 def _pattern(word: str) -> str:
     """The form of a list word the automaton holds ('' for a word that is only spaces)."""
-    return _view(word.strip()).compact.strip(_SPACE)
+    return _view(_normalise(word.strip())).compact.strip(_SPACE)
 
 
 def _read_words(text: str) -> Iterator[str]:
@@ -188,7 +196,7 @@ def _packaged_words() -> tuple[str, ...]:
     return tuple(_read_words(source.read_text(encoding="utf-8")))
 
 
-def read_word_file(path: Path) -> list[str]:
+def _read_word_file(path: Path) -> list[str]:
     """The words of one list file (UTF-8, one per line, ``#`` comments, blank lines)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -231,7 +239,7 @@ class SensitiveWords:
         that cannot be read or decoded raises :class:`ConfigurationError` naming it."""
         words = list(_packaged_words())
         for path in settings.sensitive_word_files:
-            words.extend(read_word_file(path))
+            words.extend(_read_word_file(path))
         return cls(words)
 
     def __len__(self) -> int:
@@ -257,7 +265,7 @@ class SensitiveWords:
 
     def find(self, text: str) -> list[Hit]:
         """The hits in ``text``, leftmost first, longest at each place, none overlapping."""
-        found = sorted(self._occurrences(_view(text)), key=lambda o: (o[0], -o[1]))
+        found = sorted(self._occurrences(_view(_normalise(text))), key=lambda o: (o[0], -o[1]))
         hits: list[Hit] = []
         for start, end, word in found:
             if not hits or start >= hits[-1].end:
@@ -266,14 +274,14 @@ class SensitiveWords:
 
     def check(self, text: str) -> None:
         """Raise :class:`SensitiveContentError` if ``text`` contains any word."""
-        found = sorted(self._occurrences(_view(text)))
+        found = sorted(self._occurrences(_view(_normalise(text))))
         if found:
             raise SensitiveContentError(word for _, _, word in found)
 
     def mask(self, text: str) -> str:
         """``text`` with every character of every occurrence replaced by ``*`` (whitespace
         inside a hit is kept); the length never changes."""
-        view = _view(text)
+        view = _view(_normalise(text))
         spans = [(start, end) for start, end, _ in self._occurrences(view)]
         return _masked(text, view.normal, spans) if spans else text
 
@@ -308,6 +316,7 @@ class StreamGuard:
         self._words = words
         self._replace = replace
         self._pending = ""  # received, not yet released
+        self._normal = ""  # its normal form, kept so each delta is normalised only once
         self._before = ""  # the last significant normalised character released
         self._masked_upto = 0  # the start of _pending is inside a hit found earlier
         self._error: SensitiveContentError | None = None
@@ -316,6 +325,7 @@ class StreamGuard:
     def feed(self, delta: str) -> str:
         """Take the next delta; return the text now safe to emit (maybe empty)."""
         self._pending += delta
+        self._normal += _normalise(delta)
         return self._release(final=False)
 
     def flush(self) -> str:
@@ -329,10 +339,10 @@ class StreamGuard:
             raise self._error
         if self._flushed:
             raise RuntimeError("this stream was already flushed; use a new guard")
-        view = _view(self._pending, before=self._before, final=final)
+        view = _view(self._normal, before=self._before, final=final)
         spans = [(s, e, w) for s, e, w in self._words._occurrences(view)]
         if spans and not self._replace:
-            self._pending = ""
+            self._pending = self._normal = ""
             self._error = SensitiveContentError(w for _, _, w in sorted(spans))
             raise self._error
         boundary = self._boundary(view, final=final)
@@ -346,6 +356,7 @@ class StreamGuard:
         if significant:
             self._before = significant[-1]
         self._pending = self._pending[boundary:]
+        self._normal = self._normal[boundary:]
         return released
 
     def _boundary(self, view: _View, *, final: bool) -> int:
