@@ -342,8 +342,8 @@ def test_nothing_released_ever_starts_an_unfinished_word() -> None:
 
 def test_a_long_run_of_whitespace_or_format_characters_stays_cheap() -> None:
     """A model stuck printing newlines (or zero-width spaces) keeps growing the held-back
-    run; each delta is normalised once, so 100,000 characters take well under a second
-    (13 s when the whole window was normalised again on every delta)."""
+    run; each delta is normalised once, so 100,000 characters take under a second (13 s
+    when the held-back text was normalised again on every delta)."""
     words = SensitiveWords.packaged()
     for first, junk in [("a", "\n"), ("赌", "\u200b")]:
         guard = words.guard(replace=False)
