@@ -188,9 +188,10 @@ class ChatLlamaCpp(StandardChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         channel = SyncChannel(self.timeout)
-        job = self._submit(_whole_answer(*self._prepare(messages, stop, kwargs)), channel.deliver)
+        converted, options = self._prepare(messages, stop, kwargs)
+        job = self._submit(_whole_answer(converted, options), channel.deliver)
         try:
-            return self._result(_single(self, channel.get()))
+            return self._result(_single(self, channel.get()), options.get("max_tokens"))
         finally:
             job.cancelled.set()  # a call that timed out is not run later
 
@@ -202,9 +203,10 @@ class ChatLlamaCpp(StandardChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         channel = AsyncChannel(self.timeout)
-        job = self._submit(_whole_answer(*self._prepare(messages, stop, kwargs)), channel.deliver)
+        converted, options = self._prepare(messages, stop, kwargs)
+        job = self._submit(_whole_answer(converted, options), channel.deliver)
         try:
-            return self._result(_single(self, await channel.get()))
+            return self._result(_single(self, await channel.get()), options.get("max_tokens"))
         finally:
             job.cancelled.set()
 
@@ -228,7 +230,7 @@ class ChatLlamaCpp(StandardChatModel):
                     if run_manager:
                         run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
-            yield decoder.finish(prompt_tokens, counter.reply(decoder.text))
+            yield decoder.finish(prompt_tokens, counter.reply(decoder.text), options)
         finally:
             job.cancelled.set()  # the caller stopped reading: stop generating
 
@@ -253,16 +255,19 @@ class ChatLlamaCpp(StandardChatModel):
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
             completion_tokens = await asyncio.to_thread(counter.reply, decoder.text)
-            yield decoder.finish(prompt_tokens, completion_tokens)
+            yield decoder.finish(prompt_tokens, completion_tokens, options)
         finally:
             job.cancelled.set()
 
-    def _result(self, answer: dict[str, Any]) -> ChatResult:
+    def _result(self, answer: dict[str, Any], max_tokens: int | None) -> ChatResult:
         choice = answer["choices"][0]
         counts = answer.get("usage") or {}
+        completion = generated_tokens(
+            counts.get("completion_tokens"), choice.get("finish_reason"), max_tokens
+        )
         return result(
             choice["message"].get("content") or "",
-            usage_metadata=usage(counts.get("prompt_tokens"), counts.get("completion_tokens")),
+            usage_metadata=usage(counts.get("prompt_tokens"), completion),
             metadata={"finish_reason": choice.get("finish_reason"), "model_name": self.model_name},
             message_id=answer.get("id"),
         )
@@ -353,6 +358,17 @@ def _prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
     return len(llama.tokenize(prompt, add_bos=not formatted.added_special, special=True))
 
 
+def generated_tokens(
+    counted: int | None, finish_reason: str | None, limit: int | None
+) -> int | None:
+    """The reply's token count. llama.cpp counts by tokenizing the decoded text again, which
+    can give more tokens than were generated (e.g. a split multi-byte character); an answer
+    cut by the limit generated exactly ``limit`` tokens, and none generates more."""
+    if limit is None or counted is None:
+        return counted
+    return limit if finish_reason == "length" else min(counted, limit)
+
+
 @lru_cache(maxsize=8)
 def _formatter(template: str, eos: str, bos: str) -> Any:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -385,12 +401,17 @@ class _Decoder:
         self.text += text
         return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
 
-    def finish(self, prompt_tokens: int, completion_tokens: int) -> ChatGenerationChunk:
+    def finish(
+        self, prompt_tokens: int, completion_tokens: int, options: dict[str, Any]
+    ) -> ChatGenerationChunk:
         metadata = {"finish_reason": self.finish_reason, "model_name": self.model.model_name}
+        completion = generated_tokens(
+            completion_tokens, self.finish_reason, options.get("max_tokens")
+        )
         message = AIMessageChunk(
             content="",
             id=self.message_id,
-            usage_metadata=usage(prompt_tokens, completion_tokens),
+            usage_metadata=usage(prompt_tokens, completion),
             response_metadata={k: v for k, v in metadata.items() if v is not None},
             chunk_position="last",
         )
