@@ -58,10 +58,27 @@ JSON_INSTRUCTION = (
 MOONSHOT_VENDOR = "moonshot"
 
 
+def optional_without_null(schema: dict[str, Any]) -> None:
+    """Optional fields as plain optional properties in the JSON schema: ``X | None`` is
+    ``anyOf [X, null]`` with ``default: null``, which LangServe's playground form cannot
+    render (langserve#777, #782). Leaving a field out still means ``None``."""
+    for prop in schema.get("properties", {}).values():
+        branches = prop.get("anyOf")
+        if branches and {"type": "null"} in branches:
+            rest = [branch for branch in branches if branch != {"type": "null"}]
+            del prop["anyOf"]
+            if len(rest) == 1:
+                prop.update(rest[0])
+            else:
+                prop["anyOf"] = rest
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+
+
 class ChatInput(BaseModel):
     """One chat request, in the fields of the fengchao API (every front door's input)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=optional_without_null)
 
     query: str = Field(description="The user's question or text.")
     model: str | None = Field(default=None, description="Catalog model id (default: the server's).")
@@ -110,34 +127,35 @@ def caller_of(config: RunnableConfig | None) -> str:
 
 
 def chat_chain(runtime: Runtime) -> Runnable[dict[str, Any], dict[str, Any]]:
-    """``ChatInput`` fields -> ``{"documents": [Document], "answer": AIMessage}``."""
+    """``ChatInput`` fields -> ``{"documents": [Document], "answer": AIMessage}``.
 
-    async def prepare(inputs: dict[str, Any], config: RunnableConfig) -> PreparedChat:
-        return await prepare_chat(runtime, ChatInput.model_validate(inputs), caller_of(config))
+    The prepared request (the model object with its credentials, the caller's stored
+    conversation) lives only inside this runnable: no step outputs it, so LangServe's
+    ``stream_events`` and ``stream_log`` never serialise it to a client.
+    """
 
-    def answer(prepared: PreparedChat) -> Runnable[Any, Any]:
-        model = prepared.model.with_config(metadata={MODEL_METADATA_KEY: prepared.card.id})
-        steps: Runnable[Any, Any] = RunnableLambda(_messages_of) | model
-        if prepared.request.is_sensitive:
-            steps = steps | output_guard(
-                runtime.sensitive_words, replace=prepared.request.sensitive_replace
-            )
-        if prepared.history is not None:
-            steps = steps | remember_turn(prepared.history, prepared.request.query)
-        return steps
+    async def route(inputs: dict[str, Any], config: RunnableConfig) -> Runnable[Any, Any]:
+        request = ChatInput.model_validate(inputs)
+        prepared = await prepare_chat(runtime, request, caller_of(config))
+        return RunnableParallel(
+            documents=RunnableLambda(lambda _: prepared.documents, name="knowledge"),
+            answer=_answer(runtime, prepared),
+        )
 
-    chain = RunnableLambda(prepare, name="prepare_chat") | RunnableParallel(
-        documents=RunnableLambda(_documents_of), answer=RunnableLambda(answer, name="answer")
-    )
-    return chain.with_config(run_name="fengchao_chat")
+    return RunnableLambda(route, name="fengchao_chat")
 
 
-def _messages_of(prepared: PreparedChat) -> list[BaseMessage]:
-    return prepared.messages
-
-
-def _documents_of(prepared: PreparedChat) -> list[Document]:
-    return prepared.documents
+def _answer(runtime: Runtime, prepared: PreparedChat) -> Runnable[Any, Any]:
+    """The prepared messages -> the model -> the output guard -> the stored turn."""
+    model = prepared.model.with_config(metadata={MODEL_METADATA_KEY: prepared.card.id})
+    messages = prepared.messages
+    steps: Runnable[Any, Any] = RunnableLambda(lambda _: messages, name="messages") | model
+    if prepared.request.is_sensitive:
+        guard = output_guard(runtime.sensitive_words, replace=prepared.request.sensitive_replace)
+        steps = steps | guard
+    if prepared.history is not None:
+        steps = steps | remember_turn(prepared.history, prepared.request.query)
+    return steps
 
 
 async def prepare_chat(runtime: Runtime, request: ChatInput, caller: str) -> PreparedChat:
@@ -281,22 +299,32 @@ def output_guard(
     is released. Usage and metadata pass through untouched."""
 
     def guarded(chunks: Iterator[BaseMessage]) -> Iterator[AIMessageChunk]:
-        guard = words.guard(replace=replace)
+        guard, sent = words.guard(replace=replace), False
         for chunk in chunks:
-            yield _rechunk(chunk, guard.feed(chunk.text))
-        yield AIMessageChunk(content=guard.flush())
+            if (released := _rechunk(chunk, guard.feed(chunk.text))) is not None:
+                sent = True
+                yield released
+        if (tail := guard.flush()) or not sent:
+            yield AIMessageChunk(content=tail)
 
     async def aguarded(chunks: AsyncIterator[BaseMessage]) -> AsyncIterator[AIMessageChunk]:
-        guard = words.guard(replace=replace)
+        guard, sent = words.guard(replace=replace), False
         async for chunk in chunks:
-            yield _rechunk(chunk, guard.feed(chunk.text))
-        yield AIMessageChunk(content=guard.flush())
+            if (released := _rechunk(chunk, guard.feed(chunk.text))) is not None:
+                sent = True
+                yield released
+        if (tail := guard.flush()) or not sent:
+            yield AIMessageChunk(content=tail)
 
     return RunnableGenerator(guarded, aguarded, name="sensitive_word_guard")
 
 
-def _rechunk(chunk: BaseMessage, text: str) -> AIMessageChunk:
+def _rechunk(chunk: BaseMessage, text: str) -> AIMessageChunk | None:
+    """``chunk`` with the released text, or None when it would carry nothing (the text is
+    held back and there is no usage or finish reason to pass on)."""
     usage = chunk.usage_metadata if isinstance(chunk, AIMessage) else None
+    if not text and not usage and not chunk.response_metadata.get("finish_reason"):
+        return None
     return AIMessageChunk(
         content=text, id=chunk.id, usage_metadata=usage, response_metadata=chunk.response_metadata
     )

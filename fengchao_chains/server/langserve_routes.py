@@ -27,7 +27,12 @@ from langserve import add_routes
 from pydantic import BaseModel, ConfigDict, Field
 
 from fengchao_chains.callbacks import UsageRecorder
-from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain
+from fengchao_chains.chains.chat import (
+    CALLER_KEY,
+    ChatInput,
+    chat_chain,
+    optional_without_null,
+)
 from fengchao_chains.gateway.auth import require_caller
 from fengchao_chains.retrievers import NEWS_STORE
 from fengchao_chains.runtime import Runtime
@@ -49,7 +54,7 @@ class KnowledgeChatInput(ChatInput):
 class InstructInput(BaseModel):
     """An instruction of the library applied to a text."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=optional_without_null)
 
     prompt: str = Field(description="Instruction id (see /aigc/prompts/), e.g. 中译英.")
     query: str = Field(description="The text the instruction works on.")
