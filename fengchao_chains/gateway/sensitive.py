@@ -218,11 +218,17 @@ class SensitiveWords:
 
     def __init__(self, words: Iterable[str]) -> None:
         self._automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
+        # every pattern less its last character: a text is a prefix of one of these exactly
+        # when it is a proper prefix of a pattern (Automaton.match), which is what a stream
+        # must hold back (StreamGuard)
+        self._stems = ahocorasick.Automaton(ahocorasick.STORE_LENGTH, ahocorasick.KEY_STRING)
         self._longest = 0
         for word in words:
             pattern = _pattern(word)
             if pattern and pattern not in self._automaton:  # the first spelling is kept
                 self._automaton.add_word(pattern, (len(pattern), word.strip()))
+                if len(pattern) > 1:
+                    self._stems.add_word(pattern[:-1])
                 self._longest = max(self._longest, len(pattern))
         self._count = len(self._automaton)
         if self._count:
@@ -251,9 +257,19 @@ class SensitiveWords:
 
     @property
     def longest(self) -> int:
-        """The longest word, in characters after normalisation: a stream holds back one
-        character fewer."""
+        """The longest word, in characters after normalisation: a stream never holds back
+        more than one character fewer (besides whitespace and format characters)."""
         return self._longest
+
+    def _open_start(self, compact: str) -> int:
+        """Where the longest suffix of ``compact`` that is a proper prefix of some pattern
+        begins (``len(compact)`` when there is none): a later character can complete a word
+        that starts there, and none that starts earlier."""
+        size = len(compact)
+        for start in range(max(size - self._longest + 1, 0), size):
+            if self._stems.match(compact[start:]):
+                return start
+        return size
 
     def _occurrences(self, view: _View) -> Iterator[tuple[int, int, str]]:
         """Every occurrence, overlapping ones too, as original ``(start, end, word)``.  A
@@ -304,9 +320,11 @@ class StreamGuard:
     """Filters one stream of text deltas so that the text let through is exactly what the
     whole text would give, however the stream is cut.
 
-    It holds back the last ``longest - 1`` characters (and a trailing whitespace run, which
-    the next character may turn into nothing): a word that starts there may still be
-    completed by the next delta.  Everything before is final and is released.  Without
+    It holds back only the longest suffix of the received text that is a proper prefix of
+    some word (in the normal form, so ``赌 `` or ``buy  c`` counts), since the next delta
+    may complete that word, and a trailing whitespace run, which the next character may turn
+    into nothing.  Everything before is final and is released at once: text that starts no
+    word, most of a Chinese answer, goes out delta by delta.  Without
     ``replace`` the first hit raises :class:`SensitiveContentError` before any character of
     the word was released, and every later call raises it again; with ``replace`` the hits
     come out masked.  Not thread-safe: one guard per stream.
@@ -361,13 +379,12 @@ class StreamGuard:
 
     def _boundary(self, view: _View, *, final: bool) -> int:
         """How much of the pending text no future delta can make part of a hit: everything
-        before the ``longest - 1`` last resolved characters."""
+        before the longest resolved suffix that could still grow into a word (which never
+        starts with a space, so it maps to one original character), or else before the
+        unresolved whitespace run at the end."""
         if final:
             return len(self._pending)
-        resolved = len(view.compact)
-        first_open = resolved - max(self._words.longest - 1, 0)
-        if first_open <= 0:
-            return 0
-        if first_open < resolved:
+        first_open = self._words._open_start(view.compact)
+        if first_open < len(view.compact):
             return view.origin(first_open)
         return view.tail if view.tail is not None else len(self._pending)
