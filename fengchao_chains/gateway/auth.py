@@ -42,6 +42,7 @@ AUTH_COOKIE = "fengchao_token"
 ALGORITHM = "HS256"
 TOKEN_HEADERS = {"alg": ALGORITHM, "sign_type": "SIGN"}  # PyJWT adds "typ": "JWT"
 SECONDS_EXP_BELOW = 10**11
+MAX_LIFETIME_MS = 7 * 86400 * 1000  # the longest FENGCHAO_TOKEN_TTL_SECONDS allows
 """An ``exp`` below this is Unix seconds (year 5138); at or above it, milliseconds (1973)."""
 TOKEN_MAX_CHARS = 4096
 
@@ -124,8 +125,12 @@ def _check_exp(exp: object) -> None:
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise AuthError("invalid token: exp must be a number (Unix time in milliseconds)")
     exp_ms = exp * 1000 if exp < SECONDS_EXP_BELOW else exp
-    if time.time() * 1000 >= exp_ms:
+    now_ms = time.time() * 1000
+    if now_ms >= exp_ms:
         raise AuthError("token expired: sign a new one")
+    if exp_ms - now_ms > MAX_LIFETIME_MS:
+        # a client signs its own tokens: without a cap, one leaked token would work forever
+        raise AuthError("invalid token: exp is more than 7 days ahead; sign shorter-lived tokens")
 
 
 # --------------------------------------------------------------------------- requests ----

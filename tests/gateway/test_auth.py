@@ -128,6 +128,15 @@ async def test_seconds_exp_is_read_as_seconds(verifier: TokenVerifier, issued: I
     await refused(verifier, signed(issued, exp=int(time.time()) - 1), "^token expired")
 
 
+async def test_tokens_valid_for_more_than_seven_days_are_refused(
+    verifier: TokenVerifier, issued: IssuedKey
+) -> None:
+    week = 7 * 86400 * 1000
+    assert await verifier.averify(signed(issued, exp=now_ms() + week - 60_000))
+    await refused(verifier, signed(issued, exp=now_ms() + week + 60_000), "7 days ahead")
+    await refused(verifier, signed(issued, exp=4102444800000), "7 days ahead")  # year 2100
+
+
 async def test_missing_or_non_numeric_exp_is_refused(
     verifier: TokenVerifier, issued: IssuedKey
 ) -> None:
