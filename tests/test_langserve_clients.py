@@ -25,7 +25,7 @@ from tests.processes import wait_until
 LONG_QUESTION = (
     "请讲一讲长城的历史：它最早在什么时候开始修建，明朝为什么又要大规模重修，今天还剩多长"
 )
-"""Longer than the sensitive-word window (the longest word, less one), so it streams."""
+"""A long answer, so the stream has many chunks."""
 NEWS = [
     {
         "id": "remote-tea",

@@ -81,7 +81,7 @@ def test_invoke_answers_with_the_embedded_model(client: TestClient) -> None:
 
 
 def test_stream_sends_deltas_then_a_closing_chunk(client: TestClient) -> None:
-    # without the sensitive-word guard, which holds back a window of text (tests/server)
+    # without the sensitive-word guard, which may hold back the start of a listed word
     chunks = stream_lines(client, sdk_body(mode="stream", max_tokens=6, is_sensitive=False))
     assert len(chunks) >= 3
     for chunk in chunks:

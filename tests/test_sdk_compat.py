@@ -130,7 +130,7 @@ def test_invoke_gives_the_whole_answer_with_usage_and_the_sdk_sampling(gateway: 
 
 
 def test_stream_delivers_chinese_text_in_order(gateway: Gateway) -> None:
-    # long enough to stream past the sensitive-word window (the longest list word, less one)
+    # a long answer, so the stream has many chunks
     query = "请讲一讲长城的历史：它最早在什么时候开始修建，明朝为什么又要大规模重修，今天还剩多长"
     result = sdk(
         gateway,
