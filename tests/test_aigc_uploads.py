@@ -103,7 +103,7 @@ def test_an_sdk_shaped_upload_answers_ids_in_order_and_stores_unowned_files(
     assert (payload["status"], payload["msg"]) == (200, "执行成功")
     first, second = payload["files"]
     assert ID.fullmatch(first) and ID.fullmatch(second)
-    assert stored_rows(client) == [(first, None, "a.txt"), (second, None, "b.pdf")]
+    assert sorted(stored_rows(client)) == sorted([(first, None, "a.txt"), (second, None, "b.pdf")])
     directory = upload_settings.data_dir / "uploads"
     assert files_under(directory) == {directory / f"{first}.txt", directory / f"{second}.pdf"}
 

@@ -36,22 +36,33 @@ async def sweep(runtime: Runtime) -> tuple[int, int]:
     return uploads, conversations
 
 
-async def _every(runtime: Runtime, interval: float) -> None:
-    while True:
+async def _every(runtime: Runtime, interval: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
         try:
             await sweep(runtime)
         except Exception as exc:  # a failed sweep is retried next time, never fatal
             logger.warning("housekeeping failed, retrying in %.0f s: %s", interval, exc)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 @contextlib.asynccontextmanager
-async def running(runtime: Runtime, interval: float = INTERVAL_SECONDS) -> AsyncIterator[None]:
-    """Sweep now and every ``interval`` seconds while the block runs."""
-    task = asyncio.create_task(_every(runtime, interval), name="fengchao-housekeeping")
+async def running(
+    runtime: Runtime, interval: float = INTERVAL_SECONDS, grace: float = 10.0
+) -> AsyncIterator[None]:
+    """Sweep now and every ``interval`` seconds while the block runs.
+
+    Stopping asks the loop to end and lets a sweep in progress finish (up to ``grace``)
+    rather than cancelling it: a cancellation landing inside a database driver call can be
+    absorbed there, and the loop would then sleep on for an hour, holding up shutdown.
+    """
+    stop = asyncio.Event()
+    task = asyncio.create_task(_every(runtime, interval, stop), name="fengchao-housekeeping")
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        try:
+            await asyncio.wait_for(task, grace)
+        except TimeoutError:
+            logger.warning("housekeeping did not stop within %.0f s; abandoned", grace)
