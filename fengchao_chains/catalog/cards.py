@@ -40,6 +40,12 @@ class ModelCard(BaseModel):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vendor parameters sent with every call."
     )
+    timeout: float | None = Field(
+        default=None, gt=0, description="Seconds per request (remote vendors); unset: 60."
+    )
+    max_retries: int | None = Field(
+        default=None, ge=0, le=10, description="Retries before the first byte; unset: 2."
+    )
     description: str = ""
     created: datetime
     enabled: bool = True

@@ -32,6 +32,10 @@ def card_kwargs(
     }
     if card.base_url or base_url:
         kwargs["base_url"] = card.base_url or base_url
+    if card.timeout is not None:
+        kwargs["timeout"] = card.timeout
+    if card.max_retries is not None:
+        kwargs["max_retries"] = card.max_retries
     kwargs.update({name: value for name, value in credentials.items() if value is not None})
     if card.api_key_env and os.environ.get(card.api_key_env):
         kwargs[key_field] = SecretStr(os.environ[card.api_key_env])

@@ -3,12 +3,19 @@ semantics of the fengchao API and its error codes, against a fake OpenAI on loop
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from fengchao_chains.gateway.auth import issue_token
+from fengchao_chains.server import create_app
+from fengchao_chains.settings import Settings
 from tests.server.conftest import LOCAL, ONLINE, Server, sdk_body
 
 SDK_KEYS = {
@@ -234,3 +241,36 @@ def test_an_async_sensitive_answer_is_stored_with_6601(server: Server) -> None:
     server.openai.reply = lambda text: f"去{WORD}"
     task_id = server.chat(query="q", mode="async").json()["choices"][0]["message"]["content"]
     assert _wait_for_result(server, task_id)["status"] == 6601
+
+
+def test_a_model_timeout_is_status_408(settings: Settings, fakes: Any, tmp_path: Path) -> None:
+    """A vendor slower than the catalog's timeout: body status 408 (invoke and stream)."""
+    openai, url, *_ = fakes
+    override = tmp_path / "slow.toml"
+    override.write_text('[models."gpt-3.5-turbo"]\ntimeout = 0.3\nmax_retries = 0\n')
+    configured = settings.model_copy(
+        update={
+            "openai_base_url": f"{url}/v1",
+            "openai_api_key": SecretStr("sk-test"),
+            "catalog_files": [override],
+        }
+    )
+    app = create_app(settings=configured)
+    with TestClient(app) as client:
+        key = app.state.runtime.keys.create("slow")
+        headers = {"Authorization": issue_token(key.api_key, key.secret_key, 600)}
+        openai.inject("slow", delay=2.0, times=3)
+        try:
+            answer = client.post("/aigc/chat/", json=sdk_body(), headers=headers).json()
+            body = sdk_body(mode="stream")
+            with client.stream("POST", "/aigc/chat/", json=body, headers=headers) as response:
+                streamed = [
+                    json.loads(line.removeprefix("data: "))
+                    for line in response.iter_lines()
+                    if line
+                ]
+        finally:
+            openai.clear_faults()
+    assert answer["status"] == 408 and answer["choices"] == []
+    assert set(answer) >= SDK_KEYS
+    assert streamed[-1]["status"] == 408
