@@ -37,12 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
 from fengchao_chains.catalog import ModelCard, get_chat_model
 from fengchao_chains.chains.knowledge import KNOWLEDGE_PROMPT, document_chunks
-from fengchao_chains.retrievers import NEWS_STORE, KnowledgeBaseRegistry, PGVectorRetriever
-from fengchao_chains.retrievers.pgvector import similarity_from_threshold
+from fengchao_chains.retrievers import NEWS_STORE, aget_retriever
 
 if TYPE_CHECKING:
-    from langchain_core.embeddings import Embeddings
-
     from fengchao_chains.gateway.conversations import PostgresChatMessageHistory
     from fengchao_chains.gateway.sensitive import SensitiveWords
     from fengchao_chains.gateway.uploads import StoredFile
@@ -268,24 +265,14 @@ def _with_file_blocks(message: BaseMessage, files: Sequence[StoredFile]) -> Huma
     return HumanMessage(content=blocks)
 
 
-_EMBEDDINGS: dict[str, Embeddings] = {}
-
-
 async def retrieve(runtime: Runtime, request: ChatInput, query: str) -> list[Document]:
     """The knowledge base's hits for ``query`` (``threshold``: the API's scale, 0 = off)."""
-    kb = await KnowledgeBaseRegistry(runtime.database).aget(request.knowledge or NEWS_STORE)
-    embeddings = _EMBEDDINGS.get(kb.embedding_model)
-    if embeddings is None:
-        from fengchao_chains.embeddings import get_embeddings
-
-        embeddings = get_embeddings(kb.embedding_model, runtime.settings, catalog=runtime.catalog)
-        _EMBEDDINGS[kb.embedding_model] = embeddings
-    retriever = PGVectorRetriever(
-        knowledge_base=kb,
-        database=runtime.database,
-        embeddings=embeddings,
+    retriever = await aget_retriever(
+        request.knowledge or NEWS_STORE,
         top_k=request.top_k,
-        score_threshold=similarity_from_threshold(request.threshold) if request.threshold else None,
+        threshold=request.threshold,
+        database=runtime.database,
+        settings=runtime.settings,
     )
     return await retriever.ainvoke(query)
 

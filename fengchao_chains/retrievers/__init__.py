@@ -53,26 +53,73 @@ def get_retriever(
     one or neither.  ``database`` defaults to the process-wide one of the default settings,
     ``embeddings`` to the knowledge base's own model.
     """
-    if threshold is not None and score_threshold is not None:
-        raise KnowledgeBaseError("give threshold (fengchao scale) or score_threshold, not both")
-    if threshold is not None:
-        score_threshold = similarity_from_threshold(threshold)
+    score_threshold = _min_similarity(threshold, score_threshold)
     database = database or get_database()
     kb = KnowledgeBaseRegistry(database).get(knowledge_base)
-    if embeddings is None:
-        from fengchao_chains.embeddings import get_embeddings
-
-        embeddings = get_embeddings(kb.embedding_model, settings)
-    return PGVectorRetriever(
-        knowledge_base=kb,
-        database=database,
-        embeddings=embeddings,
+    return _retriever(
+        kb,
+        database,
+        embeddings,
+        settings,
         top_k=top_k,
         score_threshold=score_threshold,
         filter=filter,
         search_type=search_type,
         **options,
     )
+
+
+async def aget_retriever(
+    knowledge_base: str = NEWS_STORE,
+    *,
+    top_k: int = 5,
+    threshold: float | None = None,
+    score_threshold: float | None = None,
+    filter: dict[str, Any] | None = None,
+    search_type: SearchType = "hybrid",
+    database: Database | None = None,
+    embeddings: Embeddings | None = None,
+    settings: Settings | None = None,
+    **options: Any,
+) -> PGVectorRetriever:
+    """:func:`get_retriever` for async code: the knowledge base is looked up on the async
+    pool, so a server's event loop is not blocked."""
+    score_threshold = _min_similarity(threshold, score_threshold)
+    database = database or get_database()
+    kb = await KnowledgeBaseRegistry(database).aget(knowledge_base)
+    return _retriever(
+        kb,
+        database,
+        embeddings,
+        settings,
+        top_k=top_k,
+        score_threshold=score_threshold,
+        filter=filter,
+        search_type=search_type,
+        **options,
+    )
+
+
+def _min_similarity(threshold: float | None, score_threshold: float | None) -> float | None:
+    if threshold is not None and score_threshold is not None:
+        raise KnowledgeBaseError("give threshold (fengchao scale) or score_threshold, not both")
+    if threshold is not None:
+        return similarity_from_threshold(threshold)
+    return score_threshold
+
+
+def _retriever(
+    kb: KnowledgeBase,
+    database: Database,
+    embeddings: Embeddings | None,
+    settings: Settings | None,
+    **fields: Any,
+) -> PGVectorRetriever:
+    if embeddings is None:
+        from fengchao_chains.embeddings import get_embeddings
+
+        embeddings = get_embeddings(kb.embedding_model, settings)
+    return PGVectorRetriever(knowledge_base=kb, database=database, embeddings=embeddings, **fields)
 
 
 __all__ = [
@@ -88,6 +135,7 @@ __all__ = [
     "KnowledgeBaseRegistry",
     "PGVectorRetriever",
     "UnknownKnowledgeBaseError",
+    "aget_retriever",
     "get_retriever",
     "similarity_from_threshold",
     "threshold_from_similarity",
