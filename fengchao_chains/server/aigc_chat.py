@@ -168,23 +168,20 @@ def _card(runtime: Runtime, model_id: str, *, local: bool) -> ModelCard:
     return card
 
 
-def chain_config(
-    runtime: Runtime, caller: str, request_id: str
-) -> tuple[RunnableConfig, UsageRecorder]:
+def chain_config(runtime: Runtime, caller: str, request_id: str) -> RunnableConfig:
     """The run's config: the authenticated caller (which files and conversations are
-    looked up as) and the usage recorder."""
-    recorder = UsageRecorder(caller, runtime.catalog)
-    config: RunnableConfig = {
+    looked up as) and a usage recorder."""
+    return {
         "configurable": {CALLER_KEY: caller},
-        "callbacks": [recorder],
+        "callbacks": [UsageRecorder(caller, runtime.catalog)],
         "metadata": {"request_id": request_id, "caller": caller},
         "run_name": "aigc_chat",
     }
-    return config, recorder
 
 
 def _mapped(exc: FengchaoError) -> RouteError | None:
     """Errors that are transport statuses (raised before any token is spent)."""
+    from fengchao_chains.gateway.uploads import UploadError
     from fengchao_chains.prompts.errors import PromptError
     from fengchao_chains.retrievers import UnknownKnowledgeBaseError
 
@@ -192,7 +189,7 @@ def _mapped(exc: FengchaoError) -> RouteError | None:
         return RouteError(444, f"知识库不存在: {exc}")
     if isinstance(exc, PromptError):
         return RouteError(445, f"参数错误: {exc}")
-    if getattr(exc, "code", None) == 445:  # uploads
+    if isinstance(exc, UploadError):
         return RouteError(445, f"参数错误: {exc}")
     if isinstance(exc, UnknownModelError):
         return RouteError(440, f"模型不存在: {exc}")
@@ -203,15 +200,13 @@ async def run_invoke(
     runtime: Runtime, caller: str, chat_input: ChatInput, answer: Answer
 ) -> dict[str, Any]:
     """One whole answer in the SDK's shape (also what an async task stores)."""
-    config, _ = chain_config(runtime, caller, answer.request_id)
+    config = chain_config(runtime, caller, answer.request_id)
     try:
         output = await chat_chain(runtime).ainvoke(chat_input.model_dump(), config)
-    except SensitiveContentError as exc:
-        return answer.payload(None, status=6601, msg=f"包含敏感词: {exc}")
     except FengchaoError as exc:
         if (route := _mapped(exc)) is not None:
             raise route from None
-        return answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
+        return _error_answer(answer, exc)
     message = output["answer"]
     content = message.text
     if chat_input.response_format == "json":
@@ -229,59 +224,55 @@ async def _stream(
 ) -> StreamingResponse:
     """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
     stream: delta chunks, then a closing chunk with the finish reason and the real usage."""
-    config, _ = chain_config(runtime, caller, answer.request_id)
+    config = chain_config(runtime, caller, answer.request_id)
     chunks = cast(
         AsyncGenerator[dict[str, Any], None],
         chat_chain(runtime).astream(chat_input.model_dump(), config),
     )
     try:
         first = await anext(chunks)
-    except SensitiveContentError as exc:
-        await chunks.aclose()
-        closing = answer.payload(None, status=6601, msg=f"包含敏感词: {exc}")
-        return _event_stream(_single(closing))
     except FengchaoError as exc:
         await chunks.aclose()
         if (route := _mapped(exc)) is not None:
             raise route from None
-        failed = answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
-        return _event_stream(_single(failed))
-    return _event_stream(_stream_events(first, chunks, answer))
+        return _event_stream(_single(_error_answer(answer, exc)))
+    return _event_stream(_stream_events(_after(first, chunks), answer))
+
+
+def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
+    """The answer to a chain that failed: 6601 for sensitive words, else the model's
+    failure with its status (408 a timeout, else the vendor's HTTP status or 400)."""
+    if isinstance(exc, SensitiveContentError):
+        return answer.payload(None, status=6601, msg=f"包含敏感词: {exc}")
+    return answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
+
+
+async def _after(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for part in rest:
+        yield part
 
 
 async def _stream_events(
-    first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], answer: Answer
+    parts: AsyncIterator[dict[str, Any]], answer: Answer
 ) -> AsyncIterator[str]:
     documents: list[Any] = []
     total: AIMessageChunk | None = None
     index = 0
-
-    def absorb(part: dict[str, Any]) -> str | None:
-        nonlocal total, index
-        if "documents" in part:
-            documents.extend(part["documents"])
-        message = part.get("answer")
-        if message is None:
-            return None
-        total = message if total is None else total + message
-        if not message.text:
-            return None
-        line = event_line(answer.payload(message.text, index=index, knowledge=documents))
-        index += 1
-        return line
-
     try:
-        if (line := absorb(first)) is not None:
-            yield line
-        async for part in chunks:
-            if (line := absorb(part)) is not None:
-                yield line
-    except SensitiveContentError as exc:
-        yield event_line(answer.payload(None, status=6601, msg=f"包含敏感词: {exc}"))
-        return
+        async for part in parts:
+            documents.extend(part.get("documents", ()))
+            message = part.get("answer")
+            if message is None:
+                continue
+            total = message if total is None else total + message
+            if message.text:
+                yield event_line(answer.payload(message.text, index=index, knowledge=documents))
+                index += 1
     except FengchaoError as exc:
-        msg = f"模型调用异常: {exc}"
-        yield event_line(answer.payload(None, status=failure_status(exc), msg=msg))
+        yield event_line(_error_answer(answer, exc))
         return
     metadata = total.response_metadata if total is not None else {}
     usage = total.usage_metadata if total is not None else None
