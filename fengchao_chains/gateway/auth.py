@@ -145,21 +145,9 @@ def token_from_request(request: Request) -> str | None:
 
 
 def token_verifier(request: Request) -> TokenVerifier:
-    """The app's verifier: the runtime's ``token_verifier`` when it has one, else one built
-    once per app from the runtime's ``keys`` (or a new :class:`KeyStore`)."""
+    """The app's verifier (the runtime's, over its key store)."""
     runtime: Runtime = request.app.state.runtime
-    verifier = getattr(runtime, "token_verifier", None)
-    if isinstance(verifier, TokenVerifier):
-        return verifier
-    cached = getattr(request.app.state, "fengchao_token_verifier", None)
-    if isinstance(cached, TokenVerifier) and cached.keys.database is runtime.database:
-        return cached
-    keys = getattr(runtime, "keys", None)
-    if not isinstance(keys, KeyStore):
-        keys = KeyStore(runtime.database, runtime.settings)
-    verifier = TokenVerifier(keys)
-    request.app.state.fengchao_token_verifier = verifier
-    return verifier
+    return runtime.token_verifier
 
 
 class AuthHTTPException(HTTPException):
