@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Channel = Literal["在线模型", "本地模型"]
 ONLINE: Channel = "在线模型"
@@ -13,12 +13,24 @@ LOCAL: Channel = "本地模型"
 Mode = Literal["invoke", "async", "async_result", "stream"]
 
 
+def _no_surrounding_space(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    return value
+
+
+CatalogId = Annotated[
+    str, Field(min_length=1, max_length=200), AfterValidator(_no_surrounding_space)
+]
+"""A model or embedding id: the key clients send, so no stray whitespace."""
+
+
 class ModelCard(BaseModel):
     """One catalog entry. Field names follow the fengchao model list (``/aigc/models/``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=200)
+    id: CatalogId
     owned_by: str = Field(min_length=1)
     channel: Channel
     vendor: str = Field(description="Which chat-model implementation serves this model.")
@@ -50,13 +62,6 @@ class ModelCard(BaseModel):
     created: datetime
     enabled: bool = True
 
-    @field_validator("id")
-    @classmethod
-    def _no_surrounding_space(cls, value: str) -> str:
-        if value != value.strip():
-            raise ValueError("must not start or end with whitespace")
-        return value
-
     @property
     def is_local(self) -> bool:
         return self.channel == LOCAL
@@ -77,7 +82,7 @@ class EmbeddingCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=200)
+    id: CatalogId
     vendor: EmbeddingVendor = Field(description="Which embeddings implementation serves it.")
     vendor_model: str = Field(
         min_length=1, description="The model's own name; sent to OpenAI-compatible servers."
@@ -110,13 +115,6 @@ class EmbeddingCard(BaseModel):
     unit: Literal["CNY", "USD"] = "CNY"
     description: str = ""
     enabled: bool = True
-
-    @field_validator("id")
-    @classmethod
-    def _no_surrounding_space(cls, value: str) -> str:
-        if value != value.strip():
-            raise ValueError("must not start or end with whitespace")
-        return value
 
     @model_validator(mode="after")
     def _fields_fit_the_vendor(self) -> EmbeddingCard:
