@@ -181,6 +181,7 @@ def chain_config(runtime: Runtime, caller: str, request_id: str) -> RunnableConf
 
 def _mapped(exc: FengchaoError) -> RouteError | None:
     """Errors that are transport statuses (raised before any token is spent)."""
+    from fengchao_chains.gateway.conversations import ConversationIdError
     from fengchao_chains.gateway.uploads import UploadError
     from fengchao_chains.prompts.errors import PromptError
     from fengchao_chains.retrievers import UnknownKnowledgeBaseError
@@ -189,7 +190,7 @@ def _mapped(exc: FengchaoError) -> RouteError | None:
         return RouteError(444, f"知识库不存在: {exc}")
     if isinstance(exc, PromptError):
         return RouteError(445, f"参数错误: {exc}")
-    if isinstance(exc, UploadError):
+    if isinstance(exc, UploadError | ConversationIdError):
         return RouteError(445, f"参数错误: {exc}")
     if isinstance(exc, UnknownModelError):
         return RouteError(440, f"模型不存在: {exc}")

@@ -133,6 +133,7 @@ def test_response_format_json_asks_for_json_and_strips_fences(server: Server) ->
         ({"prompt_fill": {"nope": 1}}, "/aigc/chat/", 445),
         ({"history": [{"role": "wizard", "content": "x"}]}, "/aigc/chat/", 445),
         ({"files": ["file-doesnotexist"]}, "/aigc/chat/", 445),
+        ({"request_id": "a\u0001b"}, "/aigc/chat/", 445),
     ],
 )
 def test_bad_requests_get_the_documented_http_status(
