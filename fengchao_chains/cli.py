@@ -268,6 +268,13 @@ from fengchao_chains.cli_keys import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
 
+# --------------------------------------------------------------------------- usage, limits
+from fengchao_chains.cli_limits import limits_app  # noqa: E402
+from fengchao_chains.cli_usage import usage_app  # noqa: E402
+
+app.add_typer(usage_app, name="usage")
+app.add_typer(limits_app, name="limits")
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from fengchao_chains.gateway.auth import TokenVerifier
     from fengchao_chains.gateway.conversations import ConversationStore
     from fengchao_chains.gateway.keys import KeyStore
+    from fengchao_chains.gateway.limits import Limiter
     from fengchao_chains.gateway.sensitive import SensitiveWords
     from fengchao_chains.gateway.tasks import TaskQueue
     from fengchao_chains.gateway.uploads import UploadStore
@@ -91,6 +92,12 @@ class Runtime:
         from fengchao_chains.gateway.conversations import ConversationStore
 
         return ConversationStore(self.database, self.settings)
+
+    @cached_property
+    def limits(self) -> Limiter:
+        from fengchao_chains.gateway.limits import Limiter
+
+        return Limiter(self.database, self.settings)
 
     def reload_prompts(self) -> None:
         """Re-read the prompt files (on SIGHUP); a broken file keeps the current library."""

@@ -20,7 +20,9 @@ from fengchao_chains.server import (
     auth_routes,
     housekeeping,
     langserve_routes,
+    openai_v1,
     uploads,
+    usage_routes,
 )
 from fengchao_chains.server.deps import RuntimeDep, get_runtime
 from fengchao_chains.settings import Settings, get_settings
@@ -63,6 +65,8 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
     app.include_router(aigc_chat.router)
     app.include_router(uploads.router)
     app.include_router(auth_routes.router)
+    app.include_router(usage_routes.router)
+    app.include_router(openai_v1.router)
     langserve_routes.mount(app, get_runtime)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     install_auth_errors(app)  # the SDK's {"status", "msg"}; browsers go to /login
