@@ -51,19 +51,23 @@ def create_key(
     name: Annotated[
         str | None, typer.Option("--name", help="A note saying whose key this is.")
     ] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An admin key: sees every key's usage.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Issue a new api_key and secret_key; the secret is shown this once only."""
     from fengchao_chains.cli import guarded, stderr, stdout
 
     with _key_store() as keys:
-        issued = guarded(lambda: keys.create(name))
+        issued = guarded(lambda: keys.create(name, admin=admin))
     if as_json:
         _print_json(
             {
                 "api_key": issued.api_key,
                 "secret_key": issued.secret_key,
                 "name": issued.name,
+                "admin": issued.admin,
                 "created_at": issued.created_at.isoformat(),
             }
         )
@@ -93,6 +97,7 @@ def list_keys(
                 {
                     "api_key": info.api_key,
                     "name": info.name,
+                    "admin": info.admin,
                     "created_at": info.created_at.isoformat(),
                     "revoked_at": info.revoked_at.isoformat() if info.revoked_at else None,
                 }
@@ -101,11 +106,12 @@ def list_keys(
         )
         return
     table = Table(title=f"{len(infos)} keys")
-    for column in ("api_key", "name", "created", "status"):
+    for column in ("api_key", "name", "created", "status", "admin"):
         table.add_column(column, overflow="fold")
     for info in infos:
         status = f"revoked {info.revoked_at:%Y-%m-%d %H:%M:%S}" if info.revoked_at else "active"
-        table.add_row(info.api_key, info.name or "", f"{info.created_at:%Y-%m-%d %H:%M:%S}", status)
+        created = f"{info.created_at:%Y-%m-%d %H:%M:%S}"
+        table.add_row(info.api_key, info.name or "", created, status, "yes" if info.admin else "")
     stdout.print(table)
 
 

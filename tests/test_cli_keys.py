@@ -51,9 +51,10 @@ def test_master_key_prints_a_fresh_fernet_key() -> None:
 
 
 def test_create_list_revoke(env: dict[str, str], settings: Settings) -> None:
-    created = ok(run_cli("keys", "create", "--name", "alice", "--json", env=env))
+    created = ok(run_cli("keys", "create", "--name", "alice", "--admin", "--json", env=env))
     alice = json.loads(created.stdout)
-    assert set(alice) == {"api_key", "secret_key", "name", "created_at"}
+    assert set(alice) == {"api_key", "secret_key", "name", "admin", "created_at"}
+    assert alice["admin"] is True
     assert alice["name"] == "alice" and alice["api_key"].startswith("fc-")
     assert "keep the secret_key now" in created.stderr
     text = ok(run_cli("keys", "create", env=env))
@@ -73,7 +74,8 @@ def test_create_list_revoke(env: dict[str, str], settings: Settings) -> None:
     rows = json.loads(listed.stdout)
     assert [row["api_key"] for row in rows] == [alice["api_key"], bob["api_key"]]
     assert [row["name"] for row in rows] == ["alice", None]
-    assert all(set(row) == {"api_key", "name", "created_at", "revoked_at"} for row in rows)
+    assert all(set(row) == {"api_key", "name", "admin", "created_at", "revoked_at"} for row in rows)
+    assert [row["admin"] for row in rows] == [True, False]
     assert alice["secret_key"] not in listed.stdout and bob["secret_key"] not in listed.stdout
 
     revoked = ok(run_cli("keys", "revoke", alice["api_key"], env=env))

@@ -15,10 +15,15 @@ overlap for any date between 1973 and the year 5138.
 The token arrives as the raw ``Authorization`` header (the SDK sends no ``Bearer``; a
 ``Bearer`` prefix is accepted too) or, for browsers, in the ``fengchao_token`` cookie that
 ``POST /login`` sets.
+
+Clients that can only hold a fixed string, such as OpenAI clients' ``api_key``, may send the
+key pair itself instead, ``<api_key>:<secret_key>``: a JWT never contains ``:``, so the two
+cannot be confused.  The secret is compared in constant time.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
@@ -49,9 +54,11 @@ TOKEN_MAX_CHARS = 4096
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the api_key a verified token was signed for."""
+    """Who is calling: the api_key a verified token was signed for, and whether it is an
+    admin key."""
 
     api_key: str
+    admin: bool = False
 
 
 ANONYMOUS = Caller(api_key="anonymous")
@@ -82,13 +89,26 @@ class TokenVerifier:
         """The caller the token was signed for; :class:`AuthError` otherwise."""
         if len(token) > TOKEN_MAX_CHARS:
             raise AuthError("invalid token: too long")
+        if ":" in token:
+            api_key, _, secret_key = token.partition(":")
+            return await self.averify_pair(api_key, secret_key)
         api_key = _claimed_api_key(token)
-        secret = await self.keys.asecret(api_key)
-        if secret is None:
+        active = await self.keys.aactive(api_key)
+        if active is None:
             raise AuthError("invalid token: unknown or revoked api_key")
-        claims = _verified_claims(token, secret)
+        claims = _verified_claims(token, active.secret_key)
         _check_exp(claims.get("exp"))
-        return Caller(api_key=api_key)
+        return Caller(api_key=api_key, admin=active.admin)
+
+    async def averify_pair(self, api_key: str, secret_key: str) -> Caller:
+        """The caller whose api_key and secret_key these are; :class:`AuthError` otherwise
+        (the same message whether the key or the secret is wrong)."""
+        active = await self.keys.aactive(api_key) if api_key and secret_key else None
+        if active is None or not hmac.compare_digest(
+            active.secret_key.encode("utf-8"), secret_key.encode("utf-8")
+        ):
+            raise AuthError("invalid credentials: unknown api_key or wrong secret_key")
+        return Caller(api_key=api_key, admin=active.admin)
 
 
 def _claimed_api_key(token: str) -> str:

@@ -40,6 +40,7 @@ class IssuedKey:
     secret_key: str = field(repr=False)
     name: str | None
     created_at: datetime
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,21 @@ class KeyInfo:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None
+    admin: bool = False
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class ActiveKey:
+    """What a request needs of an active key: its secret (to check the caller's token) and
+    whether it is an admin key (which sees every key's usage)."""
+
+    api_key: str
+    secret_key: str = field(repr=False)
+    admin: bool = False
 
 
 class UnknownKeyError(FengchaoError):
@@ -89,28 +101,31 @@ class KeyStore:
                 )
         return self._fernet
 
-    def create(self, name: str | None = None) -> IssuedKey:
-        """Issue a new key: ``fc-`` and 24 hex digits, and a 256-bit random secret."""
+    def create(self, name: str | None = None, *, admin: bool = False) -> IssuedKey:
+        """Issue a new key: ``fc-`` and 24 hex digits, and a 256-bit random secret.  An
+        ``admin`` key sees every key's usage in the reports."""
         name = _checked_name(name)
         api_key = API_KEY_PREFIX + secrets.token_hex(12)
         secret_key = secrets.token_urlsafe(32)
         ciphertext = self._master(create=True).encrypt(secret_key.encode("utf-8")).decode("ascii")
         with self.database.pool.connection() as conn:
             row = conn.execute(
-                "INSERT INTO api_keys (api_key, name, secret_ciphertext) VALUES (%s, %s, %s)"
-                " RETURNING created_at",
-                (api_key, name, ciphertext),
+                "INSERT INTO api_keys (api_key, name, secret_ciphertext, admin)"
+                " VALUES (%s, %s, %s, %s) RETURNING created_at",
+                (api_key, name, ciphertext, admin),
             ).fetchone()
         if row is None:  # INSERT ... RETURNING always gives its row
             raise DatabaseError("the new API key was not stored")
-        logger.info("created API key %s", api_key)
-        return IssuedKey(api_key=api_key, secret_key=secret_key, name=name, created_at=row[0])
+        logger.info("created %sAPI key %s", "admin " if admin else "", api_key)
+        return IssuedKey(
+            api_key=api_key, secret_key=secret_key, name=name, created_at=row[0], admin=admin
+        )
 
     def list(self) -> list[KeyInfo]:
         """Every key, revoked ones included, oldest first."""
         with self.database.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT api_key, name, created_at, revoked_at FROM api_keys"
+                "SELECT api_key, name, created_at, revoked_at, admin FROM api_keys"
                 " ORDER BY created_at, api_key"
             ).fetchall()
         return [KeyInfo(*row) for row in rows]
@@ -133,17 +148,25 @@ class KeyStore:
         if not _may_be_key(api_key):
             return None
         with self.database.pool.connection() as conn:
-            row = conn.execute(_ACTIVE_CIPHERTEXT_QUERY, (api_key,)).fetchone()
+            row = conn.execute(_ACTIVE_KEY_QUERY, (api_key,)).fetchone()
         return self._decrypt(api_key, row[0]) if row else None
 
     async def asecret(self, api_key: str) -> str | None:
-        """:meth:`secret` on the async pool (per request, in the server)."""
+        """:meth:`secret` on the async pool."""
+        active = await self.aactive(api_key)
+        return active.secret_key if active else None
+
+    async def aactive(self, api_key: str) -> ActiveKey | None:
+        """An active key with its secret, on the async pool (per request, in the server);
+        None for an unknown or revoked one."""
         if not _may_be_key(api_key):
             return None
         async with self.database.async_pool.connection() as conn:
-            cursor = await conn.execute(_ACTIVE_CIPHERTEXT_QUERY, (api_key,))
+            cursor = await conn.execute(_ACTIVE_KEY_QUERY, (api_key,))
             row = await cursor.fetchone()
-        return self._decrypt(api_key, row[0]) if row else None
+        if row is None:
+            return None
+        return ActiveKey(api_key, self._decrypt(api_key, row[0]), admin=row[1])
 
     def _decrypt(self, api_key: str, ciphertext: str) -> str:
         try:
@@ -159,8 +182,8 @@ class KeyStore:
         return f"KeyStore({self.database.target}, schema {self.database.schema})"
 
 
-_ACTIVE_CIPHERTEXT_QUERY = (
-    "SELECT secret_ciphertext FROM api_keys WHERE api_key = %s AND revoked_at IS NULL"
+_ACTIVE_KEY_QUERY = (
+    "SELECT secret_ciphertext, admin FROM api_keys WHERE api_key = %s AND revoked_at IS NULL"
 )
 
 

@@ -12,7 +12,6 @@ is a path on this server, never elsewhere.
 
 from __future__ import annotations
 
-import hmac
 import html
 import logging
 import re
@@ -23,8 +22,13 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from fengchao_chains.errors import ConfigurationError
-from fengchao_chains.gateway.auth import AUTH_COOKIE, issue_token, token_verifier
-from fengchao_chains.gateway.keys import KeyStore
+from fengchao_chains.gateway.auth import (
+    AUTH_COOKIE,
+    AuthError,
+    TokenVerifier,
+    issue_token,
+    token_verifier,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +67,13 @@ redact_access_log()
 
 
 # --------------------------------------------------------------------------- checks ------
-async def _checked(keys: KeyStore, api_key: str | None, secret_key: str | None) -> bool:
+async def _checked(verifier: TokenVerifier, api_key: str | None, secret_key: str | None) -> bool:
     """Whether the pair is an active key and its secret (compared in constant time)."""
-    if not api_key or not secret_key:
+    try:
+        await verifier.averify_pair(api_key or "", secret_key or "")
+    except AuthError:
         return False
-    stored = await keys.asecret(api_key)
-    return stored is not None and hmac.compare_digest(
-        stored.encode("utf-8"), secret_key.encode("utf-8")
-    )
+    return True
 
 
 def local_path(target: str | None) -> str:
@@ -100,8 +103,7 @@ async def aigc_token(
 ) -> JSONResponse:
     """A token for a key, the same as the SDK signs itself; 401 for wrong credentials."""
     try:
-        keys = token_verifier(request).keys
-        valid = await _checked(keys, api_key, secret_key)
+        valid = await _checked(token_verifier(request), api_key, secret_key)
     except ConfigurationError as exc:
         logger.error("cannot check credentials: %s", exc)
         return JSONResponse({"status": 500, "msg": "the server cannot issue tokens now"}, 500)
@@ -132,7 +134,7 @@ async def login(
     """Check the form and set the token cookie, then 303 to ``next`` (a local path) or ``/``."""
     target = local_path(next or request.query_params.get("next"))
     try:
-        valid = await _checked(token_verifier(request).keys, api_key, secret_key)
+        valid = await _checked(token_verifier(request), api_key, secret_key)
     except ConfigurationError as exc:
         logger.error("cannot check credentials: %s", exc)
         return _login_page(target, "The server cannot check keys now.", status_code=500)

@@ -278,3 +278,45 @@ def test_without_auth_required_no_token_is_anonymous_but_a_bad_token_is_not(
     with TestClient(protected_app(sandbox)) as client:
         assert client.get("/whoami").json() == {"api_key": ANONYMOUS.api_key}
         assert client.get("/whoami", headers={"Authorization": "garbage"}).status_code == 401
+
+
+# --------------------------------------------------------------------------- key pairs ---
+async def test_the_key_pair_itself_authenticates_with_the_same_refusals(
+    verifier: TokenVerifier, keys: KeyStore, issued: IssuedKey
+) -> None:
+    """What an OpenAI client sends as its api_key: ``<api_key>:<secret_key>``."""
+    pair = f"{issued.api_key}:{issued.secret_key}"
+    assert await verifier.averify(pair) == Caller(api_key=issued.api_key)
+    message = "unknown api_key or wrong secret_key"
+    for wrong in (
+        f"{issued.api_key}:{issued.secret_key}x",
+        f"{issued.api_key}:",
+        f":{issued.secret_key}",
+        f"fc-000000000000000000000000:{issued.secret_key}",
+    ):
+        error = await refused(verifier, wrong, message)
+        assert issued.secret_key not in str(error)
+    keys.revoke(issued.api_key)
+    await refused(verifier, pair, message)
+
+
+async def test_an_admin_key_is_an_admin_caller_by_token_and_by_pair(
+    verifier: TokenVerifier, keys: KeyStore
+) -> None:
+    admin = keys.create("ops", admin=True)
+    assert admin.admin and [info.admin for info in keys.list()] == [True]
+    expected = Caller(api_key=admin.api_key, admin=True)
+    assert await verifier.averify(issue_token(admin.api_key, admin.secret_key, 60)) == expected
+    assert await verifier.averify(f"{admin.api_key}:{admin.secret_key}") == expected
+    plain = keys.create("app")
+    token = issue_token(plain.api_key, plain.secret_key, 60)
+    assert (await verifier.averify(token)).admin is False
+
+
+def test_the_pair_works_as_a_bearer_header(client: TestClient, settings: Settings) -> None:
+    issued = KeyStore(client.app.state.runtime.database, settings).create()  # type: ignore[attr-defined]
+    pair = f"{issued.api_key}:{issued.secret_key}"
+    response = client.get("/whoami", headers={"Authorization": f"Bearer {pair}"})
+    assert response.json() == {"api_key": issued.api_key}
+    response = client.get("/whoami", headers={"Authorization": f"Bearer {pair[:-1]}"})
+    assert response.status_code == 401 and issued.secret_key[:-1] not in response.text
