@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fengchao_chains.gateway.sensitive import SensitiveWords
     from fengchao_chains.gateway.tasks import TaskQueue
     from fengchao_chains.gateway.uploads import UploadStore
+    from fengchao_chains.gateway.usage import UsageLog
     from fengchao_chains.ingest.sample import SampleNewsLoader
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,12 @@ class Runtime:
         from fengchao_chains.gateway.conversations import ConversationStore
 
         return ConversationStore(self.database, self.settings)
+
+    @cached_property
+    def usage(self) -> UsageLog:
+        from fengchao_chains.gateway.usage import UsageLog
+
+        return UsageLog(self.database, self.catalog)
 
     @cached_property
     def limits(self) -> Limiter:

@@ -176,6 +176,31 @@ class Settings(BaseSettings):
         default=40, ge=0, description="Stored messages of a request_id replayed to the model."
     )
 
+    # --- gateway: per-key rate limits and budgets (gateway/limits.py, docs/limits.md) ------
+    default_rpm: int | None = Field(
+        default=None, ge=1, description="Requests per minute for keys without their own limits."
+    )
+    default_tpm: int | None = Field(
+        default=None, ge=1, description="Tokens per minute for keys without their own limits."
+    )
+    limits_default_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Completion tokens reserved against TPM and budget when max_tokens is unset.",
+    )
+    limits_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a process caches the table of per-key limits."
+    )
+    usd_cny_rate: float = Field(
+        default=7.2,
+        gt=0,
+        description="CNY per USD, to charge a cost to a budget in the other unit.",
+    )
+    # usage accounting (issue 8, gateway/usage.py)
+    usage_flush_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="How often buffered usage records are written."
+    )
+
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
     openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")
     openai_base_url: str | None = _vendor_env("OPENAI_BASE_URL")

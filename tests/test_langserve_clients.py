@@ -204,7 +204,8 @@ def test_each_call_logs_usage_for_the_authenticated_caller(gateway: Gateway) -> 
     list(chat.stream(ask("流式记账")))
     usage = re.compile(
         rf"usage caller={re.escape(gateway.api_key)} model={re.escape(ONLINE_MODEL)}"
-        r" prompt_tokens=(\d+) completion_tokens=(\d+) cost=([\d.]+) [A-Z]{3}"
+        r" door=langserve status=ok prompt_tokens=(\d+) completion_tokens=(\d+)"
+        r" cost=([\d.]+) [A-Z]{3}"
     )
 
     def logged() -> list[tuple[str, ...]]:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.messages.ai import UsageMetadata
 
+from fengchao_chains.callbacks import UsageRecorder
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.llms.errors import VendorError, VendorTimeoutError
@@ -56,13 +56,14 @@ class Answer:
         *,
         index: int = 0,
         finish_reason: str | None = None,
-        usage: UsageMetadata | None = None,
+        usage: UsageRecorder | None = None,
         status: int = 200,
         msg: str = OK,
         knowledge: Sequence[Document] = (),
     ) -> dict[str, Any]:
-        prompt_tokens = usage["input_tokens"] if usage else 0
-        completion_tokens = usage["output_tokens"] if usage else 0
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        cost = usage.cost(self.card.unit) if usage else 0.0
         choices = []
         if content is not None:
             choices.append(
@@ -81,7 +82,7 @@ class Answer:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
-                "cost": round(self.card.cost(prompt_tokens, completion_tokens), 8),
+                "cost": round(cost, 8),
             },
             "msg": msg,
             "knowledge": [knowledge_hit(doc) for doc in knowledge],

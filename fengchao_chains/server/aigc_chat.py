@@ -21,11 +21,11 @@ from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fengchao_chains.callbacks import UsageRecorder
+from fengchao_chains.callbacks.usage import FrontDoor
 from fengchao_chains.catalog import LOCAL, ModelCard
 from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain, json_answer
 from fengchao_chains.errors import FengchaoError, UnknownModelError
@@ -168,13 +168,13 @@ def _card(runtime: Runtime, model_id: str, *, local: bool) -> ModelCard:
     return card
 
 
-def chain_config(runtime: Runtime, caller: str, request_id: str) -> RunnableConfig:
+def chain_config(caller: str, recorder: UsageRecorder) -> RunnableConfig:
     """The run's config: the authenticated caller (which files and conversations are
-    looked up as) and a usage recorder."""
+    looked up as) and the request's usage recorder."""
     return {
         "configurable": {CALLER_KEY: caller},
-        "callbacks": [UsageRecorder(caller, runtime.catalog)],
-        "metadata": {"request_id": request_id, "caller": caller},
+        "callbacks": [recorder],
+        "metadata": {"request_id": recorder.request_id, "caller": caller},
         "run_name": "aigc_chat",
     }
 
@@ -198,10 +198,15 @@ def _mapped(exc: FengchaoError) -> RouteError | None:
 
 
 async def run_invoke(
-    runtime: Runtime, caller: str, chat_input: ChatInput, answer: Answer
+    runtime: Runtime,
+    caller: str,
+    chat_input: ChatInput,
+    answer: Answer,
+    front_door: FrontDoor = "aigc",
 ) -> dict[str, Any]:
     """One whole answer in the SDK's shape (also what an async task stores)."""
-    config = chain_config(runtime, caller, answer.request_id)
+    recorder = runtime.usage.recorder(caller, front_door, answer.request_id)
+    config = chain_config(caller, recorder)
     try:
         output = await chat_chain(runtime).ainvoke(chat_input.model_dump(), config)
     except FengchaoError as exc:
@@ -215,7 +220,7 @@ async def run_invoke(
     return answer.payload(
         content,
         finish_reason=message.response_metadata.get("finish_reason") or "stop",
-        usage=message.usage_metadata,
+        usage=recorder,
         knowledge=output["documents"],
     )
 
@@ -225,7 +230,8 @@ async def _stream(
 ) -> StreamingResponse:
     """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
     stream: delta chunks, then a closing chunk with the finish reason and the real usage."""
-    config = chain_config(runtime, caller, answer.request_id)
+    recorder = runtime.usage.recorder(caller, "aigc", answer.request_id)
+    config = chain_config(caller, recorder)
     chunks = cast(
         AsyncGenerator[dict[str, Any], None],
         chat_chain(runtime).astream(chat_input.model_dump(), config),
@@ -237,7 +243,7 @@ async def _stream(
         if (route := _mapped(exc)) is not None:
             raise route from None
         return _event_stream(_single(_error_answer(answer, exc)))
-    return _event_stream(_stream_events(_after(first, chunks), answer))
+    return _event_stream(_stream_events(_after(first, chunks), answer, recorder))
 
 
 def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
@@ -257,10 +263,10 @@ async def _after(
 
 
 async def _stream_events(
-    parts: AsyncIterator[dict[str, Any]], answer: Answer
+    parts: AsyncIterator[dict[str, Any]], answer: Answer, recorder: UsageRecorder
 ) -> AsyncIterator[str]:
     documents: list[Any] = []
-    total: AIMessageChunk | None = None
+    finish: str | None = None
     index = 0
     try:
         async for part in parts:
@@ -268,18 +274,15 @@ async def _stream_events(
             message = part.get("answer")
             if message is None:
                 continue
-            total = message if total is None else total + message
+            finish = message.response_metadata.get("finish_reason") or finish
             if message.text:
                 yield event_line(answer.payload(message.text, index=index, knowledge=documents))
                 index += 1
     except FengchaoError as exc:
         yield event_line(_error_answer(answer, exc))
         return
-    metadata = total.response_metadata if total is not None else {}
-    usage = total.usage_metadata if total is not None else None
-    finish = metadata.get("finish_reason") or "stop"
     closing = answer.payload(
-        "", index=index, finish_reason=finish, usage=usage, knowledge=documents
+        "", index=index, finish_reason=finish or "stop", usage=recorder, knowledge=documents
     )
     yield event_line(closing)
 
@@ -336,8 +339,7 @@ async def run_task(runtime: Runtime, task: Task) -> dict[str, Any]:
     card = runtime.catalog[payload["model"]]
     answer = Answer(card, payload["request_id"])
     try:
-        return await run_invoke(
-            runtime, task.owner, ChatInput.model_validate(payload["chat"]), answer
-        )
+        chat_input = ChatInput.model_validate(payload["chat"])
+        return await run_invoke(runtime, task.owner, chat_input, answer, front_door="task")
     except RouteError as exc:
         return answer.payload(None, status=exc.status, msg=exc.msg)

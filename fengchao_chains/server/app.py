@@ -47,12 +47,16 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             await asyncio.to_thread(current.start_sample_news)
             await current.open_async()
             workers = await _start_task_workers(current)
-            async with housekeeping.running(current):
+            async with (
+                current.usage.flushing(current.settings.usage_flush_seconds),
+                housekeeping.running(current),
+            ):
                 with _reload_prompts_on_sighup(current):
                     yield
         finally:
             if workers is not None:  # unfinished tasks go back to the queue, never lost
                 await workers.stop()
+            await current.usage.aclose()  # the records of the last calls, workers' included
             await current.aclose()  # stops the sample news load first
 
     app = FastAPI(

@@ -26,7 +26,6 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, R
 from langserve import add_routes
 from pydantic import BaseModel, ConfigDict, Field
 
-from fengchao_chains.callbacks import UsageRecorder
 from fengchao_chains.chains.chat import (
     CALLER_KEY,
     ChatInput,
@@ -86,7 +85,8 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
         configurable[CALLER_KEY] = caller
         configurable["fengchao_runtime"] = runtime
         callbacks = list(config.get("callbacks") or [])
-        callbacks.append(UsageRecorder(caller, runtime.catalog))
+        request_id = request.headers.get("x-request-id")
+        callbacks.append(runtime.usage.recorder(caller, "langserve", request_id))
         metadata = dict(config.get("metadata") or {}) | {"caller": caller}
         return config | {"configurable": configurable, "callbacks": callbacks, "metadata": metadata}
 
