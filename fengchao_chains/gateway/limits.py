@@ -1,12 +1,658 @@
-"""Per-key rate limits and budgets: being built (issue 8)."""
+"""Per-key rate limits (RPM, TPM) and budgets, enforced atomically in PostgreSQL.
+
+Several server processes share one database, so the counters live there (migration 0008):
+
+* **limits**: ``key_limits`` holds a key's own limits; keys without a row get the defaults
+  (``FENGCHAO_DEFAULT_RPM`` / ``FENGCHAO_DEFAULT_TPM``).  Each process caches the whole table
+  for ``limits_cache_seconds``, so a key without limits (the common case) costs no database
+  round trip per request, and a change reaches every process within that time;
+* **admission** is one statement, ``limits_admit()``: an upsert of the key's current
+  one-minute window guarded by ``WHERE <under the limit>`` (the row lock makes concurrent
+  admissions from any process queue up, so none overshoots), then the same for the budget
+  period's spend.  It runs on an autocommit connection: one round trip;
+* **reservations**: tokens and cost are not known before the call, so admission reserves
+  the prompt estimate plus ``max_tokens`` (``limits_default_max_tokens`` when unset) and the
+  cost of that; :meth:`Limiter.asettle` corrects both to the real figures when the call ends.
+  A request whose reservation alone exceeds the limit is refused at once (retrying cannot
+  help), not left to retry forever;
+* **clean-up**: :meth:`Limiter.apurge` (the hourly housekeeping) deletes past windows and
+  the spend of ended days and months.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Literal
+
+import psycopg
+from fastapi.responses import JSONResponse
+
 from fengchao_chains.db import Database
+from fengchao_chains.errors import DatabaseError, FengchaoError, one_line
+from fengchao_chains.gateway.keys import UnknownKeyError
 from fengchao_chains.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LimitName = Literal["rpm", "tpm", "budget"]
+BudgetUnit = Literal["CNY", "USD"]
+BudgetPeriod = Literal["total", "day", "month"]
+BUDGET_UNITS: tuple[BudgetUnit, ...] = ("CNY", "USD")
+BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("total", "day", "month")
+
+WINDOW = timedelta(seconds=60)
+TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
+NEVER_RENEWS_RETRY_AFTER = 86400
+"""Retry-After for a refusal no roll-over ends (a total budget, an oversized request)."""
+
+
+class RateLimitExceeded(FengchaoError):
+    """A request over its key's RPM, TPM or budget: HTTP 429 with ``Retry-After``.
+
+    ``retry_after`` is the seconds until the window or budget period rolls over (at least
+    1); ``retry_helps`` is False when waiting cannot help (the request alone needs more than
+    the limit, or a total budget is used up).  The message is safe to show the client.
+    """
+
+    def __init__(
+        self, limit: LimitName, message: str, retry_after: int, *, retry_helps: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.limit: LimitName = limit
+        self.message = message
+        self.retry_after = max(1, int(retry_after))
+        self.retry_helps = retry_helps
+
+
+class LimitsError(FengchaoError, ValueError):
+    """A limit that cannot be stored (``fengchao limits set`` with a bad value)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    amount: Decimal
+    unit: BudgetUnit
+    period: BudgetPeriod
+
+    def __str__(self) -> str:
+        per = "in total" if self.period == "total" else f"per {self.period}"
+        return f"{_money(self.amount)} {self.unit} {per}"
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's limits; None is no limit of that kind."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    budget: Budget | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rpm is None and self.tpm is None and self.budget is None
+
+
+@dataclass(frozen=True)
+class LimitsStatus:
+    """A key's limits (``own``: its own row, else the defaults) and its current usage."""
+
+    api_key: str
+    limits: KeyLimits
+    own: bool
+    window_start: datetime
+    requests: int
+    tokens: int
+    period_start: datetime | None
+    spent: Decimal | None
+
+
+@dataclass
+class Reservation:
+    """What one admitted request holds until :meth:`Limiter.asettle`: its tokens in a
+    window (None: the key has no RPM/TPM limit) and its cost in a budget period (None: no
+    budget), in the budget's unit."""
+
+    api_key: str
+    tokens: int
+    window_start: datetime | None
+    budget: Budget | None
+    period_start: datetime | None
+    cost: Decimal
+    settled: bool = False
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
+"""For :meth:`Limiter.set`: leave this limit as it is."""
 
 
 class Limiter:
-    def __init__(self, database: Database, settings: Settings) -> None:
+    """Admission and settlement for the server, and the admin methods for the CLI."""
+
+    def __init__(
+        self, database: Database, settings: Settings, *, now: Callable[[], datetime] | None = None
+    ) -> None:
         self.database = database
         self.settings = settings
+        self._now = now or _utc_now
+        self._defaults = KeyLimits(rpm=settings.default_rpm, tpm=settings.default_tpm)
+        self._cache_for = timedelta(seconds=settings.limits_cache_seconds)
+        self._usd_cny = Decimal(repr(settings.usd_cny_rate))
+        self._table: dict[str, KeyLimits] = {}
+        self._loaded_at: datetime | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ per request ------
+    def completion_allowance(self, max_tokens: int | None) -> int:
+        """Completion tokens a request reserves: its ``max_tokens``, else the default.  The
+        caller's ``cost_ceiling`` is ``card.cost(prompt_tokens, completion_allowance(...))``."""
+        if max_tokens is None:
+            return self.settings.limits_default_max_tokens
+        return max(0, max_tokens)
+
+    async def alimits(self, api_key: str) -> KeyLimits | None:
+        """The key's limits from the cached table (None: unlimited); reloads the table when
+        it is older than ``limits_cache_seconds``."""
+        if self._stale():
+            async with self._lock():
+                if self._stale():
+                    await self._arefresh()
+        limits = self._table.get(api_key, self._defaults)
+        return None if limits.unlimited else limits
+
+    async def aadmit(
+        self,
+        api_key: str,
+        *,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        cost_ceiling: float,
+        unit: str,
+    ) -> Reservation | None:
+        """Admit one request or raise :class:`RateLimitExceeded`; None (and no database
+        round trip) when the key has no limits.  ``cost_ceiling`` is the most the call can
+        cost, in ``unit`` (the model card's)."""
+        limits = await self.alimits(api_key)
+        if limits is None:
+            return None
+        tokens = max(0, prompt_tokens) + self.completion_allowance(max_tokens)
+        if limits.tpm is not None and tokens > limits.tpm:
+            raise RateLimitExceeded(
+                "tpm",
+                f"this request needs up to {tokens} tokens (prompt plus max_tokens"
+                f"{self._unset_note(max_tokens)}), more than this API key's limit of"
+                f" {limits.tpm} tokens per minute: lower max_tokens or shorten the prompt",
+                NEVER_RENEWS_RETRY_AFTER,
+                retry_helps=False,
+            )
+        budget = limits.budget
+        cost = Decimal(0)
+        if budget is not None:
+            cost = self._convert(cost_ceiling, unit, budget.unit)
+            if cost > budget.amount:
+                raise RateLimitExceeded(
+                    "budget",
+                    f"this request may cost up to {_money(cost)} {budget.unit}, more than this"
+                    f" API key's whole budget of {budget}: lower max_tokens"
+                    f"{self._unset_note(max_tokens)}",
+                    NEVER_RENEWS_RETRY_AFTER,
+                    retry_helps=False,
+                )
+        now = self._now()
+        window = window_start(now) if limits.rpm is not None or limits.tpm is not None else None
+        period_start = period_bounds(budget.period, now)[0] if budget else None
+        async with self._autocommit() as conn:
+            cursor = await conn.execute(
+                _ADMIT,
+                (
+                    api_key,
+                    window,
+                    limits.rpm,
+                    limits.tpm,
+                    tokens,
+                    budget.period if budget else None,
+                    period_start,
+                    budget.amount if budget else None,
+                    cost,
+                ),
+            )
+            row = await cursor.fetchone()
+        if row is None:  # the function always returns its one row
+            raise DatabaseError("the rate-limit check returned nothing")
+        refused, _, used_tokens, spent = row
+        if refused is not None:
+            raise self._refusal(
+                refused, limits, now, tokens=tokens, cost=cost, used=(used_tokens, spent)
+            )
+        return Reservation(api_key, tokens, window, budget, period_start, cost)
+
+    async def asettle(
+        self, reservation: Reservation, *, tokens: int, cost: float, unit: str
+    ) -> None:
+        """Correct a reservation to the call's real tokens (prompt plus completion) and cost
+        (in ``unit``); a call that failed before the model ran settles with zeros.  Settling
+        twice does nothing.  A database failure is logged, not raised: the reservation then
+        stays charged, which errs on the side of the limit."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        token_delta = max(0, tokens) - reservation.tokens
+        cost_delta = Decimal(0)
+        if reservation.budget is not None:
+            cost_delta = self._convert(cost, unit, reservation.budget.unit) - reservation.cost
+        if token_delta == 0 and cost_delta == 0:
+            return
+        try:
+            async with self._autocommit() as conn:
+                await conn.execute(
+                    _SETTLE,
+                    {
+                        "key": reservation.api_key,
+                        "window": reservation.window_start,
+                        "tokens": token_delta,
+                        "period": reservation.budget.period if reservation.budget else None,
+                        "period_start": reservation.period_start,
+                        "cost": cost_delta,
+                    },
+                )
+        except DatabaseError as exc:
+            logger.warning("a rate-limit reservation could not be settled: %s", exc)
+
+    async def apurge(self) -> tuple[int, int]:
+        """Delete windows before the previous minute and the spend of ended days and months
+        (for the hourly housekeeping); returns (windows, spend rows) deleted."""
+        now = self._now()
+        params = {
+            "window": window_start(now) - WINDOW,
+            "day": period_bounds("day", now)[0],
+            "month": period_bounds("month", now)[0],
+        }
+        async with self._autocommit() as conn:
+            cursor = await conn.execute(_PURGE, params)
+            row = await cursor.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # ------------------------------------------------------------------ admin (CLI) ------
+    def set(
+        self,
+        api_key: str,
+        *,
+        rpm: int | _Keep | None = KEEP,
+        tpm: int | _Keep | None = KEEP,
+        budget: Decimal | _Keep | None = KEEP,
+        unit: BudgetUnit | _Keep = KEEP,
+        period: BudgetPeriod | _Keep = KEEP,
+    ) -> KeyLimits:
+        """Give a key its own limits, changing only those passed (None: no limit of that
+        kind).  A key without a row starts from the defaults; a new budget is CNY per month
+        unless said otherwise; changing a budget's unit converts the spend so far at
+        ``usd_cny_rate``.  Unknown keys raise :class:`UnknownKeyError`."""
+        _check_positive("rpm", rpm)
+        _check_positive("tpm", tpm)
+        if isinstance(budget, Decimal) and (not budget.is_finite() or budget < 0):
+            raise LimitsError("a budget is an amount of 0 or more")
+        if unit is not KEEP and unit not in BUDGET_UNITS:
+            raise LimitsError(f"a budget unit is one of {', '.join(BUDGET_UNITS)}")
+        if period is not KEEP and period not in BUDGET_PERIODS:
+            raise LimitsError(f"a budget period is one of {', '.join(BUDGET_PERIODS)}")
+        with self._connection() as conn, conn.transaction():
+            self._check_key(conn, api_key)
+            row = conn.execute(
+                "SELECT rpm, tpm, budget, budget_unit, budget_period FROM key_limits"
+                " WHERE api_key = %s FOR UPDATE",
+                (api_key,),
+            ).fetchone()
+            current = _limits(row) if row else self._defaults
+            merged = self._merged(
+                current, rpm=rpm, tpm=tpm, amount=budget, unit=unit, period=period
+            )
+            old, new = current.budget, merged.budget
+            if old is not None and new is not None and old.unit != new.unit:
+                conn.execute(
+                    "UPDATE budget_spend SET spent = spent * %s WHERE api_key = %s",
+                    (self._convert(1.0, old.unit, new.unit), api_key),
+                )
+            conn.execute(
+                "INSERT INTO key_limits (api_key, rpm, tpm, budget, budget_unit, budget_period)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (api_key) DO UPDATE SET"
+                " rpm = excluded.rpm, tpm = excluded.tpm, budget = excluded.budget,"
+                " budget_unit = excluded.budget_unit, budget_period = excluded.budget_period,"
+                " updated_at = now()",
+                (
+                    api_key,
+                    merged.rpm,
+                    merged.tpm,
+                    new.amount if new else None,
+                    new.unit if new else None,
+                    new.period if new else None,
+                ),
+            )
+        logger.info("limits of API key %s set: %s", api_key, merged)
+        return merged
+
+    def clear(self, api_key: str) -> bool:
+        """Remove a key's own limits (the defaults apply again); False if it had none.  Its
+        spend so far is kept."""
+        with self._connection() as conn, conn.transaction():
+            self._check_key(conn, api_key)
+            deleted = conn.execute(
+                "DELETE FROM key_limits WHERE api_key = %s RETURNING 1", (api_key,)
+            ).fetchone()
+        return deleted is not None
+
+    def status(self, api_key: str) -> LimitsStatus:
+        """One key's limits and usage in the current window and budget period."""
+        found = self._statuses(api_key)
+        if not found:
+            raise UnknownKeyError(api_key)
+        return found[0]
+
+    def statuses(self) -> list[LimitsStatus]:
+        """Every active key (and revoked keys with limits of their own), oldest first."""
+        return self._statuses(None)
+
+    @property
+    def defaults(self) -> KeyLimits:
+        return self._defaults
+
+    # ------------------------------------------------------------------ internals --------
+    def _statuses(self, api_key: str | None) -> list[LimitsStatus]:
+        now = self._now()
+        window = window_start(now)
+        params = {
+            "key": api_key,
+            "window": window,
+            "day": period_bounds("day", now)[0],
+            "month": period_bounds("month", now)[0],
+            "total": TOTAL_PERIOD_START,
+        }
+        with self._connection() as conn:
+            rows = conn.execute(_STATUS, params).fetchall()
+        result = []
+        for key, own, rpm, tpm, amount, unit, period, requests, tokens, spent in rows:
+            limits = _limits((rpm, tpm, amount, unit, period)) if own else self._defaults
+            period_start = period_bounds(period, now)[0] if period else None
+            result.append(
+                LimitsStatus(
+                    api_key=key,
+                    limits=limits,
+                    own=own,
+                    window_start=window,
+                    requests=requests or 0,
+                    tokens=tokens or 0,
+                    period_start=period_start,
+                    spent=(spent or Decimal(0)) if limits.budget else None,
+                )
+            )
+        return result
+
+    def _merged(
+        self,
+        current: KeyLimits,
+        *,
+        rpm: int | _Keep | None,
+        tpm: int | _Keep | None,
+        amount: Decimal | _Keep | None,
+        unit: BudgetUnit | _Keep,
+        period: BudgetPeriod | _Keep,
+    ) -> KeyLimits:
+        old = current.budget
+        amount = (old.amount if old else None) if amount is KEEP else amount
+        if amount is None:
+            if unit is not KEEP or period is not KEEP:
+                raise LimitsError("--unit and --period need a budget (--budget AMOUNT)")
+            budget = None
+        else:
+            budget = Budget(
+                amount=amount,
+                unit=(old.unit if old else "CNY") if unit is KEEP else unit,
+                period=(old.period if old else "month") if period is KEEP else period,
+            )
+        return KeyLimits(
+            rpm=current.rpm if rpm is KEEP else rpm,
+            tpm=current.tpm if tpm is KEEP else tpm,
+            budget=budget,
+        )
+
+    def _refusal(
+        self,
+        refused: str,
+        limits: KeyLimits,
+        now: datetime,
+        *,
+        tokens: int,
+        cost: Decimal,
+        used: tuple[int | None, Decimal | None],
+    ) -> RateLimitExceeded:
+        used_tokens, spent = used
+        wait = _seconds_until(window_start(now) + WINDOW, now)
+        if refused == "rpm":
+            message = f"rate limit reached: {limits.rpm} requests per minute for this API key"
+            return RateLimitExceeded("rpm", f"{message}; try again in {wait} s", wait)
+        if refused == "tpm":
+            message = (
+                f"rate limit reached: {limits.tpm} tokens per minute for this API key"
+                f" ({used_tokens or 0} used or reserved, this request needs up to {tokens})"
+            )
+            return RateLimitExceeded("tpm", f"{message}; try again in {wait} s", wait)
+        budget = limits.budget
+        if budget is None:  # the database refuses on the budget only when there is one
+            raise DatabaseError(f"the rate-limit check refused on {refused!r} unexpectedly")
+        message = (
+            f"budget reached: {_money(spent or Decimal(0))} of {budget} spent or reserved, and"
+            f" this request may cost up to {_money(cost)} {budget.unit}"
+        )
+        end = period_bounds(budget.period, now)[1]
+        if end is None:
+            return RateLimitExceeded(
+                "budget",
+                f"{message}; the budget does not renew: ask the operator to raise it",
+                NEVER_RENEWS_RETRY_AFTER,
+                retry_helps=False,
+            )
+        wait = _seconds_until(end, now)
+        return RateLimitExceeded("budget", f"{message}; it renews in {wait} s", wait)
+
+    def _unset_note(self, max_tokens: int | None) -> str:
+        if max_tokens is not None:
+            return ""
+        return f"; unset, it counts as {self.settings.limits_default_max_tokens}"
+
+    def _convert(self, amount: float, unit: str, to: BudgetUnit) -> Decimal:
+        """``amount`` in ``unit`` as a Decimal in ``to``, at ``usd_cny_rate``."""
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"a cost is a finite amount of 0 or more, not {amount!r}")
+        value = Decimal(repr(float(amount)))
+        if unit == to:
+            return value
+        if unit == "USD" and to == "CNY":
+            return value * self._usd_cny
+        if unit == "CNY" and to == "USD":
+            return value / self._usd_cny
+        raise ValueError(f"unknown cost unit {unit!r} (CNY or USD)")
+
+    def _stale(self) -> bool:
+        if self._loaded_at is None:
+            return True
+        age = self._now() - self._loaded_at
+        return age >= self._cache_for or age < timedelta(0)  # a clock set back: reload
+
+    def _lock(self) -> asyncio.Lock:
+        """The refresh lock of the running loop (a lock belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._refresh_lock is None or self._lock_loop is not loop:
+            self._refresh_lock, self._lock_loop = asyncio.Lock(), loop
+        return self._refresh_lock
+
+    async def _arefresh(self) -> None:
+        """Reload the limits table.  If the database cannot be read, a table read before
+        is kept for another ``limits_cache_seconds`` (and a warning logged)."""
+        try:
+            async with self._autocommit() as conn:
+                cursor = await conn.execute(
+                    "SELECT api_key, rpm, tpm, budget, budget_unit, budget_period FROM key_limits"
+                )
+                rows = await cursor.fetchall()
+        except DatabaseError as exc:
+            if self._loaded_at is None:
+                raise
+            logger.warning("keeping the cached rate limits: %s", exc)
+        else:
+            self._table = {row[0]: _limits(row[1:]) for row in rows}
+        self._loaded_at = self._now()
+
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection in autocommit mode (one statement, one round trip: no
+        BEGIN/COMMIT), handed back as it was; driver errors become one-line
+        :class:`DatabaseError`."""
+        try:
+            async with self.database.async_pool.connection() as conn:
+                await conn.set_autocommit(True)
+                try:
+                    yield conn
+                finally:
+                    if not conn.closed:
+                        await conn.set_autocommit(False)
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"the rate-limit counters cannot be used: {one_line(exc)}"
+            ) from None
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for the admin methods; driver errors as :class:`DatabaseError`."""
+        try:
+            with self.database.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"the rate limits cannot be read or stored: {one_line(exc)}"
+            ) from None
+
+    @staticmethod
+    def _check_key(conn: psycopg.Connection[Any], api_key: str) -> None:
+        if conn.execute("SELECT 1 FROM api_keys WHERE api_key = %s", (api_key,)).fetchone() is None:
+            raise UnknownKeyError(api_key)
+
+
+# --------------------------------------------------------------------------- HTTP -------
+def rate_limit_headers(exc: RateLimitExceeded) -> dict[str, str]:
+    """``Retry-After``, plus ``x-should-retry: false`` (which the openai SDKs obey) when
+    waiting cannot help."""
+    headers = {"Retry-After": str(exc.retry_after)}
+    if not exc.retry_helps:
+        headers["x-should-retry"] = "false"
+    return headers
+
+
+def aigc_rate_limit_response(exc: RateLimitExceeded) -> JSONResponse:
+    """The /aigc answer: HTTP 429, ``{"status": 429, "msg": ...}``.  The fengchao SDK turns
+    it into ``FinalResponse(status=429, msg=<this body as text>)`` and does not retry."""
+    return JSONResponse(
+        {"status": 429, "msg": exc.message}, status_code=429, headers=rate_limit_headers(exc)
+    )
+
+
+_OPENAI_ERROR: dict[LimitName, tuple[str, str]] = {
+    "rpm": ("requests", "rate_limit_exceeded"),
+    "tpm": ("tokens", "rate_limit_exceeded"),
+    "budget": ("insufficient_quota", "insufficient_quota"),
+}
+
+
+def openai_rate_limit_response(exc: RateLimitExceeded) -> JSONResponse:
+    """The /v1 answer in OpenAI's own 429 shape (``type`` requests / tokens /
+    insufficient_quota, ``code`` rate_limit_exceeded / insufficient_quota)."""
+    error_type, code = _OPENAI_ERROR[exc.limit]
+    body = {"error": {"message": exc.message, "type": error_type, "param": None, "code": code}}
+    return JSONResponse(body, status_code=429, headers=rate_limit_headers(exc))
+
+
+# --------------------------------------------------------------------------- time -------
+def window_start(now: datetime) -> datetime:
+    """The start of the fixed one-minute window ``now`` falls in."""
+    return datetime.fromtimestamp(math.floor(now.timestamp() / 60) * 60, UTC)
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """The UTC budget period ``now`` falls in: (start, end); a total budget never ends."""
+    if period == "total":
+        return TOTAL_PERIOD_START, None
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    month = day.replace(day=1)
+    following = (
+        month.replace(year=month.year + 1, month=1)
+        if month.month == 12
+        else month.replace(month=month.month + 1)
+    )
+    return month, following
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _money(amount: Decimal) -> str:
+    return format(amount.quantize(Decimal("0.0001")).normalize(), "f")
+
+
+def _limits(row: tuple[Any, ...]) -> KeyLimits:
+    rpm, tpm, amount, unit, period = row
+    budget = Budget(Decimal(amount), unit, period) if amount is not None else None
+    return KeyLimits(rpm=rpm, tpm=tpm, budget=budget)
+
+
+def _check_positive(name: str, value: int | _Keep | None) -> None:
+    if isinstance(value, int) and value < 1:
+        raise LimitsError(f"{name} is a whole number of 1 or more (or unlimited)")
+
+
+_ADMIT = (
+    "SELECT refused, used_requests, used_tokens, used_spend FROM limits_admit("
+    "%s, %s, %s::integer, %s::integer, %s::integer, %s, %s, %s::numeric, %s::numeric)"
+)
+_SETTLE = (
+    "WITH w AS (UPDATE rate_windows SET tokens = greatest(tokens + %(tokens)s::bigint, 0)"
+    " WHERE api_key = %(key)s AND window_start = %(window)s::timestamptz)"
+    " UPDATE budget_spend SET spent = greatest(spent + %(cost)s::numeric, 0)"
+    " WHERE api_key = %(key)s AND period = %(period)s::text"
+    " AND period_start = %(period_start)s::timestamptz"
+)
+_PURGE = (
+    "WITH w AS (DELETE FROM rate_windows WHERE window_start < %(window)s RETURNING 1),"
+    " s AS (DELETE FROM budget_spend WHERE (period = 'day' AND period_start < %(day)s)"
+    " OR (period = 'month' AND period_start < %(month)s) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM s)"
+)
+_STATUS = """
+SELECT a.api_key, l.api_key IS NOT NULL, l.rpm, l.tpm, l.budget, l.budget_unit,
+       l.budget_period, w.requests, w.tokens, s.spent
+FROM api_keys AS a
+LEFT JOIN key_limits AS l ON l.api_key = a.api_key
+LEFT JOIN rate_windows AS w ON w.api_key = a.api_key AND w.window_start = %(window)s
+LEFT JOIN budget_spend AS s ON s.api_key = a.api_key AND s.period = l.budget_period
+    AND s.period_start = CASE l.budget_period WHEN 'day' THEN %(day)s
+        WHEN 'month' THEN %(month)s ELSE %(total)s END
+WHERE CASE WHEN %(key)s::text IS NULL THEN a.revoked_at IS NULL OR l.api_key IS NOT NULL
+    ELSE a.api_key = %(key)s::text END
+ORDER BY a.created_at, a.api_key
+"""
