@@ -18,6 +18,8 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator
 
+import psycopg
+
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecord, UsageRecorder
 from fengchao_chains.catalog import Catalog
 from fengchao_chains.db import Database
@@ -105,8 +107,8 @@ class UsageLog:
         try:
             async with self.database.async_pool.connection() as conn, conn.cursor() as cursor:
                 await cursor.executemany(_INSERT, [_row(record) for record in records])
-        except BaseException:
-            self._give_back(records)
+        except BaseException as exc:
+            self._after_failure(records, exc)
             raise
         return len(records)
 
@@ -118,10 +120,21 @@ class UsageLog:
         try:
             with self.database.pool.connection() as conn, conn.cursor() as cursor:
                 cursor.executemany(_INSERT, [_row(record) for record in records])
-        except BaseException:
-            self._give_back(records)
+        except BaseException as exc:
+            self._after_failure(records, exc)
             raise
         return len(records)
+
+    def _after_failure(self, records: list[UsageRecord], exc: BaseException) -> None:
+        """Keep the batch for the next flush when the database could not be reached (or the
+        flush was interrupted); drop it when the database refused its data, which a retry
+        would not change (it would block every later record behind it)."""
+        if isinstance(exc, psycopg.Error) and not isinstance(exc, psycopg.OperationalError):
+            logger.error(
+                "usage: %d records refused by the database, dropped: %s", len(records), exc
+            )
+            return
+        self._give_back(records)
 
     @contextlib.asynccontextmanager
     async def flushing(self, interval: float) -> AsyncIterator[None]:
