@@ -25,5 +25,19 @@ class TestOpenAIUnit(TestOpenAICompatibleUnit):
 
 
 class TestOpenAICompatibleIntegration(VendorIntegrationTests):
+    """With tool calling and structured output: the fake calls tools deterministically."""
+
     harness = OPENAI
     override_model = "gpt-3.5-turbo-16k"
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True

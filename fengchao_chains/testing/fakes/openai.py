@@ -6,11 +6,23 @@ OpenAI SDK, with the extra usage chunk (empty ``choices``) when the request sets
 Subclasses reuse it for OpenAI-compatible vendors (Ark v3, Moonshot) by changing the prefix
 and the hooks below: the request id, the answer's OpenAI-only fields, usage in streams and
 the error bodies (also the one a stream sends mid-way).
+
+Tools and JSON answers are deterministic too. A request with ``tools`` (and ``tool_choice``
+not ``"none"``) whose last message is not a tool result calls one tool: the one
+``tool_choice`` names, else the first, with arguments made from its JSON schema (every
+string is the last user message, every integer or number the first number in it (else its
+token count), booleans true,
+arrays and objects empty, enums their first value); answered as OpenAI frames it, with
+``content: null`` and finish reason ``tool_calls``, or streamed as a first delta with the
+call's id and name and then pieces of its arguments. After a tool result the reply answers
+the result's text. ``response_format`` ``json_object`` answers ``{"answer": <reply>}``,
+``json_schema`` an object made from the schema as above. Usage counts those texts.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,13 +40,62 @@ from fengchao_chains.testing.fakes._common import (
     Reply,
     answer_fault,
     bearer,
+    content_text,
     conversation,
+    count_tokens,
     new_id,
     paced,
     retry_after,
+    split_tokens,
     sse_response,
     stream_error_at,
 )
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+@dataclass
+class ToolCallPlan:
+    """The one tool call an answer makes: its id, the tool's name and the arguments."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+def sample_value(schema: Any, text: str) -> Any:
+    """A value that fits a JSON schema, made from ``text`` (see the module docstring)."""
+    if not isinstance(schema, dict):
+        return text
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if branches:
+        chosen = next((b for b in branches if b.get("type") != "null"), branches[0])
+        return sample_value(chosen, text)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {name: sample_value(prop, text) for name, prop in properties.items()}
+    number = _NUMBER.search(text)
+    count = int(number.group()) if number else count_tokens(text)
+    samples: dict[str, Any] = {"integer": count, "number": float(count), "boolean": True}
+    samples |= {"array": [], "null": None}
+    return samples.get(str(kind), text)
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_pieces(text: str) -> list[str]:
+    """``text`` cut into stream pieces that join back into exactly ``text``."""
+    pieces = split_tokens(text)
+    return pieces if "".join(pieces) == text else [text]
 
 
 @dataclass
@@ -176,15 +237,18 @@ class FakeOpenAI(FakeVendor):
         failed = self.account_refusal(fault) or self.fault_response(answer_fault(fault), prompt)
         if failed is not None:
             return failed
-        reply = self.compose(
-            prompt, last_user, max_tokens=body.get("max_tokens"), stop=body.get("stop")
-        )
+        call = self.plan_tool_call(body, last_user)
+        reply = self.answer(body, prompt, last_user, call)
         headers = self.id_headers()
         completion_id = new_id(self.id_prefix)
         if body.get("stream"):
-            events = self.stream(completion_id, body, reply, fault)
+            events = self.stream(completion_id, body, reply, fault, call)
             return sse_response(events, headers=headers)
-        message = {"role": "assistant", "content": reply.text}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        if call is not None:
+            function = {"name": call.name, "arguments": call.arguments}
+            message["content"] = None
+            message["tool_calls"] = [{"id": call.id, "type": "function", "function": function}]
         answer = {
             **self.head(completion_id, body, "chat.completion"),
             "choices": [self.choice("message", message, reply.finish_reason)],
@@ -192,8 +256,50 @@ class FakeOpenAI(FakeVendor):
         }
         return JSONResponse(answer, headers=headers)
 
+    def plan_tool_call(self, body: dict[str, Any], last_user: str) -> ToolCallPlan | None:
+        """The tool call this request gets (see the module docstring), or None."""
+        tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and "function" in t]
+        choice = body.get("tool_choice") or "auto"
+        messages = body["messages"]
+        answered = isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        if not tools or choice == "none" or (answered and choice == "auto"):
+            return None
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        tool = next((t for t in tools if t["function"].get("name") == wanted), tools[0])
+        function = tool["function"]
+        arguments = sample_value(function.get("parameters") or {"type": "object"}, last_user)
+        return ToolCallPlan(new_id("call_"), str(function.get("name")), compact_json(arguments))
+
+    def answer(
+        self, body: dict[str, Any], prompt: str, last_user: str, call: ToolCallPlan | None
+    ) -> Reply:
+        """The reply: a tool call's arguments, a JSON answer, or text (after a tool result,
+        an answer to the result)."""
+        if call is not None:
+            return Reply(json_pieces(call.arguments), count_tokens(prompt), "tool_calls")
+        last = body["messages"][-1]
+        if isinstance(last, dict) and last.get("role") == "tool":
+            last_user = content_text(last.get("content"))
+        response_format = body.get("response_format") or {}
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "json_object":
+            text = compact_json({"answer": self.reply(last_user)})
+            return Reply(json_pieces(text), count_tokens(prompt), "stop")
+        if kind == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema") or {}
+            text = compact_json(sample_value(schema, last_user))
+            return Reply(json_pieces(text), count_tokens(prompt), "stop")
+        return self.compose(
+            prompt, last_user, max_tokens=body.get("max_tokens"), stop=body.get("stop")
+        )
+
     async def stream(
-        self, completion_id: str, body: dict[str, Any], reply: Reply, fault: FaultSpec | None
+        self,
+        completion_id: str,
+        body: dict[str, Any],
+        reply: Reply,
+        fault: FaultSpec | None,
+        call: ToolCallPlan | None = None,
     ) -> AsyncIterator[str]:
         base = self.head(completion_id, body, "chat.completion.chunk")
         extra = {"usage": None} if self.includes_usage(body) else {}
@@ -201,12 +307,26 @@ class FakeOpenAI(FakeVendor):
         def chunk(delta: dict[str, Any]) -> str:
             return self.event({**base, "choices": [self.choice("delta", delta, None)], **extra})
 
-        yield chunk({"role": "assistant", "content": ""})
+        if call is None:
+            yield chunk({"role": "assistant", "content": ""})
+        else:
+            head = {"index": 0, "id": call.id, "type": "function"}
+            function = {"name": call.name, "arguments": ""}
+            yield chunk(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [head | {"function": function}],
+                }
+            )
         for n, piece in enumerate(reply.pieces):
             if stream_error_at(fault, n):
                 yield self.mid_stream_error_chunk()
                 return
-            yield chunk({"content": piece})
+            if call is None:
+                yield chunk({"content": piece})
+            else:
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
         yield self.finish_chunk(base, extra, reply)
         for final in self.final_usage_chunks(base, reply, body):
             yield f"data: {json.dumps(final)}\n\n"
