@@ -4,8 +4,11 @@ fails or is abandoned before its usage arrived."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from typing import cast
+
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY, UsageRecord, UsageRecorder
@@ -137,7 +140,10 @@ async def test_an_abandoned_stream_is_an_aborted_record(
     harness: VendorHarness, url: str, catalog: Catalog
 ) -> None:
     recorder, config = recorded(harness, catalog)
-    stream = harness.model(url).astream("one two three four five six", config=config)
+    stream = cast(
+        AsyncGenerator[AIMessageChunk, None],
+        harness.model(url).astream("one two three four five six", config=config),
+    )
     first = await anext(stream)
     await stream.aclose()  # what a client going away does to the generator
     (record,) = recorder.records
