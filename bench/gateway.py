@@ -1,0 +1,467 @@
+"""The gateway's own cost per request, side by side with the LiteLLM proxy (issue 8).
+
+One fake OpenAI upstream on loopback (``bench/_gateway_upstream.py``: a fixed latency before
+each answer, 20 tokens, streamed as 20 content chunks) is called, in turn, by:
+
+- **direct**: the load generator itself (the floor, and the load generator's own ceiling);
+- **aigc**: ``fengchao serve`` (one worker), ``POST /aigc/chat/`` with the SDK's body;
+- **v1**: the same server, ``POST /v1/chat/completions`` (skipped until the route exists);
+- **litellm**: the LiteLLM proxy (``litellm[proxy]``, one worker, its own venv), with its
+  cost tracking callbacks but no database: its spend tracking writes through Prisma, whose
+  query engine is a download this machine cannot make (see docs/benchmarks.md).
+
+For invoke and stream, at each concurrency (closed loop, keep-alive), it reports requests/s,
+p50/p99 latency and time to first token, both as measured and as added over ``direct``, and
+the CPU milliseconds per request of the server's process tree and of the database (from
+/proc, via psutil, read before and after each run). The server under test is pinned to CPU 1,
+the load generator, the upstream and the database to CPU 0 (``--no-pin`` to leave them be).
+``--soak`` holds 500 streams open for a minute against the gateway (errors, RSS samples);
+``--profile`` records the gateway under load with py-spy and prints the top entries.
+
+    .venv/bin/python bench/gateway.py                  # the full table (a few minutes)
+    .venv/bin/python bench/gateway.py --quick          # a smoke run: direct and /aigc only
+    .venv/bin/python bench/gateway.py --soak --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._gateway_load import CpuWatch, Run, Target, measure, summary  # noqa: E402
+from bench._gateway_profile import profile_top  # noqa: E402
+from bench._gateway_report import print_report  # noqa: E402
+from bench._gateway_servers import (  # noqa: E402
+    FENGCHAO,
+    LITELLM_MASTER_KEY,
+    ServerProcess,
+    fengchao_server,
+    litellm_config,
+    litellm_server,
+)
+from bench._gateway_soak import Soak, soak  # noqa: E402
+from bench._gateway_upstream import API_KEY, REPLY_CHUNKS, upstream_factory  # noqa: E402
+from fengchao_chains.db.embedded import EmbeddedPostgres  # noqa: E402
+from fengchao_chains.gateway.auth import issue_token  # noqa: E402
+from fengchao_chains.testing.serve import serve_in_process  # noqa: E402
+
+MODEL = "gpt-3.5-turbo"
+QUESTION = "Why do connection pools make requests faster?"
+ALL_TARGETS = ("direct", "aigc", "v1", "litellm")
+LOADGEN_CPUS = {0}
+SERVER_CPUS = {1}
+
+
+def openai_bodies(model: str = MODEL) -> dict[str, bytes]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 256,
+    }
+    return {
+        "invoke": json.dumps(body).encode(),
+        "stream": json.dumps({**body, "stream": True}).encode(),
+    }
+
+
+def aigc_bodies() -> dict[str, bytes]:
+    """The 25 keys the SDK always sends (protocol doc 8.2), with its defaults."""
+    body: dict[str, Any] = {
+        "model": MODEL, "query": QUESTION, "request_id": None, "system": None, "prompt": None,
+        "prompt_fill": {}, "is_sensitive": True, "sensitive_replace": False, "task_id": None,
+        "history": [], "response_format": "text", "do_sample": True, "temperature": 0.8,
+        "top_p": 0.75, "max_tokens": 256, "knowledge": None, "top_k": 5, "threshold": 500,
+        "mode": "invoke", "files": None, "image": None, "video": None, "agg_models": None,
+        "search_param": None,
+    }  # fmt: skip
+    return {mode: json.dumps({**body, "mode": mode}).encode() for mode in ("invoke", "stream")}
+
+
+@dataclass
+class Options:
+    targets: list[str]
+    modes: list[str]
+    concurrency: list[int]
+    duration: float
+    warmup: float
+    latency: float
+    pin: bool
+    litellm_venv: Path
+    soak: bool
+    soak_streams: int
+    soak_seconds: float
+    soak_chunk_interval: float
+    profile: bool
+    profile_seconds: float
+    source: Path | None
+    json_path: Path | None
+    keep: bool
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fc-bench-")))
+
+    @property
+    def loadgen_cpus(self) -> set[int] | None:
+        return LOADGEN_CPUS if self.pin else None
+
+    @property
+    def server_cpus(self) -> set[int] | None:
+        return SERVER_CPUS if self.pin else None
+
+
+@dataclass
+class Results:
+    runs: list[Run] = field(default_factory=list)
+    soaks: list[Soak] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------ the environment
+
+
+@contextmanager
+def bench_database(work_dir: Path) -> Iterator[tuple[str, int]]:
+    """An embedded PostgreSQL of its own; yields its URL and its postmaster's pid."""
+    server = EmbeddedPostgres(work_dir / "db")
+    url = server.start()
+    try:
+        postmaster = int((server.pgdata / "postmaster.pid").read_text().split()[0])
+        yield url, postmaster
+    finally:
+        server.stop()
+
+
+@contextmanager
+def upstream(latency: float, chunk_interval: float = 0.0) -> Iterator[tuple[str, int]]:
+    """The fake upstream in a child process (inheriting this process's CPU pinning);
+    yields its URL and pid."""
+    before = {p.pid for p in psutil.Process().children()}
+    with serve_in_process(upstream_factory(latency, chunk_interval)) as url:
+        (pid,) = {p.pid for p in psutil.Process().children()} - before
+        yield url, pid
+
+
+def gateway_env(opts: Options, database_url: str, upstream_url: str) -> dict[str, str]:
+    """``fengchao serve``'s settings: the bench database in a schema of its own, the OpenAI
+    models on the upstream, no sample news, this machine's defaults for everything else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FENGCHAO_", "OPENAI_"))}
+    return (
+        env
+        | {
+            "FENGCHAO_DATABASE_URL": database_url,
+            "FENGCHAO_DATABASE_SCHEMA": f"bench_{uuid.uuid4().hex[:10]}",
+            "FENGCHAO_DATA_DIR": str(opts.work_dir / "data"),
+            "FENGCHAO_EMBEDDING_MODEL": "use-multilingual-v3",
+            "FENGCHAO_LOAD_SAMPLE_NEWS": "false",
+            "XDG_CONFIG_HOME": str(opts.work_dir / "xdg-config"),
+            "OPENAI_BASE_URL": f"{upstream_url}/v1",
+            "OPENAI_API_KEY": API_KEY,
+        }
+        | ({"PYTHONPATH": str(opts.source)} if opts.source else {})
+    )
+
+
+def gateway_token(env: dict[str, str]) -> str:
+    """A key made with ``fengchao keys create`` and a token signed with it (1 hour)."""
+    import subprocess
+
+    done = subprocess.run(
+        [FENGCHAO, "keys", "create", "--name", "bench", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"fengchao keys create failed:\n{done.stderr}")
+    key = json.loads(done.stdout)
+    return issue_token(key["api_key"], key["secret_key"], 3600)
+
+
+def gateway_targets(server: ServerProcess, token: str, wanted: list[str]) -> list[Target]:
+    targets = []
+    if "aigc" in wanted:
+        targets.append(
+            Target(
+                "aigc",
+                f"{server.base_url}/aigc/chat/",
+                aigc_bodies(),
+                _fixed({"authorization": token}),
+            )
+        )
+    if "v1" in wanted and v1_available(server.base_url, token):
+        bearer = {"authorization": f"Bearer {token}"}
+        targets.append(
+            Target("v1", f"{server.base_url}/v1/chat/completions", openai_bodies(), _fixed(bearer))
+        )
+    return targets
+
+
+def v1_available(base_url: str, token: str) -> bool:
+    """Whether the server has the OpenAI front door yet (it is being built in issue 8)."""
+    body = json.loads(openai_bodies()["invoke"])
+    answer = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    return answer.status_code == 200
+
+
+def _fixed(headers: dict[str, str]) -> Any:
+    return lambda: dict(headers)
+
+
+# ------------------------------------------------------------------------ running
+
+
+def run_cells(
+    opts: Options, target: Target, watch: CpuWatch, results: Results, groups: list[str]
+) -> None:
+    for mode in opts.modes:
+        for concurrency in opts.concurrency:
+            run = asyncio.run(
+                measure(
+                    target,
+                    mode,
+                    concurrency=concurrency,
+                    duration=opts.duration,
+                    warmup=opts.warmup,
+                    watch=watch,
+                )
+            )
+            results.runs.append(run)
+            figures = summary(run, groups)
+            errors = (
+                f", {figures['errors']} errors ({figures['first_error']})" if run.errors else ""
+            )
+            print(
+                f"  {target.name:7} {mode:6} c={concurrency:<4} {figures['rate']:8.1f} req/s"
+                f"  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
+                f"  server {figures['cpu_ms'].get('server', math.nan):6.2f} cpu-ms/req{errors}",
+                flush=True,
+            )
+
+
+def bench(opts: Options) -> Results:
+    results = Results()
+    if opts.pin:
+        os.sched_setaffinity(0, LOADGEN_CPUS)
+    with ExitStack() as stack:
+        db_url, postmaster = stack.enter_context(bench_database(opts.work_dir))
+        up_url, up_pid = stack.enter_context(upstream(opts.latency))
+        base_groups: dict[str, list[int]] = {"loadgen": [os.getpid()], "upstream": [up_pid]}
+        print(f"upstream {up_url} (latency {opts.latency * 1000:.0f} ms, {REPLY_CHUNKS} chunks)")
+
+        if "direct" in opts.targets:
+            direct = Target(
+                "direct",
+                f"{up_url}/v1/chat/completions",
+                openai_bodies(),
+                _fixed({"authorization": f"Bearer {API_KEY}"}),
+            )
+            run_cells(opts, direct, CpuWatch(base_groups), results, list(base_groups))
+
+        if {"aigc", "v1"} & set(opts.targets):
+            env = gateway_env(opts, db_url, up_url)
+            token = gateway_token(env)
+            log = opts.work_dir / "fengchao.log"
+            with fengchao_server(env, log, opts.server_cpus) as server:
+                groups = {"server": [server.pid], "db": [postmaster], **base_groups}
+                targets = gateway_targets(server, token, opts.targets)
+                if "v1" in opts.targets and not any(t.name == "v1" for t in targets):
+                    results.notes.append("v1: POST /v1/chat/completions not answering yet; skipped")
+                for target in targets:
+                    run_cells(opts, target, CpuWatch(groups), results, list(groups))
+                if opts.profile and targets:
+                    results.profile = profile_gateway(opts, server, targets, CpuWatch(groups))
+
+        if "litellm" in opts.targets:
+            if not (opts.litellm_venv / "bin" / "litellm").exists():
+                results.notes.append(f"litellm: no venv at {opts.litellm_venv}; skipped")
+            else:
+                config = litellm_config(up_url, MODEL, API_KEY)
+                with litellm_server(
+                    opts.litellm_venv, config, opts.work_dir / "litellm", opts.server_cpus
+                ) as server:
+                    groups = {"server": [server.pid], **base_groups}
+                    target = Target(
+                        "litellm",
+                        f"{server.base_url}/v1/chat/completions",
+                        openai_bodies(),
+                        _fixed({"authorization": f"Bearer {LITELLM_MASTER_KEY}"}),
+                    )
+                    run_cells(opts, target, CpuWatch(groups), results, list(groups))
+
+        if opts.soak and {"aigc", "v1"} & set(opts.targets):
+            results.soaks.extend(soak_gateway(opts, db_url))
+    return results
+
+
+def profile_gateway(
+    opts: Options, server: ServerProcess, targets: list[Target], watch: CpuWatch
+) -> dict[str, Any]:
+    """py-spy on the server while the first gateway target serves invoke and stream at the
+    highest concurrency (half the time each)."""
+    target = targets[0]
+    concurrency = max(opts.concurrency)
+    print(f"profiling {target.name} with py-spy for {opts.profile_seconds:.0f} s ...", flush=True)
+
+    async def load() -> None:
+        for mode in ("invoke", "stream"):
+            await measure(
+                target,
+                mode,
+                concurrency=concurrency,
+                duration=opts.profile_seconds / 2,
+                warmup=0.5,
+                watch=watch,
+            )
+
+    return profile_top(
+        server.pid, opts.profile_seconds, opts.work_dir / "py-spy.txt", lambda: asyncio.run(load())
+    ) | {"target": target.name, "concurrency": concurrency}
+
+
+def soak_gateway(opts: Options, db_url: str) -> list[Soak]:
+    """A server of its own over an upstream that spaces its chunks out, so each stream stays
+    open (``soak_chunk_interval`` x 21 seconds) and ``soak_streams`` are open at all times."""
+    soaks = []
+    with upstream(opts.latency, opts.soak_chunk_interval) as (up_url, _pid):
+        env = gateway_env(opts, db_url, up_url)
+        token = gateway_token(env)
+        log = opts.work_dir / "fengchao-soak.log"
+        with fengchao_server(env, log, opts.server_cpus) as server:
+            for target in gateway_targets(server, token, opts.targets):
+                print(
+                    f"soak: {opts.soak_streams} streams on {target.name} for"
+                    f" {opts.soak_seconds:.0f} s ...",
+                    flush=True,
+                )
+                soaks.append(
+                    asyncio.run(soak(target, server, opts.soak_streams, opts.soak_seconds))
+                )
+    return soaks
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def parse(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated")
+    parser.add_argument("--modes", default="invoke,stream", help="comma-separated")
+    parser.add_argument("--concurrency", default="1,10,100", help="comma-separated levels")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds per cell not counted")
+    parser.add_argument("--latency", type=float, default=0.05, help="upstream latency, seconds")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument(
+        "--litellm-venv", type=Path, default=ROOT / ".venv-litellm", help="LiteLLM's own venv"
+    )
+    parser.add_argument("--soak", action="store_true", help="hold streams open on the gateway")
+    parser.add_argument("--soak-streams", type=int, default=500)
+    parser.add_argument("--soak-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--soak-chunk-interval",
+        type=float,
+        default=0.25,
+        help="seconds between the upstream's chunks in the soak (a stream lasts ~21x that)",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
+    parser.add_argument("--profile-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="run the gateway from this source tree (e.g. `git archive HEAD` unpacked)"
+        " instead of the installed package",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: direct and aigc, concurrency 1 and 10, 1 s per cell",
+    )
+    args = parser.parse_args(argv)
+    targets = [t for t in args.targets.split(",") if t]
+    concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    duration, warmup = args.duration, args.warmup
+    if args.quick:
+        targets, concurrency, duration, warmup = ["direct", "aigc"], [1, 10], 1.0, 0.3
+    unknown = set(targets) - set(ALL_TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    return Options(
+        targets=targets,
+        modes=[m for m in args.modes.split(",") if m],
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        latency=args.latency,
+        pin=not args.no_pin and len(os.sched_getaffinity(0)) >= 2,
+        litellm_venv=args.litellm_venv,
+        soak=args.soak,
+        soak_streams=args.soak_streams,
+        soak_seconds=args.soak_seconds,
+        soak_chunk_interval=args.soak_chunk_interval,
+        profile=args.profile,
+        profile_seconds=args.profile_seconds,
+        source=args.source.resolve() if args.source else None,
+        json_path=args.json,
+        keep=args.keep,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse(argv)
+    started = time.monotonic()
+    try:
+        results = bench(opts)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(opts.work_dir, ignore_errors=True)
+    print_report(results.runs, results.soaks, results.profile, results.notes, opts.latency)
+    if opts.json_path is not None:
+        opts.json_path.write_text(
+            json.dumps(
+                {
+                    "runs": [summary(r, list(r.cpu_seconds)) for r in results.runs],
+                    "soaks": [s.summary() for s in results.soaks],
+                    "profile": results.profile,
+                    "notes": results.notes,
+                },
+                indent=2,
+            )
+        )
+    print(f"done in {time.monotonic() - started:.0f} s")
+    failed = any(r.errors for r in results.runs) or any(s.errors for s in results.soaks)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
