@@ -84,7 +84,7 @@ class Budget:
 
     def __str__(self) -> str:
         per = "in total" if self.period == "total" else f"per {self.period}"
-        return f"{_money(self.amount)} {self.unit} {per}"
+        return f"{format_money(self.amount)} {self.unit} {per}"
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,8 @@ class Limiter:
             if cost > budget.amount:
                 raise RateLimitExceeded(
                     "budget",
-                    f"this request may cost up to {_money(cost)} {budget.unit}, more than this"
-                    f" API key's whole budget of {budget}: lower max_tokens"
+                    f"this request may cost up to {format_money(cost)} {budget.unit}, more than"
+                    f" this API key's whole budget of {budget}: lower max_tokens"
                     f"{self._unset_note(max_tokens)}",
                     NEVER_RENEWS_RETRY_AFTER,
                     retry_helps=False,
@@ -451,8 +451,8 @@ class Limiter:
         if budget is None:  # the database refuses on the budget only when there is one
             raise DatabaseError(f"the rate-limit check refused on {refused!r} unexpectedly")
         message = (
-            f"budget reached: {_money(spent or Decimal(0))} of {budget} spent or reserved, and"
-            f" this request may cost up to {_money(cost)} {budget.unit}"
+            f"budget reached: {format_money(spent or Decimal(0))} of {budget} spent or reserved,"
+            f" and this request may cost up to {format_money(cost)} {budget.unit}"
         )
         end = period_bounds(budget.period, now)[1]
         if end is None:
@@ -611,7 +611,8 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _money(amount: Decimal) -> str:
+def format_money(amount: Decimal) -> str:
+    """An amount to 4 decimals without trailing zeros: 0.05, 12, 0.0001."""
     return format(amount.quantize(Decimal("0.0001")).normalize(), "f")
 
 
