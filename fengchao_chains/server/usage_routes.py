@@ -175,6 +175,7 @@ _PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>fengchao · usage</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="{root}/usage/static/uPlot.min.css?v={version}">
 <link rel="stylesheet" href="{root}/usage/static/usage.css?v={version}">
 <script src="{root}/usage/static/uPlot.iife.min.js?v={version}" defer></script>

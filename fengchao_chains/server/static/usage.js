@@ -144,7 +144,25 @@
   }
 
   // ---------------------------------------------------------------- the charts ---------
-  function chart(container, title, xs, lines, valueText) {
+  const DAY = 86400;
+
+  // x ticks on whole buckets, labelled in UTC: dates for days, times (and dates) for hours
+  function timeAxis(bucket) {
+    const iso = (ts) => new Date(ts * 1000).toISOString();
+    if (bucket === "day") {
+      return {
+        incrs: [DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY, 91 * DAY, 182 * DAY, 364 * DAY],
+        values: (u, ticks) => ticks.map((ts) => iso(ts).slice(0, 10)),
+      };
+    }
+    return {
+      incrs: [3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, DAY],
+      values: (u, ticks) =>
+        ticks.map((ts) => (ts % DAY === 0 ? iso(ts).slice(5, 10) + " " : "") + iso(ts).slice(11, 16)),
+    };
+  }
+
+  function chart(container, title, xs, lines, valueText, bucket) {
     const box = el("figure", null, "chart");
     box.dataset.title = title;
     container.appendChild(box);
@@ -152,9 +170,10 @@
       title: title,
       width: Math.max(320, container.clientWidth - 16),
       height: 260,
+      padding: [12, 40, 0, 0], // room for the last date label
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-      axes: [{}, { size: 70, values: (u, ticks) => ticks.map(valueText) }],
+      axes: [timeAxis(bucket), { size: 70, values: (u, ticks) => ticks.map(valueText) }],
       series: [{ label: "UTC" }].concat(
         lines.map((line) => ({
           label: line.label,
@@ -187,13 +206,14 @@
       xs,
       series.series.map((one) => ({ label: one.model, color: colors.get(one.model), values: one.tokens })),
       (v) => String(Math.round(v)),
+      series.bucket,
     );
     const units = [...new Set(series.series.flatMap((one) => Object.keys(one.cost)))].sort();
     for (const unit of units) {
       const lines = series.series
         .filter((one) => unit in one.cost)
         .map((one) => ({ label: one.model, color: colors.get(one.model), values: one.cost[unit] }));
-      chart(container, "Cost (" + unit + ") " + per, xs, lines, decimal);
+      chart(container, "Cost (" + unit + ") " + per, xs, lines, decimal, series.bucket);
     }
   }
 
