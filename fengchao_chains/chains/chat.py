@@ -172,7 +172,9 @@ async def prepare_chat(runtime: Runtime, request: ChatInput, caller: str) -> Pre
         history = runtime.conversations.history(caller, request.request_id)
         past = await history.aget_messages()
     documents = await retrieve(runtime, request, query) if request.knowledge else []
-    messages = _render(runtime, request, query=query, documents=documents, files=files, card=card)
+    messages = render_messages(
+        runtime, request, query=query, documents=documents, files=files, card=card
+    )
     if past:  # after the system message and the client's history, before this question
         messages = [*messages[:-1], *past, messages[-1]]
     model = get_chat_model(
@@ -191,7 +193,7 @@ def _sampling(request: ChatInput) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
-def _render(
+def render_messages(
     runtime: Runtime,
     request: ChatInput,
     *,
@@ -200,9 +202,11 @@ def _render(
     files: list[StoredFile],
     card: ModelCard,
 ) -> list[BaseMessage]:
-    """The instruction's messages. With a knowledge base and no prompt the 知识库 instruction
-    lays out the hits; an instruction that takes ``documents`` gets them too; any other
-    prompt gets them, like uploaded files' text, as context in front of the question."""
+    """The instruction's messages: system, the request's history, the user message (the /v1
+    front door renders its extras with it too). With a knowledge base and no prompt the
+    知识库 instruction lays out the hits; an instruction that takes ``documents`` gets them
+    too; any other prompt gets them, like uploaded files' text, as context in front of the
+    question."""
     prompt, fill = request.prompt, dict(request.prompt_fill)
     context_blocks: list[str] = []
     if request.knowledge:

@@ -1,7 +1,302 @@
-"""The OpenAI-compatible front door (``/v1``): being built (issue 8)."""
+"""The OpenAI-compatible front door: ``/v1/chat/completions``, ``/v1/embeddings`` and
+``/v1/models`` over every catalog model, in OpenAI's wire format (docs/openai-api.md).
+
+A chat request is authenticated (a token, or the key pair ``<api_key>:<secret_key>`` as an
+OpenAI client's ``api_key``), parsed, checked for sensitive words, optionally grounded in a
+knowledge base or an instruction (the chat chain's own retrieval and rendering), then sent
+straight to the catalog model: the model is built once per catalog id and the request's
+sampling goes with the call, so the hot path is parse, one model call and rendering.
+Every model call runs with :func:`run_config` (the usage recorder, the catalog id).
+
+Everything is refused before the first byte with an HTTP status in OpenAI's error shape; a
+stream that fails once begun ends with an ``{"error": ...}`` event instead of ``[DONE]``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+
+from fengchao_chains.callbacks import MODEL_METADATA_KEY
+from fengchao_chains.callbacks.usage import FrontDoor
+from fengchao_chains.catalog import ModelCard, get_chat_model
+from fengchao_chains.chains.chat import CALLER_KEY, JSON_INSTRUCTION, json_answer
+from fengchao_chains.errors import FengchaoError
+from fengchao_chains.gateway.auth import Caller
+from fengchao_chains.gateway.sensitive import SensitiveContentError
+from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
+from fengchao_chains.runtime import Runtime
+from fengchao_chains.server import openai_v1_models
+from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.server.openai_v1_errors import (
+    OpenAIError,
+    authenticate,
+    internal_error,
+    invalid,
+    openai_error,
+)
+from fengchao_chains.server.openai_v1_extras import apply_extras, check_input, wants_extras
+from fengchao_chains.server.openai_v1_wire import (
+    DONE,
+    ChatCompletionRequest,
+    ChunkWriter,
+    completion,
+    finish_reason,
+    new_completion_id,
+    parse,
+    to_messages,
+)
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+router.include_router(openai_v1_models.router)
+
+FRONT_DOOR: FrontDoor = "v1"
+
+
+def run_config(
+    runtime: Runtime, caller: Caller, card: ModelCard, request_id: str
+) -> RunnableConfig:
+    """The config of every model call this front door makes: the request's usage recorder
+    (front door ``v1``), the model's catalog id (what the recorder prices it by) and who
+    asked (which knowledge and files are looked up as)."""
+    recorder = runtime.usage.recorder(caller.api_key, FRONT_DOOR, request_id)
+    return {
+        "configurable": {CALLER_KEY: caller.api_key},
+        "callbacks": [recorder],
+        "metadata": {
+            MODEL_METADATA_KEY: card.id,
+            "request_id": request_id,
+            "caller": caller.api_key,
+        },
+        "run_name": "openai_v1_chat",
+    }
+
+
+@dataclass
+class ChatCall:
+    """One chat request made concrete: the model, its messages and the call's arguments."""
+
+    card: ModelCard
+    model: BaseChatModel
+    messages: list[BaseMessage]
+    kwargs: dict[str, Any]
+    config: RunnableConfig
+    completion_id: str
+    documents: list[Document] | None = None
+    guard_output: bool = True
+    fix_json: bool = False
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(request: Request, runtime: RuntimeDep) -> Response:
+    """OpenAI's chat completions (``stream`` or not) over any catalog chat model."""
+    try:
+        caller = await authenticate(request)
+        body = parse(ChatCompletionRequest, await request.body())
+        call = await prepare(request, runtime, caller, body)
+        if body.stream:
+            return await _stream(runtime, call, include_usage=body.include_usage)
+        return JSONResponse(await _invoke(runtime, call))
+    except OpenAIError as exc:
+        return exc.response()
+    except FengchaoError as exc:
+        return openai_error(exc).response()
+
+
+def chat_model(request: Request, runtime: Runtime, card: ModelCard) -> BaseChatModel:
+    """The catalog model of ``card``, built once per app and runtime (building one costs
+    more than the rest of a request); each call passes the request's sampling instead."""
+    cached: tuple[Runtime, dict[str, BaseChatModel]] | None = getattr(
+        request.app.state, "openai_v1_models", None
+    )
+    if cached is None or cached[0] is not runtime:
+        cached = request.app.state.openai_v1_models = (runtime, {})
+    models = cached[1]
+    model = models.get(card.id)
+    if model is None:
+        model = get_chat_model(card.id, catalog=runtime.catalog, settings=runtime.settings)
+        models[card.id] = model
+    return model
+
+
+async def prepare(
+    request: Request, runtime: Runtime, caller: Caller, body: ChatCompletionRequest
+) -> ChatCall:
+    """Everything before the model call; raises OpenAIError or the library's errors."""
+    card = runtime.catalog[body.model]
+    if body.n not in (None, 1):
+        raise invalid("n: only one choice per request (n=1) is supported", param="n")
+    if body.logprobs:
+        raise invalid("logprobs are not supported", param="logprobs")
+    messages = to_messages(body.messages)
+    sensitive = body.is_sensitive is not False
+    if sensitive:
+        check_input(runtime.sensitive_words, messages)
+    documents = None
+    if wants_extras(body):
+        messages, documents = await apply_extras(runtime, body, card, messages)
+    model = chat_model(request, runtime, card)
+    kwargs = _sampling(body)
+    fix_json = _response_format(body, model, kwargs)
+    if fix_json:
+        messages = _with_json_instruction(messages)
+    completion_id = new_completion_id()
+    return ChatCall(
+        card=card,
+        model=model,
+        messages=messages,
+        kwargs=kwargs,
+        config=run_config(runtime, caller, card, completion_id),
+        completion_id=completion_id,
+        documents=documents,
+        guard_output=sensitive,
+        fix_json=fix_json,
+    )
+
+
+def _sampling(body: ChatCompletionRequest) -> dict[str, Any]:
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    given = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens}
+    kwargs: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if body.stop_list:
+        kwargs["stop"] = body.stop_list
+    return kwargs
+
+
+def _response_format(
+    body: ChatCompletionRequest, model: BaseChatModel, kwargs: dict[str, Any]
+) -> bool:
+    """Add ``tools`` and ``response_format`` to the call for a model that takes them; for
+    one that does not, tools are refused and JSON mode becomes an instruction (True: the
+    answer is then cleaned of code fences)."""
+    native = isinstance(model, ChatOpenAICompatible) and model.supports_tools
+    tool_kwargs = body.tool_kwargs()
+    if tool_kwargs.get("tools"):
+        if not native:
+            raise invalid(
+                f"the model `{body.model}` does not support tools (function calling)",
+                param="tools",
+                code="tools_not_supported",
+            )
+        kwargs.update(tool_kwargs)
+    response_format = body.response_format
+    if response_format is None or response_format.type == "text":
+        return False
+    if native:
+        kwargs["response_format"] = response_format.model_dump(by_alias=True, exclude_none=True)
+        return False
+    if response_format.type == "json_schema":
+        raise invalid(
+            f"the model `{body.model}` does not support json_schema; use json_object",
+            param="response_format",
+        )
+    return True
+
+
+def _with_json_instruction(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """JSON mode for a model without it: the chat chain's instruction in the system prompt."""
+    if messages and isinstance(messages[0], SystemMessage):
+        system = SystemMessage(f"{messages[0].text}\n\n{JSON_INSTRUCTION}".strip())
+        return [system, *messages[1:]]
+    return [SystemMessage(JSON_INSTRUCTION), *messages]
+
+
+async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
+    message = await call.model.ainvoke(call.messages, call.config, **call.kwargs)
+    if not isinstance(message, AIMessage):  # pragma: no cover - chat models answer AIMessage
+        raise TypeError(f"unexpected answer {type(message).__name__}")
+    content: str = message.text
+    finish = finish_reason(message.response_metadata.get("finish_reason"))
+    if call.fix_json:
+        content = json_answer(content)
+    if call.guard_output and content:
+        try:
+            runtime.sensitive_words.check(content)
+        except SensitiveContentError as exc:
+            logger.info("/v1 answer withheld: %s", exc)
+            content, finish = "", "content_filter"
+    return completion(
+        call.completion_id,
+        call.card.id,
+        message,
+        content=content,
+        finish=finish,
+        documents=call.documents,
+    )
+
+
+async def _stream(runtime: Runtime, call: ChatCall, *, include_usage: bool) -> Response:
+    """Open the model's stream first, so a refusal before any text is still an HTTP status."""
+    chunks = cast(
+        AsyncGenerator[AIMessageChunk, None],
+        call.model.astream(call.messages, call.config, **call.kwargs),
+    )
+    try:
+        first = await anext(chunks, None)
+    except BaseException:
+        await chunks.aclose()
+        raise
+    writer = ChunkWriter(call.completion_id, call.card.id, include_usage=include_usage)
+    events = _events(runtime, call, writer, first, chunks)
+    return StreamingResponse(events, media_type="text/event-stream")
+
+
+async def _events(
+    runtime: Runtime,
+    call: ChatCall,
+    writer: ChunkWriter,
+    first: AIMessageChunk | None,
+    rest: AsyncGenerator[AIMessageChunk, None],
+) -> AsyncIterator[str]:
+    guard = runtime.sensitive_words.guard(replace=False) if call.guard_output else None
+    usage, finish = None, None
+    yield writer.first(call.documents)
+    try:
+        async for chunk in _chain(first, rest):
+            text: str = chunk.text
+            if guard is not None and text:
+                text = guard.feed(text)
+            if text:
+                yield writer.text(text)
+            if chunk.tool_call_chunks:
+                yield writer.tool_calls(chunk.tool_call_chunks)
+            usage = chunk.usage_metadata or usage
+            finish = chunk.response_metadata.get("finish_reason") or finish
+        if guard is not None and (tail := guard.flush()):
+            yield writer.text(tail)
+    except SensitiveContentError as exc:
+        logger.info("/v1 stream cut: %s", exc)
+        finish = "content_filter"
+    except FengchaoError as exc:
+        yield openai_error(exc).event()
+        return
+    except Exception as exc:
+        yield internal_error(exc).event()
+        return
+    finally:
+        await rest.aclose()
+    yield writer.finish(finish_reason(finish))
+    if writer.include_usage:
+        yield writer.usage(usage)
+    yield DONE
+
+
+async def _chain(
+    first: AIMessageChunk | None, rest: AsyncIterator[AIMessageChunk]
+) -> AsyncIterator[AIMessageChunk]:
+    if first is None:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
