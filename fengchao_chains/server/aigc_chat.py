@@ -25,16 +25,17 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fengchao_chains.callbacks import UsageRecorder
-from fengchao_chains.callbacks.usage import FrontDoor
 from fengchao_chains.catalog import LOCAL, ModelCard
 from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain, json_answer
 from fengchao_chains.errors import FengchaoError, UnknownModelError
 from fengchao_chains.gateway.auth import require_caller
+from fengchao_chains.gateway.limits import RateLimitExceeded, aigc_rate_limit_response
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.gateway.tasks import Task
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
 from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.server.metering import Metering, prompt_texts, reservation_json
 from fengchao_chains.settings import describe_validation_error
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
@@ -133,13 +134,20 @@ async def _serve(
         chat_input = _chat_input(body)
         if body.mode == "async":
             await _check_knowledge_base(runtime, chat_input)
-            task_id = await runtime.tasks.asubmit(caller, _task_payload(body, chat_input))
-            return JSONResponse(answer.payload(task_id))
+        metering = Metering(runtime, caller, "aigc", answer.request_id)
+        await metering.admit(card, prompt_texts(chat_input.model_dump()), chat_input.max_tokens)
+        if body.mode == "async":
+            return JSONResponse(await _submit(runtime, metering, body, chat_input, answer))
         if body.mode == "stream":
-            return await _stream(runtime, caller, chat_input, answer)
-        return JSONResponse(await run_invoke(runtime, caller, chat_input, answer))
+            return await _stream(runtime, metering, chat_input, answer)
+        try:
+            return JSONResponse(await run_invoke(runtime, metering, chat_input, answer))
+        finally:
+            await metering.settle()
     except RouteError as exc:
         return JSONResponse({"status": exc.status, "msg": exc.msg}, status_code=exc.status)
+    except RateLimitExceeded as exc:
+        return aigc_rate_limit_response(exc)
 
 
 def _parse(raw: bytes) -> AigcChatBody:
@@ -168,13 +176,14 @@ def _card(runtime: Runtime, model_id: str, *, local: bool) -> ModelCard:
     return card
 
 
-def chain_config(caller: str, recorder: UsageRecorder) -> RunnableConfig:
+def chain_config(metering: Metering) -> RunnableConfig:
     """The run's config: the authenticated caller (which files and conversations are
     looked up as) and the request's usage recorder."""
+    recorder = metering.recorder
     return {
-        "configurable": {CALLER_KEY: caller},
+        "configurable": {CALLER_KEY: metering.caller},
         "callbacks": [recorder],
-        "metadata": {"request_id": recorder.request_id, "caller": caller},
+        "metadata": {"request_id": recorder.request_id, "caller": metering.caller},
         "run_name": "aigc_chat",
     }
 
@@ -198,15 +207,10 @@ def _mapped(exc: FengchaoError) -> RouteError | None:
 
 
 async def run_invoke(
-    runtime: Runtime,
-    caller: str,
-    chat_input: ChatInput,
-    answer: Answer,
-    front_door: FrontDoor = "aigc",
+    runtime: Runtime, metering: Metering, chat_input: ChatInput, answer: Answer
 ) -> dict[str, Any]:
     """One whole answer in the SDK's shape (also what an async task stores)."""
-    recorder = runtime.usage.recorder(caller, front_door, answer.request_id)
-    config = chain_config(caller, recorder)
+    config = chain_config(metering)
     try:
         output = await chat_chain(runtime).ainvoke(chat_input.model_dump(), config)
     except FengchaoError as exc:
@@ -220,30 +224,33 @@ async def run_invoke(
     return answer.payload(
         content,
         finish_reason=message.response_metadata.get("finish_reason") or "stop",
-        usage=recorder,
+        usage=metering.recorder,
         knowledge=output["documents"],
     )
 
 
 async def _stream(
-    runtime: Runtime, caller: str, chat_input: ChatInput, answer: Answer
+    runtime: Runtime, metering: Metering, chat_input: ChatInput, answer: Answer
 ) -> StreamingResponse:
     """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
-    stream: delta chunks, then a closing chunk with the finish reason and the real usage."""
-    recorder = runtime.usage.recorder(caller, "aigc", answer.request_id)
-    config = chain_config(caller, recorder)
+    stream: delta chunks, then a closing chunk with the finish reason and the real usage.
+    The request is settled when the stream ends, the client's leaving included."""
     chunks = cast(
         AsyncGenerator[dict[str, Any], None],
-        chat_chain(runtime).astream(chat_input.model_dump(), config),
+        chat_chain(runtime).astream(chat_input.model_dump(), chain_config(metering)),
     )
     try:
         first = await anext(chunks)
     except FengchaoError as exc:
         await chunks.aclose()
+        await metering.settle()
         if (route := _mapped(exc)) is not None:
             raise route from None
         return _event_stream(_single(_error_answer(answer, exc)))
-    return _event_stream(_stream_events(_after(first, chunks), answer, recorder))
+    except BaseException:
+        await metering.settle()
+        raise
+    return _event_stream(_stream_events(_after(first, chunks), answer, metering))
 
 
 def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
@@ -263,6 +270,16 @@ async def _after(
 
 
 async def _stream_events(
+    parts: AsyncIterator[dict[str, Any]], answer: Answer, metering: Metering
+) -> AsyncIterator[str]:
+    try:
+        async for line in _events(parts, answer, metering.recorder):
+            yield line
+    finally:
+        await metering.settle()
+
+
+async def _events(
     parts: AsyncIterator[dict[str, Any]], answer: Answer, recorder: UsageRecorder
 ) -> AsyncIterator[str]:
     documents: list[Any] = []
@@ -298,12 +315,26 @@ def _event_stream(lines: AsyncIterator[str]) -> StreamingResponse:
 # --- async mode --------------------------------------------------------------------------
 
 
-def _task_payload(body: AigcChatBody, chat_input: ChatInput) -> dict[str, Any]:
-    return {
+async def _submit(
+    runtime: Runtime,
+    metering: Metering,
+    body: AigcChatBody,
+    chat_input: ChatInput,
+    answer: Answer,
+) -> dict[str, Any]:
+    """Queue the task with its reservation, which the worker settles once it has run."""
+    payload = {
         "model": body.model,
-        "request_id": body.request_id or str(uuid.uuid4()),
+        "request_id": answer.request_id,
         "chat": chat_input.model_dump(mode="json"),
+        "reservation": reservation_json(metering.reservation),
     }
+    try:
+        task_id = await runtime.tasks.asubmit(metering.caller, payload)
+    except BaseException:
+        await metering.settle()
+        raise
+    return answer.payload(task_id)
 
 
 async def _check_knowledge_base(runtime: Runtime, chat_input: ChatInput) -> None:
@@ -338,8 +369,18 @@ async def run_task(runtime: Runtime, task: Task) -> dict[str, Any]:
     payload = task.payload
     card = runtime.catalog[payload["model"]]
     answer = Answer(card, payload["request_id"])
+    metering = Metering.resumed(
+        runtime,
+        task.owner,
+        "task",
+        answer.request_id,
+        reservation=payload.get("reservation"),
+        unit=card.unit,
+    )
     try:
         chat_input = ChatInput.model_validate(payload["chat"])
-        return await run_invoke(runtime, task.owner, chat_input, answer, front_door="task")
+        return await run_invoke(runtime, metering, chat_input, answer)
     except RouteError as exc:
         return answer.payload(None, status=exc.status, msg=exc.msg)
+    finally:
+        await metering.settle()

@@ -19,22 +19,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnablePick
 from langserve import add_routes
 from pydantic import BaseModel, ConfigDict, Field
 
+from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.chat import (
     CALLER_KEY,
     ChatInput,
     chat_chain,
     optional_without_null,
 )
+from fengchao_chains.errors import UnknownModelError
 from fengchao_chains.gateway.auth import require_caller
+from fengchao_chains.gateway.limits import RateLimitExceeded, rate_limit_headers
 from fengchao_chains.retrievers import NEWS_STORE
 from fengchao_chains.runtime import Runtime
+from fengchao_chains.server.metering import METERING_KEY, Metering, prompt_texts
 
 AnswerMessage = AIMessage | AIMessageChunk
 """A whole answer (invoke) or its chunks (stream, or after the sensitive-word guard)."""
@@ -81,12 +85,13 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
         known = getattr(request.state, "caller", None)  # the route dependency verified it
         caller = (known or await require_caller(request)).api_key
         runtime = runtime_of(request)
+        metering = Metering(runtime, caller, "langserve", request.headers.get("x-request-id"))
+        await _admit(metering, runtime, request)
         configurable = dict(config.get("configurable") or {})
         configurable[CALLER_KEY] = caller
         configurable["fengchao_runtime"] = runtime
-        callbacks = list(config.get("callbacks") or [])
-        request_id = request.headers.get("x-request-id")
-        callbacks.append(runtime.usage.recorder(caller, "langserve", request_id))
+        configurable[METERING_KEY] = metering
+        callbacks = [*(config.get("callbacks") or []), metering.recorder]
         metadata = dict(config.get("metadata") or {}) | {"caller": caller}
         return config | {"configurable": configurable, "callbacks": callbacks, "metadata": metadata}
 
@@ -99,8 +104,10 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
             return RunnableLambda(lambda _: given) | chain_of(config)
 
         output_type: Any = KnowledgeChatOutput  # a pydantic model, as LangServe takes
-        return RunnableLambda(run, name="fengchao_chat").with_types(
-            input_type=input_type, output_type=output_type
+        return (
+            RunnableLambda(run, name="fengchao_chat")
+            .with_alisteners(on_end=_settle, on_error=_settle)
+            .with_types(input_type=input_type, output_type=output_type)
         )
 
     common: dict[str, Any] = {
@@ -128,3 +135,43 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
         path="/instruct",
         **common,
     )
+
+
+async def _admit(metering: Metering, runtime: Runtime, request: Request) -> None:
+    """Reserve the request's share of its key's limits (a batch: all its inputs at once);
+    over a limit is HTTP 429 with ``Retry-After``. The run's end settles it (:func:`_settle`)."""
+    if await runtime.limits.alimits(metering.caller) is None:
+        return  # no limits: not even the body is looked at
+    try:
+        body = await request.json()
+    except ValueError:
+        return  # LangServe answers the malformed body itself
+    body = body if isinstance(body, dict) else {}
+    inputs = body["inputs"] if isinstance(body.get("inputs"), list) else [body.get("input")]
+    chats = [item for item in inputs if isinstance(item, dict)] or [{}]
+    metering.runs = len(chats)
+    texts = [text for chat in chats for text in prompt_texts(chat)]
+    caps = [chat.get("max_tokens") for chat in chats]
+    given = [cap for cap in caps if isinstance(cap, int)]
+    allowance = sum(given) if len(given) == len(caps) else None
+    try:
+        await metering.admit(_card(runtime, chats[0].get("model")), texts, allowance)
+    except RateLimitExceeded as exc:
+        raise HTTPException(429, exc.message, headers=rate_limit_headers(exc)) from None
+
+
+def _card(runtime: Runtime, model: Any) -> ModelCard:
+    """The requested model's card, the default model's for the estimate when it is not one
+    (the chain then refuses the request itself)."""
+    default = runtime.settings.default_model
+    try:
+        return runtime.catalog[str(model or default)]
+    except UnknownModelError:
+        return runtime.catalog[default]
+
+
+async def _settle(run: Any, config: RunnableConfig) -> None:
+    """A run ended (or failed): settle the request once its last run (of a batch) has."""
+    metering = (config.get("configurable") or {}).get(METERING_KEY)
+    if isinstance(metering, Metering):
+        await metering.run_ended()

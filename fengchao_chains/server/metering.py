@@ -1,0 +1,144 @@
+"""One request's accounting, the same at every front door: its usage recorder and its
+rate-limit reservation.
+
+A front door makes a :class:`Metering` once it knows the caller, calls :meth:`admit` before
+any work (a key over its RPM, TPM or budget is refused there, with nothing spent), runs the
+chain with :attr:`recorder` in its callbacks, and calls :meth:`settle` when the request is
+over, whatever way it ended: the reservation is then corrected to what the recorder counted.
+Keys without limits cost nothing here: no token estimate, no database round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from fengchao_chains.callbacks.token_estimate import estimate_tokens
+from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
+from fengchao_chains.catalog import ModelCard
+from fengchao_chains.gateway.limits import Budget, Reservation
+
+if TYPE_CHECKING:
+    from fengchao_chains.runtime import Runtime
+
+METERING_KEY = "fengchao_metering"
+"""Where LangServe runs carry their :class:`Metering` in ``configurable``."""
+
+
+class Metering:
+    def __init__(
+        self, runtime: Runtime, caller: str, front_door: FrontDoor, request_id: str | None
+    ) -> None:
+        self.runtime = runtime
+        self.caller = caller
+        self.recorder: UsageRecorder = runtime.usage.recorder(caller, front_door, request_id)
+        self.reservation: Reservation | None = None
+        self.runs = 1
+        """How many chain runs the request makes (a LangServe batch: one per input)."""
+        self._unit = "CNY"
+
+    @classmethod
+    def resumed(
+        cls,
+        runtime: Runtime,
+        caller: str,
+        front_door: FrontDoor,
+        request_id: str | None,
+        *,
+        reservation: dict[str, Any] | None,
+        unit: str,
+    ) -> Metering:
+        """The metering of a request admitted elsewhere (an async task's submission)."""
+        metering = cls(runtime, caller, front_door, request_id)
+        metering.reservation = reservation_from_json(reservation)
+        metering._unit = unit
+        return metering
+
+    async def admit(
+        self, card: ModelCard, prompt_texts: Iterable[str], max_tokens: int | None
+    ) -> None:
+        """Reserve this request's share of the caller's limits; raises
+        :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
+        limiter = self.runtime.limits
+        if await limiter.alimits(self.caller) is None:
+            return
+        prompt_tokens = sum(estimate_tokens(text) for text in prompt_texts)
+        completion = limiter.completion_allowance(max_tokens)
+        self._unit = card.unit
+        self.reservation = await limiter.aadmit(
+            self.caller,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            cost_ceiling=card.cost(prompt_tokens, completion),
+            unit=card.unit,
+        )
+
+    async def run_ended(self) -> None:
+        """One of the request's runs ended; the last one settles."""
+        self.runs -= 1
+        if self.runs <= 0:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Correct the reservation to what was used (once; later calls do nothing)."""
+        if self.reservation is None:
+            return
+        reservation, self.reservation = self.reservation, None
+        recorder = self.recorder
+        await self.runtime.limits.asettle(
+            reservation,
+            tokens=recorder.prompt_tokens + recorder.completion_tokens,
+            cost=recorder.cost(self._unit),
+            unit=self._unit,
+        )
+
+
+def reservation_json(reservation: Reservation | None) -> dict[str, Any] | None:
+    """A reservation as JSON, for an async task to settle when a worker has run it."""
+    if reservation is None:
+        return None
+    budget = reservation.budget
+    return {
+        "api_key": reservation.api_key,
+        "tokens": reservation.tokens,
+        "window_start": _iso(reservation.window_start),
+        "budget": None
+        if budget is None
+        else {"amount": str(budget.amount), "unit": budget.unit, "period": budget.period},
+        "period_start": _iso(reservation.period_start),
+        "cost": str(reservation.cost),
+    }
+
+
+def reservation_from_json(data: dict[str, Any] | None) -> Reservation | None:
+    if not data:
+        return None
+    budget = data.get("budget")
+    return Reservation(
+        api_key=data["api_key"],
+        tokens=int(data["tokens"]),
+        window_start=_datetime(data.get("window_start")),
+        budget=None
+        if budget is None
+        else Budget(Decimal(budget["amount"]), budget["unit"], budget["period"]),
+        period_start=_datetime(data.get("period_start")),
+        cost=Decimal(data["cost"]),
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _datetime(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def prompt_texts(chat: dict[str, Any]) -> list[str]:
+    """The texts of a chat input that become prompt tokens (for the reservation's estimate)."""
+    texts = [str(chat.get(name) or "") for name in ("query", "system", "prompt")]
+    texts += [str(turn.get("content") or "") for turn in chat.get("history") or []]
+    texts += [str(value) for value in (chat.get("prompt_fill") or {}).values()]
+    return texts
