@@ -172,6 +172,7 @@ def parse(kind: type[_Body], raw: bytes) -> _Body:
 
 def to_messages(raw: list[dict[str, Any]]) -> list[BaseMessage]:
     """OpenAI's messages as LangChain messages; a 400 naming the message that is wrong."""
+    raw = [_with_content(item) for item in raw]
     try:
         return convert_to_messages(raw)
     except (ValueError, TypeError, KeyError) as exc:
@@ -182,6 +183,13 @@ def to_messages(raw: list[dict[str, Any]]) -> list[BaseMessage]:
                 reason = str(exc).splitlines()[0]
                 raise invalid(f"messages[{index}]: {reason}", param=f"messages[{index}]") from None
         raise invalid(f"messages: {exc}", param="messages") from None
+
+
+def _with_content(item: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI lets an assistant message with tool calls leave ``content`` out."""
+    if "content" not in item and item.get("role") == "assistant":
+        return {**item, "content": None}
+    return item
 
 
 def new_completion_id() -> str:
