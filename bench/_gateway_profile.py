@@ -57,6 +57,7 @@ def top_entries(collapsed: str, seconds: float) -> dict[str, Any]:
     own_package: Counter[str] = Counter()
     inclusive_ours: Counter[str] = Counter()
     inclusive_package: Counter[str] = Counter()
+    in_threads: Counter[str] = Counter()
     total = 0
     for line in collapsed.splitlines():
         stack_text, _, count_text = line.rpartition(" ")
@@ -74,6 +75,8 @@ def top_entries(collapsed: str, seconds: float) -> dict[str, Any]:
             inclusive_ours[name] += count
         for package in {package_of(p) for _fn, p in frames} - ROOTS:
             inclusive_package[package] += count
+        if (called := _thread_pool_call(frames)) is not None:
+            in_threads[called] += count
 
     def shares(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, 100 * n / total) for name, n in counter.most_common(TOP)] if total else []
@@ -85,7 +88,17 @@ def top_entries(collapsed: str, seconds: float) -> dict[str, Any]:
         "own_by_package": shares(own_package),
         "inclusive_ours": shares(inclusive_ours),
         "inclusive_by_package": shares(inclusive_package),
+        "thread_pool": shares(in_threads),
     }
+
+
+def _thread_pool_call(frames: list[tuple[str, str]]) -> str | None:
+    """What a sample in a thread pool worker runs: the frame the work item calls (the
+    event loop hands blocking calls and sync callbacks to the pool)."""
+    for (func, path), called in zip(frames, frames[1:], strict=False):
+        if func == "_WorkItem.run" and path.endswith("concurrent/futures/thread.py"):
+            return f"{called[0]} ({_short(called[1])})"
+    return None
 
 
 def _ours(path: str) -> bool:
@@ -100,10 +113,12 @@ def _frame(text: str) -> tuple[str, str] | None:
 
 
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "/lib/python3."):
+    for marker in ("site-packages/", "/lib/python3."):
         if marker in path:
             tail = path.split(marker, 1)[1]
             return tail.split("/", 1)[1] if marker == "/lib/python3." else tail
+    if "fengchao_chains/" in path:
+        return "fengchao_chains/" + path.split("fengchao_chains/", 1)[1]
     return path.rsplit("/", 1)[-1]
 
 

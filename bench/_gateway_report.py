@@ -207,6 +207,7 @@ def _profile(profile: dict[str, Any]) -> None:
         ("own", "own time by function"),
         ("inclusive_by_package", "on the stack, by package / module"),
         ("inclusive_ours", "on the stack, this project's functions"),
+        ("thread_pool", "run in the thread pool (what each work item calls)"),
     ):
         print(f"\n{title}:\n")
         print("| % | entry |\n|---|---|")

@@ -113,6 +113,7 @@ class Options:
     profile: bool
     profile_seconds: float
     source: Path | None
+    database_url: str | None
     json_path: Path | None
     keep: bool
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fc-bench-")))
@@ -138,8 +139,12 @@ class Results:
 
 
 @contextmanager
-def bench_database(work_dir: Path) -> Iterator[tuple[str, int]]:
-    """An embedded PostgreSQL of its own; yields its URL and its postmaster's pid."""
+def bench_database(work_dir: Path, url: str | None) -> Iterator[tuple[str, int | None]]:
+    """The PostgreSQL at ``url``, else an embedded one of its own; yields its URL and its
+    postmaster's pid (None for a server not started here: its CPU is not measured)."""
+    if url is not None:
+        yield url, None
+        return
     server = EmbeddedPostgres(work_dir / "db")
     url = server.start()
     try:
@@ -268,10 +273,11 @@ def bench(opts: Options) -> Results:
     if opts.pin:
         os.sched_setaffinity(0, LOADGEN_CPUS)
     with ExitStack() as stack:
-        db_url, postmaster = stack.enter_context(bench_database(opts.work_dir))
+        db_url, postmaster = stack.enter_context(bench_database(opts.work_dir, opts.database_url))
         up_url, up_pid = stack.enter_context(upstream(opts.latency))
         base_groups: dict[str, list[int]] = {"loadgen": [os.getpid()], "upstream": [up_pid]}
         print(f"upstream {up_url} (latency {opts.latency * 1000:.0f} ms, {REPLY_CHUNKS} chunks)")
+        results.notes.append(_load_note("at the start"))
 
         if "direct" in opts.targets:
             direct = Target(
@@ -287,7 +293,8 @@ def bench(opts: Options) -> Results:
             token = gateway_token(env)
             log = opts.work_dir / "fengchao.log"
             with fengchao_server(env, log, opts.server_cpus) as server:
-                groups = {"server": [server.pid], "db": [postmaster], **base_groups}
+                db_group = {"db": [postmaster]} if postmaster is not None else {}
+                groups = {"server": [server.pid], **db_group, **base_groups}
                 targets = gateway_targets(server, token, opts.targets)
                 if "v1" in opts.targets and not any(t.name == "v1" for t in targets):
                     results.notes.append("v1: POST /v1/chat/completions not answering yet; skipped")
@@ -315,7 +322,14 @@ def bench(opts: Options) -> Results:
 
         if opts.soak and {"aigc", "v1"} & set(opts.targets):
             results.soaks.extend(soak_gateway(opts, db_url))
+    results.notes.append(_load_note("at the end"))
     return results
+
+
+def _load_note(when: str) -> str:
+    """The machine's load average: other work on the two cores skews every figure."""
+    one, five, _fifteen = os.getloadavg()
+    return f"load average {when}: {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 def profile_gateway(
@@ -400,6 +414,12 @@ def parse(argv: list[str] | None) -> Options:
         help="run the gateway from this source tree (e.g. `git archive HEAD` unpacked)"
         " instead of the installed package",
     )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="use this PostgreSQL (a schema of its own) instead of starting an embedded one;"
+        " its CPU is then not measured",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
@@ -432,6 +452,7 @@ def parse(argv: list[str] | None) -> Options:
         profile=args.profile,
         profile_seconds=args.profile_seconds,
         source=args.source.resolve() if args.source else None,
+        database_url=args.database_url,
         json_path=args.json,
         keep=args.keep,
     )
