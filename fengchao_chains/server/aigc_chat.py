@@ -35,7 +35,7 @@ from fengchao_chains.gateway.tasks import Task
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
 from fengchao_chains.server.deps import RuntimeDep
-from fengchao_chains.server.metering import Metering, prompt_texts, reservation_json
+from fengchao_chains.server.metering import Metering, reservation_json
 from fengchao_chains.settings import describe_validation_error
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
@@ -135,7 +135,7 @@ async def _serve(
         if body.mode == "async":
             await _check_knowledge_base(runtime, chat_input)
         metering = Metering(runtime, caller, "aigc", answer.request_id)
-        await metering.admit(card, prompt_texts(chat_input.model_dump()), chat_input.max_tokens)
+        await metering.admit(card, [chat_input.model_dump()], chat_input.max_tokens)
         if body.mode == "async":
             return JSONResponse(await _submit(runtime, metering, body, chat_input, answer))
         if body.mode == "stream":

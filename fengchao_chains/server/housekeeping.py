@@ -1,7 +1,7 @@
-"""Hourly clean-up of what clients leave behind: anonymous uploads no chat ever used, and
-conversations nobody wrote to for a long time. Every server process runs it; the deletes
-are idempotent, so several processes sharing a database do no harm. (Finished async tasks
-are purged by the task workers themselves.)"""
+"""Hourly clean-up of what clients leave behind: anonymous uploads no chat ever used,
+conversations nobody wrote to for a long time, and past rate-limit counters. Every server
+process runs it; the deletes are idempotent, so several processes sharing a database do no
+harm. (Finished async tasks are purged by the task workers themselves.)"""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ async def sweep(runtime: Runtime) -> tuple[int, int]:
     conversations = await runtime.conversations.adelete_older_than(
         settings.conversation_retention_seconds
     )
+    await runtime.limits.apurge()  # rate-limit windows and budget periods that have ended
     if uploads or conversations:
         logger.info(
             "housekeeping: %d unclaimed uploads and %d idle conversations deleted",

@@ -38,7 +38,7 @@ from fengchao_chains.gateway.auth import require_caller
 from fengchao_chains.gateway.limits import RateLimitExceeded, rate_limit_headers
 from fengchao_chains.retrievers import NEWS_STORE
 from fengchao_chains.runtime import Runtime
-from fengchao_chains.server.metering import METERING_KEY, Metering, prompt_texts
+from fengchao_chains.server.metering import METERING_KEY, Metering
 
 AnswerMessage = AIMessage | AIMessageChunk
 """A whole answer (invoke) or its chunks (stream, or after the sensitive-word guard)."""
@@ -78,8 +78,12 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
     once the app's lifespan has run, so the chains are built per request over it)."""
 
     def chain_of(config: RunnableConfig) -> Runnable[Any, Any]:
+        """The chat chain with the request's usage recorder. Attached here rather than in
+        the config's callbacks, which LangServe's batch endpoint drops (it keeps only
+        ``configurable``)."""
         runtime: Runtime = config["configurable"]["fengchao_runtime"]
-        return chat_chain(runtime)
+        metering: Metering = config["configurable"][METERING_KEY]
+        return chat_chain(runtime).with_config(callbacks=[metering.recorder])
 
     async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
         known = getattr(request.state, "caller", None)  # the route dependency verified it
@@ -91,9 +95,8 @@ def mount(app: FastAPI, runtime_of: Any) -> None:
         configurable[CALLER_KEY] = caller
         configurable["fengchao_runtime"] = runtime
         configurable[METERING_KEY] = metering
-        callbacks = [*(config.get("callbacks") or []), metering.recorder]
         metadata = dict(config.get("metadata") or {}) | {"caller": caller}
-        return config | {"configurable": configurable, "callbacks": callbacks, "metadata": metadata}
+        return config | {"configurable": configurable, "metadata": metadata}
 
     def chain(input_type: type[BaseModel], *, prepare: Any = None) -> Runnable[Any, Any]:
         """The chat chain behind a typed input (``prepare`` adapts it to ChatInput)."""
@@ -150,12 +153,11 @@ async def _admit(metering: Metering, runtime: Runtime, request: Request) -> None
     inputs = body["inputs"] if isinstance(body.get("inputs"), list) else [body.get("input")]
     chats = [item for item in inputs if isinstance(item, dict)] or [{}]
     metering.runs = len(chats)
-    texts = [text for chat in chats for text in prompt_texts(chat)]
     caps = [chat.get("max_tokens") for chat in chats]
     given = [cap for cap in caps if isinstance(cap, int)]
     allowance = sum(given) if len(given) == len(caps) else None
     try:
-        await metering.admit(_card(runtime, chats[0].get("model")), texts, allowance)
+        await metering.admit(_card(runtime, chats[0].get("model")), chats, allowance)
     except RateLimitExceeded as exc:
         raise HTTPException(429, exc.message, headers=rate_limit_headers(exc)) from None
 

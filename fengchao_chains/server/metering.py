@@ -10,19 +10,24 @@ Keys without limits cost nothing here: no token estimate, no database round trip
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from fengchao_chains.callbacks.token_estimate import estimate_tokens
+from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, estimate_tokens
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard
+from fengchao_chains.errors import FengchaoError
 from fengchao_chains.gateway.limits import Budget, Reservation
 
 if TYPE_CHECKING:
     from fengchao_chains.runtime import Runtime
 
+DEFAULT_TOP_K = 5
+DEFAULT_CHUNK_SIZE = 400  # characters of an ingested chunk: at most as many tokens
+KNOWLEDGE_HIT_OVERHEAD = 20  # its title and numbering in the instruction
 METERING_KEY = "fengchao_metering"
 """Where LangServe runs carry their :class:`Metering` in ``configurable``."""
 
@@ -57,14 +62,18 @@ class Metering:
         return metering
 
     async def admit(
-        self, card: ModelCard, prompt_texts: Iterable[str], max_tokens: int | None
+        self,
+        card: ModelCard,
+        chats: Iterable[dict[str, Any]],
+        max_tokens: int | None,
     ) -> None:
-        """Reserve this request's share of the caller's limits; raises
+        """Reserve this request's share of the caller's limits (``chats``: its chat inputs,
+        whose prompts are estimated); raises
         :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
         limiter = self.runtime.limits
         if await limiter.alimits(self.caller) is None:
             return
-        prompt_tokens = sum(estimate_tokens(text) for text in prompt_texts)
+        prompt_tokens = sum(estimate_chat_prompt(self.runtime, chat) for chat in chats)
         completion = limiter.completion_allowance(max_tokens)
         self._unit = card.unit
         self.reservation = await limiter.aadmit(
@@ -82,17 +91,19 @@ class Metering:
             await self.settle()
 
     async def settle(self) -> None:
-        """Correct the reservation to what was used (once; later calls do nothing)."""
+        """Correct the reservation to what was used (once; later calls do nothing). Shielded:
+        a request cancelled because its client left still settles."""
         if self.reservation is None:
             return
         reservation, self.reservation = self.reservation, None
         recorder = self.recorder
-        await self.runtime.limits.asettle(
+        settling = self.runtime.limits.asettle(
             reservation,
             tokens=recorder.prompt_tokens + recorder.completion_tokens,
             cost=recorder.cost(self._unit),
             unit=self._unit,
         )
+        await asyncio.shield(settling)
 
 
 def reservation_json(reservation: Reservation | None) -> dict[str, Any] | None:
@@ -136,9 +147,27 @@ def _datetime(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def prompt_texts(chat: dict[str, Any]) -> list[str]:
-    """The texts of a chat input that become prompt tokens (for the reservation's estimate)."""
-    texts = [str(chat.get(name) or "") for name in ("query", "system", "prompt")]
-    texts += [str(turn.get("content") or "") for turn in chat.get("history") or []]
-    texts += [str(value) for value in (chat.get("prompt_fill") or {}).values()]
-    return texts
+def estimate_chat_prompt(runtime: Runtime, chat: dict[str, Any]) -> int:
+    """Prompt tokens a chat input will cost: its instruction rendered as the chain renders
+    it (system prompt, history, template), plus room for the knowledge-base hits (``top_k``
+    chunks of the ingestion's size) and the file context it may add. Meant to err high:
+    the reservation is settled to the real count afterwards."""
+    query = str(chat.get("query") or "")
+    try:
+        messages = runtime.prompts.messages(
+            query,
+            prompt=chat.get("prompt"),
+            system=chat.get("system"),
+            prompt_fill=chat.get("prompt_fill") or {},
+            history=chat.get("history") or [],
+        )
+        tokens = estimate_prompt_tokens(messages)
+    except (FengchaoError, TypeError, ValueError):  # the chain reports a bad instruction
+        tokens = estimate_tokens(query)
+    if chat.get("knowledge"):
+        top_k = chat.get("top_k")
+        hits = top_k if isinstance(top_k, int) else DEFAULT_TOP_K
+        tokens += hits * (DEFAULT_CHUNK_SIZE + KNOWLEDGE_HIT_OVERHEAD)
+    if chat.get("files"):
+        tokens += runtime.settings.file_context_max_chars
+    return tokens
