@@ -36,13 +36,13 @@ from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import openai_v1_models
-from fengchao_chains.server.deps import RuntimeDep
 from fengchao_chains.server.openai_v1_errors import (
     OpenAIError,
     authenticate,
     internal_error,
     invalid,
     openai_error,
+    runtime_of,
 )
 from fengchao_chains.server.openai_v1_extras import apply_extras, check_input, wants_extras
 from fengchao_chains.server.openai_v1_wire import (
@@ -99,8 +99,9 @@ class ChatCall:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(request: Request, runtime: RuntimeDep) -> Response:
+async def chat_completions(request: Request) -> Response:
     """OpenAI's chat completions (``stream`` or not) over any catalog chat model."""
+    runtime = runtime_of(request)
     try:
         caller = await authenticate(request)
         body = parse(ChatCompletionRequest, await request.body())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -42,6 +42,9 @@ from fengchao_chains.llms.errors import (
 )
 from fengchao_chains.prompts.errors import PromptError
 from fengchao_chains.retrievers import UnknownKnowledgeBaseError
+
+if TYPE_CHECKING:
+    from fengchao_chains.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,13 @@ def internal_error(exc: BaseException) -> OpenAIError:
     """An unexpected failure: logged with its traceback, answered without it."""
     logger.error("/v1 request failed", exc_info=exc)
     return OpenAIError(500, "internal server error", type=SERVER_ERROR)
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The app's runtime, read directly: the routes here take no sync dependency (FastAPI
+    runs those in a worker thread, a thread hop on every request)."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 async def authenticate(request: Request) -> Caller:

@@ -20,13 +20,13 @@ from fengchao_chains.catalog import Catalog
 from fengchao_chains.embeddings import embeddings_for_card
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.llms._messages import estimate_tokens
-from fengchao_chains.server.deps import RuntimeDep
 from fengchao_chains.server.openai_v1_errors import (
     OpenAIError,
     authenticate,
     invalid,
     model_not_found,
     openai_error,
+    runtime_of,
 )
 from fengchao_chains.server.openai_v1_wire import EmbeddingsRequest, parse
 
@@ -50,33 +50,33 @@ def _model(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
 
 
 @router.get("/models", response_model=None)
-async def list_models(request: Request, runtime: RuntimeDep) -> Response:
+async def list_models(request: Request) -> Response:
     try:
         await authenticate(request)
     except OpenAIError as exc:
         return exc.response()
-    return JSONResponse({"object": "list", "data": model_list(runtime.catalog)})
+    return JSONResponse({"object": "list", "data": model_list(runtime_of(request).catalog)})
 
 
 @router.get("/models/{model_id:path}", response_model=None)
-async def retrieve_model(model_id: str, request: Request, runtime: RuntimeDep) -> Response:
+async def retrieve_model(model_id: str, request: Request) -> Response:
     try:
         await authenticate(request)
     except OpenAIError as exc:
         return exc.response()
-    for model in model_list(runtime.catalog):
+    for model in model_list(runtime_of(request).catalog):
         if model["id"] == model_id:
             return JSONResponse(model)
     return model_not_found(model_id).response()
 
 
 @router.post("/embeddings", response_model=None)
-async def create_embeddings(request: Request, runtime: RuntimeDep) -> Response:
+async def create_embeddings(request: Request) -> Response:
     """OpenAI's embeddings over a catalog embedding model."""
     try:
         await authenticate(request)
         body = parse(EmbeddingsRequest, await request.body())
-        return JSONResponse(await _embed(runtime.catalog, body))
+        return JSONResponse(await _embed(runtime_of(request).catalog, body))
     except OpenAIError as exc:
         return exc.response()
     except FengchaoError as exc:
