@@ -6,7 +6,8 @@ OpenAI client's ``api_key``), parsed, checked for sensitive words, optionally gr
 knowledge base or an instruction (the chat chain's own retrieval and rendering), then sent
 straight to the catalog model: the model is built once per catalog id and the request's
 sampling goes with the call, so the hot path is parse, one model call and rendering.
-Every model call runs with :func:`run_config` (the usage recorder, the catalog id).
+Every model call runs with :func:`run_config` (the usage recorder, the catalog id); the usage
+in an answer is the vendor's, else the recorder's estimate.
 
 Everything is refused before the first byte with an HTTP status in OpenAI's error shape; a
 stream that fails once begun ends with an ``{"error": ...}`` event instead of ``[DONE]``.
@@ -23,17 +24,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
-from fengchao_chains.callbacks.usage import FrontDoor
+from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard, get_chat_model
-from fengchao_chains.chains.chat import CALLER_KEY, JSON_INSTRUCTION, json_answer
+from fengchao_chains.chains.chat import CALLER_KEY, json_answer
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.gateway.auth import Caller
 from fengchao_chains.gateway.sensitive import SensitiveContentError
-from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import openai_v1_models
 from fengchao_chains.server.openai_v1_errors import (
@@ -44,7 +45,14 @@ from fengchao_chains.server.openai_v1_errors import (
     openai_error,
     runtime_of,
 )
-from fengchao_chains.server.openai_v1_extras import apply_extras, check_input, wants_extras
+from fengchao_chains.server.openai_v1_extras import (
+    add_response_format,
+    apply_extras,
+    check_input,
+    sampling,
+    wants_extras,
+    with_json_instruction,
+)
 from fengchao_chains.server.openai_v1_wire import (
     DONE,
     ChatCompletionRequest,
@@ -64,13 +72,17 @@ router.include_router(openai_v1_models.router)
 FRONT_DOOR: FrontDoor = "v1"
 
 
+def new_recorder(runtime: Runtime, caller: Caller, request_id: str) -> UsageRecorder:
+    """The request's usage recorder (front door ``v1``), whose records go to the usage log."""
+    return runtime.usage.recorder(caller.api_key, FRONT_DOOR, request_id)
+
+
 def run_config(
-    runtime: Runtime, caller: Caller, card: ModelCard, request_id: str
+    recorder: UsageRecorder, caller: Caller, card: ModelCard, request_id: str
 ) -> RunnableConfig:
-    """The config of every model call this front door makes: the request's usage recorder
-    (front door ``v1``), the model's catalog id (what the recorder prices it by) and who
-    asked (which knowledge and files are looked up as)."""
-    recorder = runtime.usage.recorder(caller.api_key, FRONT_DOOR, request_id)
+    """The config of every model call this front door makes: the request's usage recorder,
+    the model's catalog id (what the recorder prices it by) and who asked (which knowledge
+    and files are looked up as)."""
     return {
         "configurable": {CALLER_KEY: caller.api_key},
         "callbacks": [recorder],
@@ -92,6 +104,7 @@ class ChatCall:
     messages: list[BaseMessage]
     kwargs: dict[str, Any]
     config: RunnableConfig
+    recorder: UsageRecorder
     completion_id: str
     documents: list[Document] | None = None
     guard_output: bool = True
@@ -148,69 +161,24 @@ async def prepare(
     if wants_extras(body):
         messages, documents = await apply_extras(runtime, body, card, messages)
     model = chat_model(request, runtime, card)
-    kwargs = _sampling(body)
-    fix_json = _response_format(body, model, kwargs)
+    kwargs = sampling(body)
+    fix_json = add_response_format(body, model, kwargs)
     if fix_json:
-        messages = _with_json_instruction(messages)
+        messages = with_json_instruction(messages)
     completion_id = new_completion_id()
+    recorder = new_recorder(runtime, caller, completion_id)
     return ChatCall(
         card=card,
         model=model,
         messages=messages,
         kwargs=kwargs,
-        config=run_config(runtime, caller, card, completion_id),
+        config=run_config(recorder, caller, card, completion_id),
+        recorder=recorder,
         completion_id=completion_id,
         documents=documents,
         guard_output=sensitive,
         fix_json=fix_json,
     )
-
-
-def _sampling(body: ChatCompletionRequest) -> dict[str, Any]:
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    given = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens}
-    kwargs: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
-    if body.stop_list:
-        kwargs["stop"] = body.stop_list
-    return kwargs
-
-
-def _response_format(
-    body: ChatCompletionRequest, model: BaseChatModel, kwargs: dict[str, Any]
-) -> bool:
-    """Add ``tools`` and ``response_format`` to the call for a model that takes them; for
-    one that does not, tools are refused and JSON mode becomes an instruction (True: the
-    answer is then cleaned of code fences)."""
-    native = isinstance(model, ChatOpenAICompatible) and model.supports_tools
-    tool_kwargs = body.tool_kwargs()
-    if tool_kwargs.get("tools"):
-        if not native:
-            raise invalid(
-                f"the model `{body.model}` does not support tools (function calling)",
-                param="tools",
-                code="tools_not_supported",
-            )
-        kwargs.update(tool_kwargs)
-    response_format = body.response_format
-    if response_format is None or response_format.type == "text":
-        return False
-    if native:
-        kwargs["response_format"] = response_format.model_dump(by_alias=True, exclude_none=True)
-        return False
-    if response_format.type == "json_schema":
-        raise invalid(
-            f"the model `{body.model}` does not support json_schema; use json_object",
-            param="response_format",
-        )
-    return True
-
-
-def _with_json_instruction(messages: list[BaseMessage]) -> list[BaseMessage]:
-    """JSON mode for a model without it: the chat chain's instruction in the system prompt."""
-    if messages and isinstance(messages[0], SystemMessage):
-        system = SystemMessage(f"{messages[0].text}\n\n{JSON_INSTRUCTION}".strip())
-        return [system, *messages[1:]]
-    return [SystemMessage(JSON_INSTRUCTION), *messages]
 
 
 async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
@@ -233,6 +201,7 @@ async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
         message,
         content=content,
         finish=finish,
+        usage=answer_usage(message.usage_metadata, call.recorder),
         documents=call.documents,
     )
 
@@ -289,8 +258,19 @@ async def _events(
         await rest.aclose()
     yield writer.finish(finish_reason(finish))
     if writer.include_usage:
-        yield writer.usage(usage)
+        yield writer.usage(answer_usage(usage, call.recorder))
     yield DONE
+
+
+def answer_usage(reported: UsageMetadata | None, recorder: UsageRecorder) -> UsageMetadata:
+    """The vendor's usage, else what the recorder counted (its estimate): the answer shows
+    the figures the call is billed by."""
+    if reported:
+        return reported
+    prompt, completion = recorder.prompt_tokens, recorder.completion_tokens
+    return UsageMetadata(
+        input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 async def _chain(

@@ -239,6 +239,7 @@ def completion(
     *,
     content: str,
     finish: str,
+    usage: UsageMetadata | None,
     documents: Sequence[Document] | None,
 ) -> dict[str, Any]:
     """A whole ``chat.completion`` answer."""
@@ -253,7 +254,7 @@ def completion(
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": answer, "logprobs": None, "finish_reason": finish}],
-        "usage": usage_dict(message.usage_metadata),
+        "usage": usage_dict(usage),
         "system_fingerprint": None,
     }
     if documents is not None:
