@@ -8,7 +8,12 @@ import json
 from typing import Any
 
 import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
 
+from fengchao_chains.catalog import get_chat_model
+from fengchao_chains.chains.chat import JSON_INSTRUCTION
+from fengchao_chains.server.openai_v1_extras import add_response_format, with_json_instruction
+from fengchao_chains.server.openai_v1_wire import ChatCompletionRequest
 from fengchao_chains.testing.fakes._common import Fault, count_tokens
 from tests.server.conftest import ONLINE, Server
 
@@ -337,3 +342,16 @@ def test_every_call_is_recorded_against_the_key_with_the_vendor_figures(server: 
         (ONLINE, "v1", True, "ok", 1, 3, False),
         (ONLINE, "v1", False, "ok", 1, count_tokens(arguments), False),
     ]
+
+
+def test_json_mode_for_a_model_without_it_is_the_chain_instruction(server: Server) -> None:
+    runtime = server.runtime
+    zhipu = get_chat_model("glm-4", catalog=runtime.catalog, settings=runtime.settings)
+    body = ChatCompletionRequest.model_validate(
+        {"model": "glm-4", "messages": [{}], "response_format": {"type": "json_object"}}
+    )
+    kwargs: dict[str, Any] = {}
+    assert add_response_format(body, zhipu, kwargs) is True and kwargs == {}
+    instructed = with_json_instruction([SystemMessage("be brief"), HumanMessage("q")])
+    assert instructed[0].text == f"be brief\n\n{JSON_INSTRUCTION}"
+    assert with_json_instruction([HumanMessage("q")])[0].text == JSON_INSTRUCTION
