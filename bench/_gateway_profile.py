@@ -9,6 +9,7 @@ py-spy, so shares are of the time the process was busy.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -95,7 +96,7 @@ def top_entries(collapsed: str, seconds: float) -> dict[str, Any]:
 def _thread_pool_call(frames: list[tuple[str, str]]) -> str | None:
     """What a sample in a thread pool worker runs: the frame the work item calls (the
     event loop hands blocking calls and sync callbacks to the pool)."""
-    for (func, path), called in zip(frames, frames[1:], strict=False):
+    for (func, path), called in itertools.pairwise(frames):
         if func == "_WorkItem.run" and path.endswith("concurrent/futures/thread.py"):
             return f"{called[0]} ({_short(called[1])})"
     return None

@@ -402,7 +402,7 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--soak-chunk-interval",
         type=float,
-        default=0.25,
+        default=0.5,
         help="seconds between the upstream's chunks in the soak (a stream lasts ~21x that)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")

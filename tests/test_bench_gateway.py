@@ -1,0 +1,68 @@
+"""bench/gateway.py does not rot: its ``--quick`` run against the bare upstream and /aigc.
+
+The bench runs as a script (its own processes: the fake upstream, ``fengchao serve``), on
+the session's PostgreSQL; its JSON output must hold a full, error-free set of cells whose
+figures are plausible for what each one measured.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gateway.py"
+
+pytest.importorskip("aiohttp", reason="the bench's load generator needs aiohttp")
+
+
+def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -> None:
+    if not Path(sys.executable).with_name("fengchao").exists():
+        pytest.skip("the fengchao command is not installed in this venv")
+    figures = tmp_path / "figures.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--database-url",
+            postgres_url,
+            "--json",
+            str(figures),
+        ],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    runs = json.loads(figures.read_text())["runs"]
+    cells = {(r["target"], r["mode"], r["concurrency"]): r for r in runs}
+    assert set(cells) == {
+        (target, mode, concurrency)
+        for target in ("direct", "aigc")
+        for mode in ("invoke", "stream")
+        for concurrency in (1, 10)
+    }
+    latency_ms = 50  # the upstream's default latency: nothing can answer sooner
+    for (target, mode, _concurrency), run in cells.items():
+        assert run["errors"] == 0, run["first_error"]
+        assert run["requests"] > 0
+        assert run["p50_ms"] >= latency_ms
+        assert run["p99_ms"] >= run["p50_ms"]
+        if mode == "stream":
+            assert latency_ms <= run["ttft_p50_ms"] <= run["p50_ms"]
+        if target == "aigc":
+            assert run["cpu_ms"]["server"] > 0  # the gateway's own process did the work
+    # ten clients get more done per second than one
+    for target in ("direct", "aigc"):
+        assert cells[(target, "invoke", 10)]["rate"] > cells[(target, "invoke", 1)]["rate"]
+    assert "| aigc | stream | 10 |" in done.stdout
+    assert "Load generator against the bare upstream" in done.stdout
