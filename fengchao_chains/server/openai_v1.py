@@ -126,6 +126,8 @@ async def chat_completions(request: Request) -> Response:
         return exc.response()
     except FengchaoError as exc:
         return openai_error(exc).response()
+    except Exception as exc:
+        return internal_error(exc).response()
 
 
 def chat_model(request: Request, runtime: Runtime, card: ModelCard) -> BaseChatModel:

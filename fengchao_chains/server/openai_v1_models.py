@@ -23,6 +23,7 @@ from fengchao_chains.llms._messages import estimate_tokens
 from fengchao_chains.server.openai_v1_errors import (
     OpenAIError,
     authenticate,
+    internal_error,
     invalid,
     model_not_found,
     openai_error,
@@ -81,6 +82,8 @@ async def create_embeddings(request: Request) -> Response:
         return exc.response()
     except FengchaoError as exc:
         return openai_error(exc).response()
+    except Exception as exc:
+        return internal_error(exc).response()
 
 
 async def _embed(catalog: Catalog, body: EmbeddingsRequest) -> dict[str, Any]:
