@@ -30,8 +30,8 @@ from langchain_core.runnables import (
     RunnableConfig,
     RunnableGenerator,
     RunnableLambda,
-    RunnableParallel,
 )
+from langchain_core.runnables.utils import AddableDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
@@ -134,12 +134,48 @@ def chat_chain(runtime: Runtime) -> Runnable[dict[str, Any], dict[str, Any]]:
     async def route(inputs: dict[str, Any], config: RunnableConfig) -> Runnable[Any, Any]:
         request = ChatInput.model_validate(inputs)
         prepared = await prepare_chat(runtime, request, caller_of(config))
-        return RunnableParallel(
-            documents=RunnableLambda(lambda _: prepared.documents, name="knowledge"),
-            answer=_answer(runtime, prepared),
-        )
+        return DocumentsThenAnswer(prepared.documents, _answer(runtime, prepared))
 
     return RunnableLambda(route, name="fengchao_chat")
+
+
+class DocumentsThenAnswer(Runnable[Any, dict[str, Any]]):
+    """``{"documents", "answer"}``: the hits retrieved while preparing, and the answer;
+    streamed as the documents first, then the answer's chunks (``AddableDict`` s, which sum
+    to the whole output as LangChain's stream aggregation expects).
+
+    Not a ``RunnableParallel``: that streams each branch in a task of its own, which outlives
+    a consumer that is cancelled (a client hanging up), so the vendor call would run on
+    unheard. Here the answer streams in the caller's task and stops with it.
+    """
+
+    def __init__(self, documents: list[Document], answer: Runnable[Any, Any]) -> None:
+        self.documents = documents
+        self.answer = answer
+
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return {"documents": self.documents, "answer": self.answer.invoke(input, config)}
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return {"documents": self.documents, "answer": await self.answer.ainvoke(input, config)}
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        yield AddableDict(documents=self.documents)
+        for chunk in self.answer.stream(input, config):
+            yield AddableDict(answer=chunk)
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        yield AddableDict(documents=self.documents)
+        async for chunk in self.answer.astream(input, config):
+            yield AddableDict(answer=chunk)
 
 
 def _answer(runtime: Runtime, prepared: PreparedChat) -> Runnable[Any, Any]:

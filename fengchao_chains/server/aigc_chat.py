@@ -37,6 +37,7 @@ from fengchao_chains.server.aigc_answer import Answer, event_line, failure_statu
 from fengchao_chains.server.deps import RuntimeDep
 from fengchao_chains.server.metering import Metering, reservation_json
 from fengchao_chains.settings import describe_validation_error
+from fengchao_chains.streaming import HangUpAwareStreamingResponse
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
 
@@ -309,7 +310,7 @@ async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
 
 
 def _event_stream(lines: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(lines, media_type="text/event-stream; charset=utf-8")
+    return HangUpAwareStreamingResponse(lines, media_type="text/event-stream; charset=utf-8")
 
 
 # --- async mode --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -63,6 +63,7 @@ from fengchao_chains.server.openai_v1_wire import (
     parse,
     to_messages,
 )
+from fengchao_chains.streaming import HangUpAwareStreamingResponse
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ async def _stream(runtime: Runtime, call: ChatCall, *, include_usage: bool) -> R
         raise
     writer = ChunkWriter(call.completion_id, call.card.id, include_usage=include_usage)
     events = _events(runtime, call, writer, first, chunks)
-    return StreamingResponse(events, media_type="text/event-stream")
+    return HangUpAwareStreamingResponse(events, media_type="text/event-stream")
 
 
 async def _events(

@@ -22,6 +22,8 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from fengchao_chains.streaming import HangUpAwareStreamingResponse
+
 _TOKEN = re.compile(r"\s*(?:[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|\w+|[^\w\s])", re.UNICODE)
 
 
@@ -46,6 +48,8 @@ class Fault(StrEnum):
     MID_STREAM_ERROR = "mid_stream_error"
     CUT_STREAM = "cut_stream"
     SLOW = "slow"
+    STALL = "stall"
+    """A stream that sends ``after_chunks`` pieces, then nothing until the client leaves."""
 
 
 @dataclass
@@ -85,6 +89,23 @@ class Reply:
         }
 
 
+@dataclass
+class Served:
+    """The fake's own account of one answer: the messages it was sent, the prompt tokens it
+    counted, the pieces (completion tokens) it has sent so far, and whether it finished (a
+    stream the client left early has ``finished`` False and only the pieces sent). A stream
+    is accounted when it starts and its entry grows as pieces go out."""
+
+    messages: list[dict[str, Any]]
+    prompt_tokens: int
+    sent: list[str] = field(default_factory=list)
+    finished: bool = False
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.sent)
+
+
 class StreamCut(Exception):
     """Raised inside a streaming body to drop the connection mid-stream."""
 
@@ -100,6 +121,8 @@ class FakeVendor:
     context_window: int = 8192
     reply: Callable[[str], str] = echo
     requests: list[dict[str, Any]] = field(default_factory=list)
+    served: list[Served] = field(default_factory=list)
+    """Every answer given, in the order they ended (the fakes that keep this account)."""
     _faults: deque[FaultSpec] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -130,6 +153,10 @@ class FakeVendor:
     def record(self, **request: Any) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def account(self, served: Served) -> None:
+        with self._lock:
+            self.served.append(served)
 
     @property
     def last_request(self) -> dict[str, Any]:
@@ -166,8 +193,9 @@ def new_id(prefix: str) -> str:
 def sse_response(
     events: AsyncIterator[str], *, headers: dict[str, str] | None = None
 ) -> StreamingResponse:
-    """A ``text/event-stream`` answer from already framed events."""
-    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    """A ``text/event-stream`` answer from already framed events (cancelled as soon as the
+    client hangs up, as a vendor stops generating)."""
+    return HangUpAwareStreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def paced(fault: FaultSpec | None) -> None:

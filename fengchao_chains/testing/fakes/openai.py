@@ -21,6 +21,7 @@ the result's text. ``response_format`` ``json_object`` answers ``{"answer": <rep
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -38,6 +39,7 @@ from fengchao_chains.testing.fakes._common import (
     Fault,
     FaultSpec,
     Reply,
+    Served,
     answer_fault,
     bearer,
     content_text,
@@ -254,6 +256,7 @@ class FakeOpenAI(FakeVendor):
             "choices": [self.choice("message", message, reply.finish_reason)],
             "usage": self.usage(reply),
         }
+        self.account(Served(messages, reply.prompt_tokens, list(reply.pieces), finished=True))
         return JSONResponse(answer, headers=headers)
 
     def plan_tool_call(self, body: dict[str, Any], last_user: str) -> ToolCallPlan | None:
@@ -319,18 +322,24 @@ class FakeOpenAI(FakeVendor):
                     "tool_calls": [head | {"function": function}],
                 }
             )
+        served = Served(body["messages"], reply.prompt_tokens)
+        self.account(served)  # kept up to date as pieces go out
         for n, piece in enumerate(reply.pieces):
             if stream_error_at(fault, n):
                 yield self.mid_stream_error_chunk()
                 return
+            if fault is not None and fault.fault is Fault.STALL and n == fault.after_chunks:
+                await asyncio.sleep(3600)  # until the client leaves (cancelled)
             if call is None:
                 yield chunk({"content": piece})
             else:
                 yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            served.sent.append(piece)
         yield self.finish_chunk(base, extra, reply)
         for final in self.final_usage_chunks(base, reply, body):
             yield f"data: {json.dumps(final)}\n\n"
         yield "data: [DONE]\n\n"
+        served.finished = True
 
     # ----------------------------------------------------------------- rendering
 
