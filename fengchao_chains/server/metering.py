@@ -70,10 +70,18 @@ class Metering:
         """Reserve this request's share of the caller's limits (``chats``: its chat inputs,
         whose prompts are estimated); raises
         :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
+        if await self.runtime.limits.alimits(self.caller) is None:
+            return
+        prompt_tokens = sum(estimate_chat_prompt(self.runtime, chat) for chat in chats)
+        await self.admit_prompt(card, prompt_tokens, max_tokens)
+
+    async def admit_prompt(
+        self, card: ModelCard, prompt_tokens: int, max_tokens: int | None
+    ) -> None:
+        """:meth:`admit` for a prompt whose tokens are already estimated."""
         limiter = self.runtime.limits
         if await limiter.alimits(self.caller) is None:
             return
-        prompt_tokens = sum(estimate_chat_prompt(self.runtime, chat) for chat in chats)
         completion = limiter.completion_allowance(max_tokens)
         self._unit = card.unit
         self.reservation = await limiter.aadmit(

@@ -29,14 +29,17 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
+from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard, get_chat_model
 from fengchao_chains.chains.chat import CALLER_KEY, json_answer
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.gateway.auth import Caller
+from fengchao_chains.gateway.limits import RateLimitExceeded, openai_rate_limit_response
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import openai_v1_models
+from fengchao_chains.server.metering import Metering
 from fengchao_chains.server.openai_v1_errors import (
     OpenAIError,
     authenticate,
@@ -73,9 +76,9 @@ router.include_router(openai_v1_models.router)
 FRONT_DOOR: FrontDoor = "v1"
 
 
-def new_recorder(runtime: Runtime, caller: Caller, request_id: str) -> UsageRecorder:
-    """The request's usage recorder (front door ``v1``), whose records go to the usage log."""
-    return runtime.usage.recorder(caller.api_key, FRONT_DOOR, request_id)
+def new_metering(runtime: Runtime, caller: Caller, request_id: str) -> Metering:
+    """The request's usage recorder (front door ``v1``) and rate-limit reservation."""
+    return Metering(runtime, caller.api_key, FRONT_DOOR, request_id)
 
 
 def run_config(
@@ -105,7 +108,7 @@ class ChatCall:
     messages: list[BaseMessage]
     kwargs: dict[str, Any]
     config: RunnableConfig
-    recorder: UsageRecorder
+    metering: Metering
     completion_id: str
     documents: list[Document] | None = None
     guard_output: bool = True
@@ -122,7 +125,12 @@ async def chat_completions(request: Request) -> Response:
         call = await prepare(request, runtime, caller, body)
         if body.stream:
             return await _stream(runtime, call, include_usage=body.include_usage)
-        return JSONResponse(await _invoke(runtime, call))
+        try:
+            return JSONResponse(await _invoke(runtime, call))
+        finally:
+            await call.metering.settle()
+    except RateLimitExceeded as exc:
+        return openai_rate_limit_response(exc)
     except OpenAIError as exc:
         return exc.response()
     except FengchaoError as exc:
@@ -169,14 +177,16 @@ async def prepare(
     if fix_json:
         messages = with_json_instruction(messages)
     completion_id = new_completion_id()
-    recorder = new_recorder(runtime, caller, completion_id)
+    metering = new_metering(runtime, caller, completion_id)
+    await metering.admit_prompt(card, estimate_prompt_tokens(messages), kwargs.get("max_tokens"))
+    recorder = metering.recorder
     return ChatCall(
         card=card,
         model=model,
         messages=messages,
         kwargs=kwargs,
         config=run_config(recorder, caller, card, completion_id),
-        recorder=recorder,
+        metering=metering,
         completion_id=completion_id,
         documents=documents,
         guard_output=sensitive,
@@ -204,7 +214,7 @@ async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
         message,
         content=content,
         finish=finish,
-        usage=answer_usage(message.usage_metadata, call.recorder),
+        usage=answer_usage(message.usage_metadata, call.metering.recorder),
         documents=call.documents,
     )
 
@@ -219,6 +229,7 @@ async def _stream(runtime: Runtime, call: ChatCall, *, include_usage: bool) -> R
         first = await anext(chunks, None)
     except BaseException:
         await chunks.aclose()
+        await call.metering.settle()
         raise
     writer = ChunkWriter(call.completion_id, call.card.id, include_usage=include_usage)
     events = _events(runtime, call, writer, first, chunks)
@@ -259,9 +270,10 @@ async def _events(
         return
     finally:
         await rest.aclose()
+        await call.metering.settle()
     yield writer.finish(finish_reason(finish))
     if writer.include_usage:
-        yield writer.usage(answer_usage(usage, call.recorder))
+        yield writer.usage(answer_usage(usage, call.metering.recorder))
     yield DONE
 
 

@@ -4,6 +4,7 @@ settled to exactly the tokens the model used."""
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 from typing import Any
@@ -113,3 +114,21 @@ def test_langserve_over_rpm_is_429_and_settles_to_the_answers_usage(server: Serv
     refused = server.client.post("/chat/invoke", json=body, headers=server.headers())
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert "per minute" in refused.text
+
+
+def test_v1_over_rpm_is_openais_429_and_settles_to_the_answers_usage(server: Server) -> None:
+    server.runtime.limits.set(api_key(server), rpm=2, tpm=100_000)
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "你好"}]}
+    answer = server.client.post("/v1/chat/completions", json=body, headers=server.headers())
+    assert answer.status_code == 200, answer.text
+    assert window_tokens(server) == answer.json()["usage"]["total_tokens"]
+    stream = body | {"stream": True, "stream_options": {"include_usage": True}}
+    with server.client.stream(
+        "POST", "/v1/chat/completions", json=stream, headers=server.headers()
+    ) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+    streamed = json.loads(lines[-1].removeprefix("data: "))["usage"]["total_tokens"]
+    assert window_tokens(server) == answer.json()["usage"]["total_tokens"] + streamed
+    refused = server.client.post("/v1/chat/completions", json=body, headers=server.headers())
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
