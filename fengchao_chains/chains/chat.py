@@ -182,7 +182,14 @@ def _answer(runtime: Runtime, prepared: PreparedChat) -> Runnable[Any, Any]:
     """The prepared messages -> the model -> the output guard -> the stored turn."""
     model = prepared.model.with_config(metadata={MODEL_METADATA_KEY: prepared.card.id})
     messages = prepared.messages
-    steps: Runnable[Any, Any] = RunnableLambda(lambda _: messages, name="messages") | model
+
+    def given(_: Any) -> list[BaseMessage]:
+        return messages
+
+    async def agiven(_: Any) -> list[BaseMessage]:  # no worker-thread hop in async runs
+        return messages
+
+    steps: Runnable[Any, Any] = RunnableLambda(given, afunc=agiven, name="messages") | model
     if prepared.request.is_sensitive:
         guard = output_guard(runtime.sensitive_words, replace=prepared.request.sensitive_replace)
         steps = steps | guard

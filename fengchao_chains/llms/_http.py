@@ -132,7 +132,9 @@ class Exchange(Retriable, Protocol):
 
 # --------------------------------------------------------------------------- clients
 
-_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=30)
+# Streams hold a connection for their whole answer: a gateway serving hundreds of concurrent
+# streams needs as many; idle ones are kept (up to 200) so bursts do not reconnect each time.
+_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
 _sync_client: httpx.Client | None = None
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
     weakref.WeakKeyDictionary()

@@ -57,7 +57,6 @@ def test_aigc_reservations_settle_to_the_tokens_used(server: Server) -> None:
 def test_an_async_task_is_settled_by_the_worker_that_ran_it(server: Server) -> None:
     server.runtime.limits.set(api_key(server), tpm=100_000)
     task_id = server.chat(mode="async", max_tokens=800).json()["choices"][0]["message"]["content"]
-    assert window_tokens(server) > 800  # reserved at submission: prompt estimate + max_tokens
     answer: dict[str, Any] = {}
     for _ in range(300):
         answer = server.chat(mode="async_result", task_id=task_id, query=None).json()
@@ -65,6 +64,8 @@ def test_an_async_task_is_settled_by_the_worker_that_ran_it(server: Server) -> N
             break
         time.sleep(0.05)
     assert answer["status"] == 200
+    # reserved at submission (prompt estimate + 800): only the worker's settling brings the
+    # window down to the answer's real usage
     for _ in range(100):  # the worker settles right after storing the answer
         if window_tokens(server) == answer["usage"]["total_tokens"]:
             break
