@@ -1,4 +1,5 @@
-"""Run ``fengchao`` as a real subprocess, the way an operator does."""
+"""Run ``fengchao`` as a real subprocess, the way an operator does (or in this process,
+through typer's runner, where the streams of a real process do not matter)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from fengchao_chains.settings import Settings
+
 FENGCHAO = str(Path(sys.executable).with_name("fengchao"))
 _LISTENING = re.compile(r" on http://([\d.]+):(\d+) ")
 
@@ -32,6 +35,37 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [FENGCHAO, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+CliResult = subprocess.CompletedProcess[str]
+
+
+def run_cli_in_process(*args: str, env: dict[str, str]) -> CliResult:
+    """The command in this process, its outcome shaped like a subprocess's."""
+    from typer.testing import CliRunner
+
+    from fengchao_chains.cli import app
+
+    outcome = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    return subprocess.CompletedProcess(
+        list(args), outcome.exit_code, outcome.stdout, outcome.stderr
+    )
+
+
+def ok(result: CliResult) -> CliResult:
+    """``result``, asserted to have succeeded (its stderr shown if not)."""
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the CLI at ``settings``' database, schema and data dir."""
+    assert settings.database_url is not None
+    return clean_env(
+        FENGCHAO_DATABASE_URL=settings.database_url.get_secret_value(),
+        FENGCHAO_DATABASE_SCHEMA=settings.database_schema,
+        FENGCHAO_DATA_DIR=str(settings.data_dir),
     )
 
 

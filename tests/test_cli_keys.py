@@ -4,43 +4,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from cryptography.fernet import Fernet
-from typer.testing import CliRunner
 
-from fengchao_chains.cli import app
 from fengchao_chains.db import Database
 from fengchao_chains.gateway.keys import KeyStore
 from fengchao_chains.settings import Settings
-from tests.processes import clean_env
+from tests.processes import clean_env, ok, settings_env
 from tests.processes import run_cli as run_installed
-
-Result = subprocess.CompletedProcess[str]
-
-
-def run_cli(*args: str, env: dict[str, str]) -> Result:
-    """The command in this process, its outcome shaped like a subprocess's."""
-    outcome = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
-    return subprocess.CompletedProcess(
-        list(args), outcome.exit_code, outcome.stdout, outcome.stderr
-    )
-
-
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, result.stderr
-    return result
+from tests.processes import run_cli_in_process as run_cli
 
 
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
-    assert settings.database_url is not None
-    return clean_env(
-        FENGCHAO_DATABASE_URL=settings.database_url.get_secret_value(),
-        FENGCHAO_DATABASE_SCHEMA=settings.database_schema,
-        FENGCHAO_DATA_DIR=str(settings.data_dir),
-    )
+    return settings_env(settings)
 
 
 def test_master_key_prints_a_fresh_fernet_key() -> None:

@@ -4,34 +4,19 @@ view of every key, as JSON and as a table, filters and groupings, and refused op
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import timedelta
 
 import pytest
-from typer.testing import CliRunner
 
-from fengchao_chains.cli import app
 from fengchao_chains.db import Database
 from fengchao_chains.settings import Settings
 from tests.gateway.test_usage_reports import T0, event, insert_usage
-from tests.processes import clean_env
+from tests.processes import ok, settings_env
 from tests.processes import run_cli as run_installed
+from tests.processes import run_cli_in_process as run_cli
 
-Result = subprocess.CompletedProcess[str]
 RANGE = ("--since", "2026-03-01", "--until", "2026-03-03")
 MARKUP = "[bold red]model[/bold red]"
-
-
-def run_cli(*args: str, env: dict[str, str]) -> Result:
-    outcome = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
-    return subprocess.CompletedProcess(
-        list(args), outcome.exit_code, outcome.stdout, outcome.stderr
-    )
-
-
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.fixture
@@ -53,12 +38,7 @@ def env(settings: Settings, database: Database) -> dict[str, str]:
                 event(api_key="fc-b", ended_at=T0 + timedelta(days=30), prompt=999),
             ],
         )  # fmt: skip
-    assert settings.database_url is not None
-    return clean_env(
-        FENGCHAO_DATABASE_URL=settings.database_url.get_secret_value(),
-        FENGCHAO_DATABASE_SCHEMA=settings.database_schema,
-        FENGCHAO_DATA_DIR=str(settings.data_dir),
-    )
+    return settings_env(settings)
 
 
 def test_json_is_every_keys_usage_with_exact_sums(env: dict[str, str]) -> None:

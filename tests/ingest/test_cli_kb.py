@@ -11,27 +11,15 @@ from typing import Any
 
 import pytest
 from psycopg import sql
-from typer.testing import CliRunner
 
-from fengchao_chains.cli import app
 from fengchao_chains.db import Database
 from fengchao_chains.ingest.pipeline import knowledge_base_lock
 from fengchao_chains.ingest.reembed import _build_next_table
 from fengchao_chains.retrievers import KnowledgeBase, KnowledgeBaseRegistry
 from fengchao_chains.settings import Settings
 from tests.ingest.test_pipeline import news, write_jsonl
-from tests.processes import FENGCHAO, clean_env
-
-Result = subprocess.CompletedProcess[str]
-
-
-def run_cli(*args: str, env: dict[str, str]) -> Result:
-    """The command in this process, its outcome shaped like a subprocess's."""
-    outcome = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
-    return subprocess.CompletedProcess(
-        list(args), outcome.exit_code, outcome.stdout, outcome.stderr
-    )
-
+from tests.processes import FENGCHAO, clean_env, ok
+from tests.processes import run_cli_in_process as run_cli
 
 USE = "use-multilingual-v3"
 E5 = "multilingual-e5-small"
@@ -44,11 +32,6 @@ def env(postgres_url: str, schema_name: str) -> dict[str, str]:
         FENGCHAO_DATABASE_SCHEMA=schema_name,
         FENGCHAO_EMBEDDING_MODEL=USE,
     )
-
-
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_ingest_an_unknown_kb_is_refused_with_close_matches(env: dict[str, str], tmp_path: Path):
