@@ -128,6 +128,35 @@ class Reservation:
     cost: Decimal
     settled: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        """The reservation as JSON: an async task carries it to the worker that settles it."""
+        budget = self.budget
+        return {
+            "api_key": self.api_key,
+            "tokens": self.tokens,
+            "window_start": self.window_start.isoformat() if self.window_start else None,
+            "budget": None
+            if budget is None
+            else {"amount": str(budget.amount), "unit": budget.unit, "period": budget.period},
+            "period_start": self.period_start.isoformat() if self.period_start else None,
+            "cost": str(self.cost),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Reservation:
+        budget = data.get("budget")
+        window, period = data.get("window_start"), data.get("period_start")
+        return cls(
+            api_key=data["api_key"],
+            tokens=int(data["tokens"]),
+            window_start=datetime.fromisoformat(window) if window else None,
+            budget=None
+            if budget is None
+            else Budget(Decimal(budget["amount"]), budget["unit"], budget["period"]),
+            period_start=datetime.fromisoformat(period) if period else None,
+            cost=Decimal(data["cost"]),
+        )
+
 
 class _Keep(Enum):
     KEEP = "keep"

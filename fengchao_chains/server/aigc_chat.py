@@ -35,7 +35,7 @@ from fengchao_chains.gateway.tasks import Task
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
 from fengchao_chains.server.deps import RuntimeDep
-from fengchao_chains.server.metering import Metering, reservation_json
+from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
 from fengchao_chains.streaming import HangUpAwareStreamingResponse
 
@@ -328,7 +328,7 @@ async def _submit(
         "model": body.model,
         "request_id": answer.request_id,
         "chat": chat_input.model_dump(mode="json"),
-        "reservation": reservation_json(metering.reservation),
+        "reservation": metering.reservation.to_json() if metering.reservation else None,
     }
     try:
         task_id = await runtime.tasks.asubmit(metering.caller, payload)

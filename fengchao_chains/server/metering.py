@@ -11,16 +11,16 @@ Keys without limits cost nothing here: no token estimate, no database round trip
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from datetime import datetime
-from decimal import Decimal
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage
 
 from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, estimate_tokens
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.errors import FengchaoError
-from fengchao_chains.gateway.limits import Budget, Reservation
+from fengchao_chains.gateway.limits import Reservation
 
 if TYPE_CHECKING:
     from fengchao_chains.runtime import Runtime
@@ -57,7 +57,7 @@ class Metering:
     ) -> Metering:
         """The metering of a request admitted elsewhere (an async task's submission)."""
         metering = cls(runtime, caller, front_door, request_id)
-        metering.reservation = reservation_from_json(reservation)
+        metering.reservation = Reservation.from_json(reservation) if reservation else None
         metering._unit = unit
         return metering
 
@@ -70,25 +70,33 @@ class Metering:
         """Reserve this request's share of the caller's limits (``chats``: its chat inputs,
         whose prompts are estimated); raises
         :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
-        if await self.runtime.limits.alimits(self.caller) is None:
-            return
-        prompt_tokens = sum(estimate_chat_prompt(self.runtime, chat) for chat in chats)
-        await self.admit_prompt(card, prompt_tokens, max_tokens)
+        await self._reserve(
+            card,
+            lambda: sum(estimate_chat_prompt(self.runtime, chat) for chat in chats),
+            max_tokens,
+        )
 
-    async def admit_prompt(
-        self, card: ModelCard, prompt_tokens: int, max_tokens: int | None
+    async def admit_messages(
+        self, card: ModelCard, messages: Sequence[BaseMessage], max_tokens: int | None
     ) -> None:
-        """:meth:`admit` for a prompt whose tokens are already estimated."""
+        """:meth:`admit` for a request whose prompt messages are already rendered."""
+        await self._reserve(card, lambda: estimate_prompt_tokens(messages), max_tokens)
+
+    async def _reserve(
+        self, card: ModelCard, prompt_tokens: Callable[[], int], max_tokens: int | None
+    ) -> None:
+        """The reservation; the prompt is estimated only for a key that has limits."""
         limiter = self.runtime.limits
         if await limiter.alimits(self.caller) is None:
             return
+        estimate = prompt_tokens()
         completion = limiter.completion_allowance(max_tokens)
         self._unit = card.unit
         self.reservation = await limiter.aadmit(
             self.caller,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=estimate,
             max_tokens=max_tokens,
-            cost_ceiling=card.cost(prompt_tokens, completion),
+            cost_ceiling=card.cost(estimate, completion),
             unit=card.unit,
         )
 
@@ -112,47 +120,6 @@ class Metering:
             unit=self._unit,
         )
         await asyncio.shield(settling)
-
-
-def reservation_json(reservation: Reservation | None) -> dict[str, Any] | None:
-    """A reservation as JSON, for an async task to settle when a worker has run it."""
-    if reservation is None:
-        return None
-    budget = reservation.budget
-    return {
-        "api_key": reservation.api_key,
-        "tokens": reservation.tokens,
-        "window_start": _iso(reservation.window_start),
-        "budget": None
-        if budget is None
-        else {"amount": str(budget.amount), "unit": budget.unit, "period": budget.period},
-        "period_start": _iso(reservation.period_start),
-        "cost": str(reservation.cost),
-    }
-
-
-def reservation_from_json(data: dict[str, Any] | None) -> Reservation | None:
-    if not data:
-        return None
-    budget = data.get("budget")
-    return Reservation(
-        api_key=data["api_key"],
-        tokens=int(data["tokens"]),
-        window_start=_datetime(data.get("window_start")),
-        budget=None
-        if budget is None
-        else Budget(Decimal(budget["amount"]), budget["unit"], budget["period"]),
-        period_start=_datetime(data.get("period_start")),
-        cost=Decimal(data["cost"]),
-    )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def _datetime(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 def estimate_chat_prompt(runtime: Runtime, chat: dict[str, Any]) -> int:

@@ -29,7 +29,6 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
-from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard, get_chat_model
 from fengchao_chains.chains.chat import CALLER_KEY, json_answer
@@ -178,7 +177,7 @@ async def prepare(
         messages = with_json_instruction(messages)
     completion_id = new_completion_id()
     metering = new_metering(runtime, caller, completion_id)
-    await metering.admit_prompt(card, estimate_prompt_tokens(messages), kwargs.get("max_tokens"))
+    await metering.admit_messages(card, messages, kwargs.get("max_tokens"))
     recorder = metering.recorder
     return ChatCall(
         card=card,

@@ -545,3 +545,19 @@ def test_the_openai_sdk_sees_a_rate_limit_error_and_retries_only_when_it_helps(
     }
     assert caught.value.code == code
     assert len(seen) == calls
+
+
+def test_a_reservation_survives_its_trip_through_a_task_payload() -> None:
+    """An async task stores its reservation as JSON; the worker settles what it reads back."""
+    with_budget = Reservation(
+        "fc-alpha",
+        1337,
+        window_start(NOON),
+        Budget(Decimal("12.5"), "USD", "month"),
+        period_bounds("month", NOON)[0],
+        Decimal("0.0012345"),
+    )
+    tokens_only = Reservation("fc-alpha", 40, window_start(NOON), None, None, Decimal(0))
+    for reservation in (with_budget, tokens_only):
+        carried = json.loads(json.dumps(reservation.to_json()))
+        assert Reservation.from_json(carried) == reservation
