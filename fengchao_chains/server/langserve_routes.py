@@ -153,9 +153,11 @@ async def _admit(metering: Metering, runtime: Runtime, request: Request) -> None
     inputs = body["inputs"] if isinstance(body.get("inputs"), list) else [body.get("input")]
     chats = [item for item in inputs if isinstance(item, dict)] or [{}]
     metering.runs = len(chats)
+    # every input's own max_tokens, or the default allowance for one that sets none
     caps = [chat.get("max_tokens") for chat in chats]
-    given = [cap for cap in caps if isinstance(cap, int)]
-    allowance = sum(given) if len(given) == len(caps) else None
+    allowance = sum(
+        runtime.limits.completion_allowance(cap if isinstance(cap, int) else None) for cap in caps
+    )
     try:
         await metering.admit(_card(runtime, chats[0].get("model")), chats, allowance)
     except RateLimitExceeded as exc:

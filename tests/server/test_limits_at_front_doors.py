@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fengchao_chains.server.metering import estimate_chat_prompt
 from fengchao_chains.settings import Settings
 from tests.server.conftest import Server
 
@@ -133,3 +134,16 @@ def test_v1_over_rpm_is_openais_429_and_settles_to_the_answers_usage(server: Ser
     refused = server.client.post("/v1/chat/completions", json=body, headers=server.headers())
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_langserve_batch_reserves_the_default_allowance_for_each_input(server: Server) -> None:
+    chat = {"model": "gpt-3.5-turbo", "query": "你好"}
+    prompt = estimate_chat_prompt(server.runtime, chat)
+    allowance = server.runtime.settings.limits_default_max_tokens
+    # three prompts and ONE default allowance would fit; three prompts and three do not
+    server.runtime.limits.set(api_key(server), tpm=3 * prompt + allowance + 100)
+    three = {"inputs": [chat, chat, chat]}
+    refused = server.client.post("/chat/batch", json=three, headers=server.headers())
+    assert refused.status_code == 429 and "per minute" in refused.text
+    one = server.client.post("/chat/batch", json={"inputs": [chat]}, headers=server.headers())
+    assert one.status_code == 200, one.text
