@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 from pydantic import Field, PrivateAttr, SecretStr
@@ -54,7 +55,7 @@ class OpenAICompatibleEmbeddings(CatalogEmbeddings):
     document_prefix: str = ""
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """A client of your own (proxies, certificates); default: the shared pool."""
-    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    http_async_client: aiohttp.ClientSession | None = Field(default=None, exclude=True)
 
     _exchange: ChatOpenAICompatible = PrivateAttr()
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -228,7 +229,8 @@ class VendorChatModel(RemoteChatModel):
 
     http_client: httpx.Client | None = Field(default=None, exclude=True)
     """A client of your own (proxies, certificates); default: the shared pool."""
-    http_async_client: httpx.AsyncClient | None = Field(default=None, exclude=True)
+    http_async_client: aiohttp.ClientSession | None = Field(default=None, exclude=True)
+    """An aiohttp session of your own for async calls; default: the shared pool."""
 
     # ------------------------------------------------------------------ vendor hooks
 
@@ -290,7 +292,7 @@ class VendorChatModel(RemoteChatModel):
 
     # ------------------------------------------------------------------ shared helpers
 
-    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
+    def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None:
         for name in REQUEST_ID_HEADERS:
             if headers.get(name):
                 return str(headers[name])

@@ -1,7 +1,10 @@
 """The one HTTP layer every vendor chat model uses.
 
-Pooled httpx clients (one sync client per process, one async client per event loop, since
-an async connection belongs to the loop that opened it), per-request timeouts, and retries
+Pooled clients: one httpx client per process for sync calls, and one aiohttp session per
+event loop for async calls (an async connection belongs to the loop that opened it). The
+async side, which the server runs on, is aiohttp because httpx's async pool cost about a
+third of the gateway's CPU per request under load (it walks every pooled connection on each
+request and response: docs/benchmarks.md). Per-request timeouts, and retries
 with exponential backoff and jitter on rate limits, 5xx answers and connection failures,
 honouring ``Retry-After``. A stream is retried only while opening it: once the first byte
 has reached the caller, a failure is raised, never replayed, so no answer is duplicated.
@@ -19,11 +22,13 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import aiohttp
 import httpx
+import yarl
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -95,7 +100,8 @@ class ResponseMeta:
     """What the parsers may need from an answer besides its body."""
 
     status_code: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
+    """Case-insensitive (httpx's or aiohttp's headers)."""
     request_id: str | None
     model: str | None = None
     """The model the call asked for (a per-call ``model=`` wins over the instance's), for
@@ -125,7 +131,7 @@ class Exchange(Retriable, Protocol):
 
     def _check_body(self, body: Any, meta: ResponseMeta) -> None: ...
 
-    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None: ...
+    def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None: ...
 
     def _timeout(self) -> httpx.Timeout: ...
 
@@ -134,11 +140,15 @@ class Exchange(Retriable, Protocol):
 
 # Streams hold a connection for their whole answer: a gateway serving hundreds of concurrent
 # streams needs as many; idle ones are kept (up to 200) so bursts do not reconnect each time.
-_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-_sync_client: httpx.Client | None = None
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
+MAX_CONNECTIONS = 1000
+KEEPALIVE_SECONDS = 30.0
+_LIMITS = httpx.Limits(
+    max_connections=MAX_CONNECTIONS, max_keepalive_connections=200, keepalive_expiry=30
 )
+_sync_client: httpx.Client | None = None
+_async_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
+] = weakref.WeakKeyDictionary()
 
 
 def sync_client() -> httpx.Client:
@@ -149,14 +159,60 @@ def sync_client() -> httpx.Client:
     return _sync_client
 
 
-def async_client() -> httpx.AsyncClient:
-    """The pooled async client of the running event loop."""
+def async_client() -> aiohttp.ClientSession:
+    """The pooled async session of the running event loop, closed with the loop."""
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False)
-        _async_clients[loop] = client
-    return client
+    known = _async_clients.get(loop)
+    if known is not None and not known[0].closed:
+        return known[0]
+    connector = aiohttp.TCPConnector(
+        limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS
+    )
+    session = aiohttp.ClientSession(connector=connector, trust_env=False, timeout=_NO_TIMEOUT)
+    _async_clients[loop] = (session, _closed_with_loop(session))
+    return session
+
+
+def _closed_with_loop(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """An async generator, started here, whose ``finally`` closes ``session``. The loop
+    tracks started async generators and closes them when it shuts down
+    (``loop.shutdown_asyncgens()``, which ``asyncio.run``, uvicorn and pytest's loops call),
+    so a session never outlives its loop with open connections."""
+
+    async def until_loop_shuts_down() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await session.close()
+
+    keeper = until_loop_shuts_down()
+    with contextlib.suppress(StopIteration):  # runs to its ``yield`` without awaiting
+        keeper.__anext__().send(None)
+    return keeper
+
+
+async def aclose_async_client() -> None:
+    """Close the running loop's session now (it is made again on next use)."""
+    known = _async_clients.pop(asyncio.get_running_loop(), None)
+    if known is not None:
+        await known[1].aclose()
+
+
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
+
+
+def _aiohttp_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
+    """A model's timeout (httpx's phases) in aiohttp's terms: getting a connection (waiting
+    for the pool plus connecting), connecting, and the longest silence while reading."""
+    return _client_timeout(timeout.pool, timeout.connect, timeout.read)
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(
+    pool: float | None, connect: float | None, read: float | None
+) -> aiohttp.ClientTimeout:
+    acquire = None if pool is None or connect is None else pool + connect
+    return aiohttp.ClientTimeout(total=None, connect=acquire, sock_connect=connect, sock_read=read)
 
 
 # --------------------------------------------------------------------------- retries
@@ -195,33 +251,63 @@ def _retrying_kwargs(max_retries: int) -> dict[str, Any]:
 
 
 def _with_retries(model: Retriable, attempt: Callable[[], _T]) -> _T:
-    refreshed = False
+    """``attempt()`` with the model's retry budget. The first try runs outside tenacity
+    (which costs a little on every call, and most calls succeed at once); a retryable
+    failure is handed to tenacity as its first attempt's outcome, so its waits, logging
+    and budget are exactly those of a loop that began with it."""
+    try:
+        return _refreshing(model, attempt)
+    except VendorError as exc:
+        if model.max_retries < 1 or not _retryable(exc):
+            raise
+        failures = [exc]
+
+    def replay_then_attempt() -> _T:
+        if failures:
+            raise failures.pop()
+        return _refreshing(model, attempt)
+
     for try_ in Retrying(**_retrying_kwargs(model.max_retries)):
         with try_:
-            try:
-                return attempt()
-            except CredentialsExpiredError:
-                if refreshed:
-                    raise
-                refreshed = True
-                model._forget_credentials()
-                return attempt()
+            return replay_then_attempt()
     raise AssertionError("unreachable")  # pragma: no cover - tenacity reraises
 
 
 async def _awith_retries(model: Retriable, attempt: Callable[[], Awaitable[_T]]) -> _T:
-    refreshed = False
+    """The async twin of :func:`_with_retries`."""
+    try:
+        return await _arefreshing(model, attempt)
+    except VendorError as exc:
+        if model.max_retries < 1 or not _retryable(exc):
+            raise
+        failures = [exc]
+
+    async def replay_then_attempt() -> _T:
+        if failures:
+            raise failures.pop()
+        return await _arefreshing(model, attempt)
+
     async for try_ in AsyncRetrying(**_retrying_kwargs(model.max_retries)):
         with try_:
-            try:
-                return await attempt()
-            except CredentialsExpiredError:
-                if refreshed:
-                    raise
-                refreshed = True
-                model._forget_credentials()
-                return await attempt()
+            return await replay_then_attempt()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _refreshing(model: Retriable, attempt: Callable[[], _T]) -> _T:
+    """One attempt; an expired credential is dropped and the attempt made once more."""
+    try:
+        return attempt()
+    except CredentialsExpiredError:
+        model._forget_credentials()
+        return attempt()
+
+
+async def _arefreshing(model: Retriable, attempt: Callable[[], Awaitable[_T]]) -> _T:
+    try:
+        return await attempt()
+    except CredentialsExpiredError:
+        model._forget_credentials()
+        return await attempt()
 
 
 # --------------------------------------------------------------------------- errors
@@ -234,58 +320,96 @@ def _parse_json(raw: bytes) -> Any:
         return raw.decode(errors="replace")[:500]
 
 
-def _meta(model: Exchange, response: httpx.Response, body: Any = None) -> ResponseMeta:
-    return ResponseMeta(
-        response.status_code, response.headers, model._request_id(response.headers, body)
-    )
+def _meta(
+    model: Exchange, status: int, headers: Mapping[str, str], body: Any = None
+) -> ResponseMeta:
+    return ResponseMeta(status, headers, model._request_id(headers, body))
 
 
 def _raise_for_answer(
-    model: Exchange, response: httpx.Response, raw: bytes
+    model: Exchange, status: int, headers: Mapping[str, str], raw: bytes
 ) -> tuple[Any, ResponseMeta]:
     """The parsed body of a complete answer and its metadata, or the vendor's error raised."""
     body = _parse_json(raw)
-    meta = _meta(model, response, body)
-    if response.status_code >= 400:
-        raise model._error_from_response(response.status_code, body, meta)
+    meta = _meta(model, status, headers, body)
+    if status >= 400:
+        raise model._error_from_response(status, body, meta)
     if isinstance(body, str):
         raise UpstreamError(
             f"unreadable answer: {body[:200]!r}",
             vendor=model.vendor_name,
-            status_code=response.status_code,
+            status_code=status,
             request_id=meta.request_id,
         )
     model._check_body(body, meta)
     return body, meta
 
 
-def transport_error(model: Exchange, exc: httpx.HTTPError, *, during: str) -> VendorError:
+TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, asyncio.TimeoutError)
+"""What the clients raise when a connection fails or times out (aiohttp raises the builtin
+``TimeoutError`` for some of its timeouts)."""
+
+
+def transport_error(model: Exchange, exc: BaseException, *, during: str) -> VendorError:
     """A transport failure as the project's error (the URL is kept out: it may carry a
     token in its query string)."""
-    kind: type[VendorConnectionError] = (
-        VendorTimeoutError if isinstance(exc, httpx.TimeoutException) else VendorConnectionError
-    )
-    detail = type(exc).__name__
-    return kind(f"{during}: {detail}", vendor=model.vendor_name)
+    timed_out = isinstance(exc, httpx.TimeoutException | asyncio.TimeoutError)
+    kind: type[VendorConnectionError] = VendorTimeoutError if timed_out else VendorConnectionError
+    return kind(f"{during}: {type(exc).__name__}", vendor=model.vendor_name)
 
 
-def _build(
-    client: httpx.Client | httpx.AsyncClient,
-    model: Exchange,
-    request: VendorRequest,
-    signature: dict[str, str],
-) -> httpx.Request:
+def _headers(request: VendorRequest, signature: dict[str, str]) -> dict[str, str]:
     headers = {**request.headers, **signature}
     if request.stream:
         headers.setdefault("Accept", "text/event-stream")
-    kwargs: dict[str, Any] = {"params": request.params or None, "headers": headers}
+    if request.files is None and request.data is None and request.json_body is not None:
+        headers.setdefault("Content-Type", "application/json")
+    return headers
+
+
+def _build(
+    client: httpx.Client, model: Exchange, request: VendorRequest, signature: dict[str, str]
+) -> httpx.Request:
+    kwargs: dict[str, Any] = {
+        "params": request.params or None,
+        "headers": _headers(request, signature),
+    }
     if request.files is not None or request.data is not None:
         kwargs["files"] = request.files
         kwargs["data"] = request.data
     elif request.json_body is not None:
         kwargs["content"] = request.body
-        headers.setdefault("Content-Type", "application/json")
     return client.build_request(request.method, request.url, timeout=model._timeout(), **kwargs)
+
+
+def _asend_request(
+    session: aiohttp.ClientSession,
+    model: Exchange,
+    request: VendorRequest,
+    signature: dict[str, str],
+) -> Any:
+    """The aiohttp request (an awaitable context manager). The query string is encoded by
+    httpx exactly as the sync side sends it, since some vendors sign it."""
+    url: str | yarl.URL = request.url
+    if request.params:
+        url = yarl.URL(str(httpx.URL(request.url, params=request.params)), encoded=True)
+    body: Any = None
+    if request.files is not None or request.data is not None:
+        body = aiohttp.FormData()
+        for name, value in (request.data or {}).items():
+            body.add_field(name, value)
+        for name, (filename, content, content_type) in (request.files or {}).items():
+            body.add_field(name, content, filename=filename, content_type=content_type)
+    elif request.json_body is not None:
+        body = request.body
+    return session.request(
+        request.method,
+        url,
+        data=body,
+        headers=_headers(request, signature),
+        timeout=_aiohttp_timeout(model._timeout()),
+        allow_redirects=False,
+    )
 
 
 # --------------------------------------------------------------------------- calls
@@ -303,24 +427,25 @@ def send(
             response = http.send(built)
         except httpx.HTTPError as exc:
             raise transport_error(model, exc, during="request failed") from None
-        return _raise_for_answer(model, response, response.content)
+        return _raise_for_answer(model, response.status_code, response.headers, response.content)
 
     return _with_retries(model, attempt)
 
 
 async def asend(
-    model: Exchange, request: VendorRequest, client: httpx.AsyncClient | None = None
+    model: Exchange, request: VendorRequest, client: aiohttp.ClientSession | None = None
 ) -> tuple[Any, ResponseMeta]:
     """The async twin of :func:`send`."""
-    http = client or async_client()
+    session = client or async_client()
 
     async def attempt() -> tuple[Any, ResponseMeta]:
-        built = _build(http, model, request, await model._asign(request))
+        signature = await model._asign(request)
         try:
-            response = await http.send(built)
-        except httpx.HTTPError as exc:
+            async with _asend_request(session, model, request, signature) as response:
+                raw = await response.read()
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(model, exc, during="request failed") from None
-        return _raise_for_answer(model, response, response.content)
+        return _raise_for_answer(model, response.status, response.headers, raw)
 
     return await _awith_retries(model, attempt)
 
@@ -330,7 +455,8 @@ class OpenedStream:
     """A stream whose headers arrived fine: either a live SSE response, or (for a vendor
     that answered a stream request with one JSON document) that document."""
 
-    response: httpx.Response
+    response: Any
+    """``httpx.Response`` (sync) or ``aiohttp.ClientResponse`` (async)."""
     meta: ResponseMeta
     whole_body: Any = None
 
@@ -339,8 +465,8 @@ class OpenedStream:
         return self.whole_body is None
 
 
-def _is_event_stream(response: httpx.Response) -> bool:
-    return "text/event-stream" in response.headers.get("content-type", "")
+def _is_event_stream(headers: Mapping[str, str]) -> bool:
+    return "text/event-stream" in headers.get("content-type", "")
 
 
 @contextlib.contextmanager
@@ -357,15 +483,15 @@ def open_stream(
             response = http.send(built, stream=True)
         except httpx.HTTPError as exc:
             raise transport_error(model, exc, during="request failed") from None
-        if response.status_code < 400 and _is_event_stream(response):
-            return OpenedStream(response, _meta(model, response))
+        if response.status_code < 400 and _is_event_stream(response.headers):
+            return OpenedStream(response, _meta(model, response.status_code, response.headers))
         try:
             raw = response.read()
         except httpx.HTTPError as exc:
             raise transport_error(model, exc, during="reading the answer failed") from None
         finally:
             response.close()
-        body, meta = _raise_for_answer(model, response, raw)
+        body, meta = _raise_for_answer(model, response.status_code, response.headers, raw)
         return OpenedStream(response, meta, whole_body=body)
 
     opened = _with_retries(model, attempt)
@@ -377,31 +503,42 @@ def open_stream(
 
 @contextlib.asynccontextmanager
 async def aopen_stream(
-    model: Exchange, request: VendorRequest, client: httpx.AsyncClient | None = None
+    model: Exchange, request: VendorRequest, client: aiohttp.ClientSession | None = None
 ) -> AsyncIterator[OpenedStream]:
-    """The async twin of :func:`open_stream`."""
-    http = client or async_client()
+    """The async twin of :func:`open_stream`. Leaving it (the answer read, a failure, or a
+    consumer that stopped early) releases the connection at once: back to the pool when
+    the answer was read to its end, closed otherwise, so the vendor stops generating."""
+    session = client or async_client()
     request.stream = True
 
     async def attempt() -> OpenedStream:
-        built = _build(http, model, request, await model._asign(request))
+        signature = await model._asign(request)
         try:
-            response = await http.send(built, stream=True)
-        except httpx.HTTPError as exc:
+            response = await _asend_request(session, model, request, signature)
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(model, exc, during="request failed") from None
-        if response.status_code < 400 and _is_event_stream(response):
-            return OpenedStream(response, _meta(model, response))
+        if response.status < 400 and _is_event_stream(response.headers):
+            return OpenedStream(response, _meta(model, response.status, response.headers))
         try:
-            raw = await response.aread()
-        except httpx.HTTPError as exc:
+            raw = await response.read()
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(model, exc, during="reading the answer failed") from None
         finally:
-            await response.aclose()
-        body, meta = _raise_for_answer(model, response, raw)
+            response.release()
+        body, meta = _raise_for_answer(model, response.status, response.headers, raw)
         return OpenedStream(response, meta, whole_body=body)
 
     opened = await _awith_retries(model, attempt)
     try:
         yield opened
     finally:
-        await opened.response.aclose()
+        _let_go(opened.response)
+
+
+def _let_go(response: aiohttp.ClientResponse) -> None:
+    """Back to the pool if the answer was read to its end; else the connection is closed
+    (the only way to tell a vendor mid-answer to stop)."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()

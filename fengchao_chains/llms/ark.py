@@ -24,10 +24,10 @@ Both may report a failure after the answer has begun, as an ordinary chunk carry
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -191,7 +191,7 @@ class ChatArkBot(ChatArk):
             base = base.removesuffix("/api/v3") + "/api/v2"
         return base + path
 
-    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
+    def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None:
         if isinstance(body, dict) and isinstance(body.get("req_id"), str) and body["req_id"]:
             return super()._request_id(headers) or str(body["req_id"])
         return super()._request_id(headers, body)

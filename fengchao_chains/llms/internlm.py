@@ -45,6 +45,7 @@ code, UNVERIFIED = a guess the client is lenient about):
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -150,7 +151,7 @@ class ChatInternLM(VendorChatModel):
 
     # ------------------------------------------------------------------ answers
 
-    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
+    def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None:
         found = super()._request_id(headers, body)
         data = body.get("data") if isinstance(body, dict) else None
         if found is None and isinstance(data, dict) and isinstance(data.get("id"), (str, int)):

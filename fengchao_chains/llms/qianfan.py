@@ -25,6 +25,8 @@ What differs from OpenAI's protocol, and why the code below exists:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -160,7 +162,7 @@ class ChatQianfan(VendorChatModel):
         sk = self._require(self.secret_key, "QIANFAN_SK")
         return (self._url(""), ak, digest(sk))
 
-    def _token_request(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+    def _token_request(self, client: httpx.Client) -> httpx.Request:
         params = {
             "grant_type": "client_credentials",
             "client_id": self._secret(self.api_key),
@@ -187,12 +189,9 @@ class ChatQianfan(VendorChatModel):
         return self._read_token(response, now)
 
     async def _afetch_token(self, now: float) -> Made:
-        client = self.http_async_client or _http.async_client()
-        try:
-            response = await client.send(self._token_request(client))
-        except httpx.HTTPError as exc:
-            raise _http.transport_error(self, exc, during="access token request failed") from None
-        return self._read_token(response, now)
+        """The sync fetch in a worker thread: a token is fetched about once a day, and the
+        OAuth exchange then stays in one place (httpx)."""
+        return await asyncio.to_thread(self._fetch_token, now)
 
     def _read_token(self, response: httpx.Response, now: float) -> Made:
         """The token of an OAuth answer (reused until a little before it expires, so it never
@@ -237,7 +236,7 @@ class ChatQianfan(VendorChatModel):
     def _stream_decoder(self, meta: ResponseMeta) -> StreamDecoder:
         return QianfanStreamDecoder(self, meta)
 
-    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
+    def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None:
         """Baidu's gateway id (``X-Baidu-Request-Id``) if sent, else the answer's ``id``."""
         if headers.get("x-baidu-request-id"):
             return str(headers["x-baidu-request-id"])

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-import httpx
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
@@ -231,7 +230,7 @@ class ChatVolcengineMaas(VendorChatModel):
         )
         return {"Host": host, **signature}
 
-    def _request_id(self, headers: httpx.Headers, body: Any = None) -> str | None:
+    def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None:
         if isinstance(body, dict) and body.get("req_id"):
             return str(body["req_id"])
         return super()._request_id(headers, body)

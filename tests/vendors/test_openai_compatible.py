@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -86,13 +87,14 @@ def test_compatible_endpoint_is_a_catalog_entry(
 async def test_clients_of_your_own_are_used(
     model: ChatOpenAICompatible, openai_fake: FakeOpenAI
 ) -> None:
-    """``http_client`` / ``http_async_client`` replace the shared pool (proxies, headers)."""
+    """``http_client`` (httpx) / ``http_async_client`` (aiohttp) replace the shared pool
+    (proxies, headers)."""
     with httpx.Client(headers={"x-corporate-proxy": "sync"}) as client:
         own = model.model_copy(update={"http_client": client})
         assert own.invoke("hi").content == "Echo: hi"
         assert "".join(str(c.content) for c in own.stream("hi")) == "Echo: hi"
     assert [r["headers"].get("x-corporate-proxy") for r in openai_fake.requests] == ["sync"] * 2
-    async with httpx.AsyncClient(headers={"x-corporate-proxy": "async"}) as aclient:
+    async with aiohttp.ClientSession(headers={"x-corporate-proxy": "async"}) as aclient:
         own = model.model_copy(update={"http_async_client": aclient})
         assert (await own.ainvoke("hi")).content == "Echo: hi"
         assert "".join([str(c.content) async for c in own.astream("hi")]) == "Echo: hi"

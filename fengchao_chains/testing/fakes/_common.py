@@ -100,6 +100,8 @@ class Served:
     prompt_tokens: int
     sent: list[str] = field(default_factory=list)
     finished: bool = False
+    writing: bool = True
+    """False once the stream's body ended, finished or not (a client hanging up ends it)."""
 
     @property
     def completion_tokens(self) -> int:

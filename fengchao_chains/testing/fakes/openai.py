@@ -324,22 +324,25 @@ class FakeOpenAI(FakeVendor):
             )
         served = Served(body["messages"], reply.prompt_tokens)
         self.account(served)  # kept up to date as pieces go out
-        for n, piece in enumerate(reply.pieces):
-            if stream_error_at(fault, n):
-                yield self.mid_stream_error_chunk()
-                return
-            if fault is not None and fault.fault is Fault.STALL and n == fault.after_chunks:
-                await asyncio.sleep(3600)  # until the client leaves (cancelled)
-            if call is None:
-                yield chunk({"content": piece})
-            else:
-                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            served.sent.append(piece)
-        yield self.finish_chunk(base, extra, reply)
-        for final in self.final_usage_chunks(base, reply, body):
-            yield f"data: {json.dumps(final)}\n\n"
-        yield "data: [DONE]\n\n"
-        served.finished = True
+        try:
+            for n, piece in enumerate(reply.pieces):
+                if stream_error_at(fault, n):
+                    yield self.mid_stream_error_chunk()
+                    return
+                if fault is not None and fault.fault is Fault.STALL and n == fault.after_chunks:
+                    await asyncio.sleep(3600)  # until the client leaves (cancelled)
+                if call is None:
+                    yield chunk({"content": piece})
+                else:
+                    yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                served.sent.append(piece)
+            yield self.finish_chunk(base, extra, reply)
+            for final in self.final_usage_chunks(base, reply, body):
+                yield f"data: {json.dumps(final)}\n\n"
+            yield "data: [DONE]\n\n"
+            served.finished = True
+        finally:
+            served.writing = False
 
     # ----------------------------------------------------------------- rendering
 

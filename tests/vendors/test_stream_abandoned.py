@@ -1,0 +1,68 @@
+"""A consumer that stops reading a model's stream must end the vendor's answer at once: the
+connection is closed, so the vendor stops generating (and billing) for nobody. LangChain's
+``astream`` does not ``aclose`` the model's generator when its consumer goes, so both ways a
+consumer can go are checked: closing the stream, and simply dropping it (the event loop's
+async-generator finaliser then closes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
+from fengchao_chains.testing.fakes._common import Fault, Served
+from fengchao_chains.testing.fakes.openai import FakeOpenAI
+from tests.vendors.harness import OPENAI
+
+openai_fake, url, model = OPENAI.fixtures(fake="openai_fake")
+
+
+async def _read_two_chunks(model: ChatOpenAICompatible, fake: FakeOpenAI, *, close: bool) -> None:
+    fake.inject(Fault.STALL, after_chunks=2)
+    stream = model.astream("tell me a long story")
+    received = [await anext(stream) for _ in range(2)]
+    assert "".join(str(chunk.content) for chunk in received)
+    if close:
+        await stream.aclose()
+    del stream
+
+
+async def _until_ended(served: Served, seconds: float = 2.0) -> float:
+    started = time.monotonic()
+    while served.writing and time.monotonic() - started < seconds:
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_closing_a_stream_ends_the_vendors_answer(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    await _read_two_chunks(model, openai_fake, close=True)
+    served = openai_fake.served[-1]
+    waited = await _until_ended(served)
+    assert not served.writing, "the vendor is still streaming to a consumer that closed"
+    assert not served.finished and waited < 1.0
+
+
+async def test_dropping_a_stream_ends_the_vendors_answer(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    await _read_two_chunks(model, openai_fake, close=False)
+    gc.collect()
+    served = openai_fake.served[-1]
+    waited = await _until_ended(served)
+    assert not served.writing, "the vendor is still streaming to a consumer that left"
+    assert not served.finished and waited < 1.0
+
+
+async def test_a_connection_left_mid_answer_is_not_reused(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    """The next call after an abandoned stream gets a whole, correct answer (a half-read
+    connection going back to the pool would hand it the old answer's leftovers)."""
+    await _read_two_chunks(model, openai_fake, close=True)
+    answer = await model.ainvoke("again")
+    assert answer.content == "Echo: again"
+    chunks = [str(chunk.content) async for chunk in model.astream("and again")]
+    assert "".join(chunks) == "Echo: and again"
