@@ -27,19 +27,10 @@ from fengchao_chains.testing.fakes._common import Fault, Served, count_tokens, e
 from fengchao_chains.testing.fakes.openai_embeddings import FakeOpenAIEmbeddings
 from fengchao_chains.testing.serve import serve_in_thread
 from tests.clients import ONLINE_MODEL, Gateway, running_gateway
+from tests.server.test_openai_v1_embeddings_usage import KEY_ENV, PRICE, embeddings_catalog
 
 QUESTION = "请用三句话介绍一下杭州西湖的历史和今天"
 EMBEDDER = "fake-embeddings"
-EMBEDDING_CARD = """
-[embeddings."{model}"]
-vendor = "openai_compatible"
-vendor_model = "use"
-dims = 512
-base_url = "{url}/v1"
-api_key_env = "FAKE_EMBEDDINGS_KEY"
-batch_size = 2
-in_price = 0.1
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +47,13 @@ def gateway(
     embeddings_upstream: tuple[FakeOpenAIEmbeddings, str],
 ) -> Iterator[Gateway]:
     work_dir = tmp_path_factory.mktemp("usage-exact")
-    catalog = work_dir / "embeddings.toml"
-    catalog.write_text(EMBEDDING_CARD.format(model=EMBEDDER, url=embeddings_upstream[1]))
+    catalog = embeddings_catalog(work_dir / "embeddings.toml", EMBEDDER, embeddings_upstream[1])
     with running_gateway(
         postgres_url,
         work_dir,
         FENGCHAO_USAGE_FLUSH_SECONDS="0.1",
         FENGCHAO_CATALOG_FILES=str(catalog),
-        FAKE_EMBEDDINGS_KEY="sk-test",
+        **{KEY_ENV: "sk-test"},
     ) as started:
         started.openai.reply = echo
         yield started
@@ -261,5 +251,5 @@ def test_v1_embeddings_record_the_upstreams_own_counts(
     assert row["api_key"] == gateway.api_key and row["model"] == EMBEDDER
     assert row["front_door"] == "v1" and row["status"] == "ok" and not row["estimated"]
     assert (row["prompt_tokens"], row["completion_tokens"]) == (sum(counted), 0)
-    assert float(row["cost"]) == pytest.approx(sum(counted) * 0.1 / 1000)
+    assert float(row["cost"]) == pytest.approx(sum(counted) * PRICE / 1000)
     assert answer.usage.prompt_tokens == row["prompt_tokens"]

@@ -17,7 +17,7 @@ text in with ``textContent``.
 from __future__ import annotations
 
 import html
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from functools import cache
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,7 +70,12 @@ class _Report(Protocol):
     def as_json(self) -> dict[str, Any]: ...
 
 
-ReportMaker = Callable[[UsageReports, UsageQuery, Viewer], Awaitable[_Report]]
+class _ReportMaker(Protocol):
+    """``UsageReports.areport`` or ``UsageReports.aseries``."""
+
+    def __call__(
+        self, reports: UsageReports, query: UsageQuery, /, *, viewer: Viewer
+    ) -> Awaitable[_Report]: ...
 
 
 def _viewer(caller: Caller) -> Viewer:
@@ -119,26 +124,14 @@ async def usage_report(request: Request, runtime: RuntimeDep, caller: CallerDep)
     the last 7 days), ``group_by`` (model, key, day, hour), ``model``, ``key`` (an admin's
     filter; anyone else may only name their own) and ``front_door``.
     """
-    return await _reported(
-        request,
-        runtime,
-        caller,
-        REPORT_PARAMETERS,
-        lambda reports, query, viewer: reports.areport(query, viewer=viewer),
-    )
+    return await _reported(request, runtime, caller, REPORT_PARAMETERS, UsageReports.areport)
 
 
 @router.get("/aigc/usage/series")
 async def usage_series(request: Request, runtime: RuntimeDep, caller: CallerDep) -> JSONResponse:
     """Tokens and cost per model per hour (ranges up to 2 days) or day, every bucket listed;
     the same parameters as ``/aigc/usage`` except ``group_by``."""
-    return await _reported(
-        request,
-        runtime,
-        caller,
-        SERIES_PARAMETERS,
-        lambda reports, query, viewer: reports.aseries(query, viewer=viewer),
-    )
+    return await _reported(request, runtime, caller, SERIES_PARAMETERS, UsageReports.aseries)
 
 
 async def _reported(
@@ -146,13 +139,13 @@ async def _reported(
     runtime: Runtime,
     caller: Caller,
     allowed: tuple[str, ...],
-    make: ReportMaker,
+    make: _ReportMaker,
 ) -> JSONResponse:
     """What both reports do: the query from the query string (``allowed`` parameters), the
     report the caller may see, a refused parameter as 445 and another key's usage as 403."""
     try:
         query = _usage_query(request, allowed)
-        report = await make(UsageReports(runtime.database), query, _viewer(caller))
+        report = await make(UsageReports(runtime.database), query, viewer=_viewer(caller))
     except (BadParameter, UsageQueryError) as exc:
         return _error(445, str(exc))
     except UsageAccessError as exc:

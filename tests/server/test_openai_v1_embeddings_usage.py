@@ -24,18 +24,29 @@ LOCAL = "use-multilingual-v3"
 PRICE = 0.5  # USD per 1,000 input tokens
 PREFIX = "passage: "
 TEXTS = ["北京冬奥会开幕式在国家体育场举行", "长江流域迎来新一轮强降雨", "the quick brown fox"]
+KEY_ENV = "FAKE_EMBEDDINGS_KEY"
+"""The variable the card reads the fake's key (``sk-test``) from."""
 CARD = """
 [embeddings."{model}"]
 vendor = "openai_compatible"
 vendor_model = "use"
 dims = 512
 base_url = "{url}/v1"
-api_key_env = "FAKE_EMBEDDINGS_KEY"
+api_key_env = "{key_env}"
 batch_size = 2
 document_prefix = "{prefix}"
 in_price = {price}
 unit = "USD"
 """
+
+
+def embeddings_catalog(path: Path, model: str, url: str, *, prefix: str = "") -> Path:
+    """A catalog file with one embedding model ``model`` served by the fake at ``url``, asked
+    in batches of 2, priced at :data:`PRICE` USD per 1,000 input tokens."""
+    path.write_text(
+        CARD.format(model=model, url=url, prefix=prefix, price=PRICE, key_env=KEY_ENV), "utf-8"
+    )
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +72,8 @@ def settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Settings:
     """A catalog with the fake's model; no caching of the limits table."""
-    catalog = tmp_path / "embeddings.toml"
-    card = CARD.format(model=REMOTE, url=upstream[1], prefix=PREFIX, price=PRICE)
-    catalog.write_text(card, encoding="utf-8")
-    monkeypatch.setenv("FAKE_EMBEDDINGS_KEY", "sk-test")
+    catalog = embeddings_catalog(tmp_path / "embeddings.toml", REMOTE, upstream[1], prefix=PREFIX)
+    monkeypatch.setenv(KEY_ENV, "sk-test")
     return settings.model_copy(update={"catalog_files": [catalog], "limits_cache_seconds": 0})
 
 
