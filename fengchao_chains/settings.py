@@ -200,6 +200,13 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = Field(
         default=0.5, gt=0, le=60, description="How often buffered usage records are written."
     )
+    # key and verified-token cache (issue 8 performance, gateway/key_cache.py, docs/auth.md)
+    auth_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="How long a process trusts a cached key lookup (0: read it every request).",
+    )
 
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
     openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")

@@ -9,7 +9,6 @@ answer into the Output box.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,23 +20,14 @@ from tests.clients import ONLINE_MODEL, Gateway, running_gateway
 
 pytest.importorskip("playwright")
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+from tests.browser import BROWSER_MARKS, chromium, fresh_page, sign_in
+
 QUESTION = "What is the capital of France?"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        shutil.which(CHROMIUM) is None,
-        reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +39,8 @@ def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as started:
+        yield started
 
 
 @pytest.fixture
@@ -64,18 +52,8 @@ def page_errors() -> list[str]:
 @pytest.fixture
 def page(browser: Browser, page_errors: list[str]) -> Iterator[Page]:
     """A fresh browser context (no cookies) and page."""
-    context = browser.new_context()
-    new_page = context.new_page()
-    new_page.set_default_timeout(20_000)
-    new_page.on("pageerror", lambda error: page_errors.append(str(error)))
-    yield new_page
-    context.close()
-
-
-def sign_in(page: Page, gateway: Gateway, secret_key: str) -> None:
-    page.fill("input[name=api_key]", gateway.api_key)
-    page.fill("input[name=secret_key]", secret_key)
-    page.get_by_role("button", name="Sign in").click()
+    with fresh_page(browser, page_errors) as new_page:
+        yield new_page
 
 
 def test_login_then_ask_in_the_playground_and_see_the_streamed_answer(

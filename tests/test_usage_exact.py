@@ -1,7 +1,7 @@
 """Usage is exact: against a real ``fengchao serve``, every model call made through every
 front door and mode (/aigc invoke, stream and async; LangServe invoke, batch and stream;
-/v1 with and without streaming) is one ``usage_events`` row whose tokens are the fake
-upstream's own account of that answer. Streams the client leaves halfway are rows too,
+/v1 with and without streaming, and /v1/embeddings) is one ``usage_events`` row whose tokens
+are the fake upstream's own account of that answer. Streams the client leaves halfway are rows too,
 ``aborted``, counting exactly what the upstream had sent (with the documented estimator,
 as no vendor usage ever arrives for them).
 
@@ -23,16 +23,37 @@ from langchain_core.messages import convert_to_messages
 from psycopg.rows import dict_row
 
 from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, estimate_tokens
-from fengchao_chains.testing.fakes._common import Fault, Served, echo
+from fengchao_chains.testing.fakes._common import Fault, Served, count_tokens, echo
+from fengchao_chains.testing.fakes.openai_embeddings import FakeOpenAIEmbeddings
+from fengchao_chains.testing.serve import serve_in_thread
 from tests.clients import ONLINE_MODEL, Gateway, running_gateway
+from tests.server.test_openai_v1_embeddings_usage import KEY_ENV, PRICE, embeddings_catalog
 
 QUESTION = "请用三句话介绍一下杭州西湖的历史和今天"
+EMBEDDER = "fake-embeddings"
 
 
 @pytest.fixture(scope="module")
-def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def embeddings_upstream() -> Iterator[tuple[FakeOpenAIEmbeddings, str]]:
+    fake = FakeOpenAIEmbeddings(encoder="use")
+    with serve_in_thread(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    postgres_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    embeddings_upstream: tuple[FakeOpenAIEmbeddings, str],
+) -> Iterator[Gateway]:
+    work_dir = tmp_path_factory.mktemp("usage-exact")
+    catalog = embeddings_catalog(work_dir / "embeddings.toml", EMBEDDER, embeddings_upstream[1])
     with running_gateway(
-        postgres_url, tmp_path_factory.mktemp("usage-exact"), FENGCHAO_USAGE_FLUSH_SECONDS="0.1"
+        postgres_url,
+        work_dir,
+        FENGCHAO_USAGE_FLUSH_SECONDS="0.1",
+        FENGCHAO_CATALOG_FILES=str(catalog),
+        **{KEY_ENV: "sk-test"},
     ) as started:
         started.openai.reply = echo
         yield started
@@ -204,3 +225,31 @@ def test_every_front_door_and_mode_records_the_upstreams_own_figures(
     rows = rows_of()
     assert len(rows) == len(gateway.openai.served) == len({row["run_id"] for row in rows})
     http.close()
+
+
+def test_v1_embeddings_record_the_upstreams_own_counts(
+    gateway: Gateway,
+    embeddings_upstream: tuple[FakeOpenAIEmbeddings, str],
+    rows_of: Callable[[], list[dict[str, Any]]],
+) -> None:
+    """One row per embeddings call, its tokens the upstream's reported counts summed over the
+    batches it was asked in (three texts: two requests)."""
+    fake = embeddings_upstream[0]
+    seen = len(rows_of())
+    client = openai.OpenAI(
+        base_url=f"{gateway.base_url}/v1", api_key=f"{gateway.api_key}:{gateway.secret_key}"
+    )
+    texts = [QUESTION, "再说一遍", "the quick brown fox"]
+    answer = client.embeddings.create(model=EMBEDDER, input=texts)
+    deadline = time.monotonic() + 20
+    while len(rows_of()) == seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # nothing more should come
+    (row,) = rows_of()[seen:]
+    counted = [sum(count_tokens(t) for t in sent["body"]["input"]) for sent in fake.requests]
+    assert len(counted) == 2
+    assert row["api_key"] == gateway.api_key and row["model"] == EMBEDDER
+    assert row["front_door"] == "v1" and row["status"] == "ok" and not row["estimated"]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (sum(counted), 0)
+    assert float(row["cost"]) == pytest.approx(sum(counted) * PRICE / 1000)
+    assert answer.usage.prompt_tokens == row["prompt_tokens"]

@@ -8,7 +8,6 @@ pixels, not only in the legend), and the table shows the exact sums of the key's
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,25 +21,16 @@ from tests.gateway.test_usage_reports import event, insert_usage
 
 pytest.importorskip("playwright")
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+from tests.browser import BROWSER_MARKS, chromium, fresh_page, sign_in
+
 GPT, GLM = "gpt-3.5-turbo", "glm-4"
 SNEAKY = '<img id="pwned" src=x onerror="document.title=1">'
 DAY = datetime(2026, 3, 2, 10, 15, tzinfo=UTC)
 RANGE = "since=2026-03-01&until=2026-03-03"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        shutil.which(CHROMIUM) is None,
-        reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +59,8 @@ def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as started:
+        yield started
 
 
 @pytest.fixture
@@ -83,23 +71,15 @@ def console() -> list[str]:
 
 @pytest.fixture
 def page(browser: Browser, console: list[str]) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    new_page = context.new_page()
-    new_page.set_default_timeout(20_000)
-    new_page.on("pageerror", lambda error: console.append(str(error)))
-    new_page.on(
-        "console", lambda message: console.append(message.text) if message.type == "error" else None
-    )
-    yield new_page
-    context.close()
+    viewport = {"width": 1200, "height": 900}
+    with fresh_page(browser, console, console_errors=True, viewport=viewport) as new_page:
+        yield new_page
 
 
 def sign_in_to(page: Page, gateway: Gateway, path: str) -> None:
     page.goto(f"{gateway.base_url}{path}")
     assert urlsplit(page.url).path == "/login"  # sent to sign in first, and back after
-    page.fill("input[name=api_key]", gateway.api_key)
-    page.fill("input[name=secret_key]", gateway.secret_key)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, gateway)
     page.wait_for_url(f"{gateway.base_url}{path}")
     page.wait_for_selector("body[data-state=ready]")
 
@@ -178,9 +158,7 @@ def test_a_refused_range_is_shown_as_the_servers_message(
     page: Page, console: list[str], gateway: Gateway
 ) -> None:
     page.goto(f"{gateway.base_url}/usage?since=2026-03-05&until=2026-03-01")
-    page.fill("input[name=api_key]", gateway.api_key)
-    page.fill("input[name=secret_key]", gateway.secret_key)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, gateway)
     page.wait_for_selector("body[data-state=error]")
     expect(page.locator("#error")).to_contain_text("must be before until")
     assert all("445" in message for message in console)  # only the failed fetch is logged

@@ -13,6 +13,10 @@ estimator of :mod:`fengchao_chains.callbacks.token_estimate`, prompt and complet
 and marked ``estimated``. The model is named by its catalog id, which the chains put in the
 run's metadata under :data:`MODEL_METADATA_KEY` (a vendor's own model name would not find
 the price).
+
+Embeddings calls report to no LangChain callback; the ``/v1/embeddings`` route times the
+call and hands its figures to :meth:`UsageRecorder.record_embedding`, which makes the same
+kind of record (completion tokens 0, priced by the embedding model's card).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
@@ -32,6 +36,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generati
 
 from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, estimate_tokens
 from fengchao_chains.catalog import Catalog
+from fengchao_chains.catalog.cards import EmbeddingCard
 from fengchao_chains.errors import UnknownModelError
 
 logger = logging.getLogger(__name__)
@@ -215,6 +220,45 @@ class UsageRecorder(BaseCallbackHandler):
             unit=unit,
             request_id=self.request_id,
         )
+        self._keep(record)
+
+    def record_embedding(
+        self,
+        card: EmbeddingCard,
+        *,
+        started_at: datetime,
+        latency_ms: float,
+        tokens: int,
+        estimated: bool,
+        status: Status,
+        error: str | None,
+    ) -> UsageRecord:
+        """Record one embeddings call (``tokens``: its input, the vendor's count or an
+        estimate), priced by ``card``, and return the record."""
+        record = UsageRecord(
+            run_id=uuid4(),
+            caller=self.caller,
+            model=card.id,
+            front_door=self.front_door,
+            started_at=started_at,
+            ended_at=datetime.now(UTC),
+            latency_ms=latency_ms,
+            ttft_ms=None,
+            streamed=False,
+            status=status,
+            error=error,
+            prompt_tokens=tokens,
+            completion_tokens=0,
+            estimated=estimated,
+            cost=card.cost(tokens),
+            unit=card.unit,
+            request_id=self.request_id,
+        )
+        self._keep(record)
+        return record
+
+    def _keep(self, record: UsageRecord) -> None:
+        """Keep a finished record, hand it to the sink and log it."""
         with self._lock:
             self.records.append(record)
         if self.sink is not None:
@@ -228,7 +272,7 @@ class UsageRecorder(BaseCallbackHandler):
             record.status,
             record.prompt_tokens,
             record.completion_tokens,
-            " (estimated)" if estimated else "",
+            " (estimated)" if record.estimated else "",
             record.cost,
             record.unit,
         )

@@ -1,12 +1,23 @@
-"""The one chat chain every front door serves: LangServe routes, the /aigc API and its async
-tasks all run :func:`chat_chain`, so there is no second implementation of chat logic.
+"""The chat logic every front door serves, in one implementation: LangServe routes run it
+as the runnable :func:`chat_chain`; the /aigc API and its async tasks run the same steps as
+plain calls (:func:`prepare_chat`, then :func:`answer_chat` or :func:`astream_answer`).
 
 One request goes: input sensitive-word check -> uploaded files and the stored conversation
 (``request_id``) -> optional retrieval from a knowledge base -> the instruction (library id or
 a custom template, sandboxed) -> the catalog model with the request's sampling -> the output
 sensitive-word guard (a sliding window, so a word split across chunks is still caught) -> the
-turn appended to the conversation. The output is ``{"documents": [...], "answer": message}``;
-streamed, the documents come first (as soon as retrieval is done), then the answer's chunks.
+turn appended to the conversation. The chain's output is ``{"documents": [...], "answer":
+message}``; streamed, the documents come first (as soon as retrieval is done), then the
+answer's chunks.
+
+Why two shapes of the same steps: as a runnable, every layer (route, messages, model, guard,
+remember) is a LangChain run with its own config, callback manager and events, and a stream
+is merged chunk by chunk at each layer. LangServe needs that (``stream_log``, the
+playground), /aigc does not: py-spy of /aigc under load put langchain_core at about half of
+the busy CPU. The plain calls make one LangChain run per request, the chat model's (which
+the usage recorder needs), and hand its chunks through :func:`aguard_chunks` and
+:func:`aremember_chunks`, the generator functions the chain's ``output_guard`` and
+``remember_turn`` wrap, so both shapes guard and remember identically.
 
 The caller (an API key) comes from the run's config, ``configurable["fengchao_caller"]``, which
 the front doors set after authentication and which a client cannot choose: files and
@@ -17,10 +28,12 @@ from __future__ import annotations
 
 import base64
 import json
+import operator
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from functools import reduce
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
@@ -180,7 +193,7 @@ class DocumentsThenAnswer(Runnable[Any, dict[str, Any]]):
 
 def _answer(runtime: Runtime, prepared: PreparedChat) -> Runnable[Any, Any]:
     """The prepared messages -> the model -> the output guard -> the stored turn."""
-    model = prepared.model.with_config(metadata={MODEL_METADATA_KEY: prepared.card.id})
+    model = prepared.model.with_config(metadata=model_metadata(prepared))
     messages = prepared.messages
 
     def given(_: Any) -> list[BaseMessage]:
@@ -196,6 +209,67 @@ def _answer(runtime: Runtime, prepared: PreparedChat) -> Runnable[Any, Any]:
     if prepared.history is not None:
         steps = steps | remember_turn(prepared.history, prepared.request.query)
     return steps
+
+
+def model_metadata(prepared: PreparedChat) -> dict[str, Any]:
+    """What the model's run carries for the usage recorder: the catalog id it prices by."""
+    return {MODEL_METADATA_KEY: prepared.card.id}
+
+
+def model_config(prepared: PreparedChat, config: RunnableConfig | None) -> RunnableConfig:
+    """``config`` (the request's callbacks and metadata) with the model's metadata added."""
+    given = config or {}
+    metadata = {**given.get("metadata", {}), **model_metadata(prepared)}
+    return {**given, "metadata": metadata}
+
+
+async def answer_chat(
+    runtime: Runtime, prepared: PreparedChat, config: RunnableConfig | None = None
+) -> AIMessage:
+    """The whole answer as a plain call: one model ``ainvoke`` with ``config`` (the only
+    LangChain run), the guard over the whole text, the turn remembered. Raises the model's
+    errors and :class:`~fengchao_chains.gateway.sensitive.SensitiveContentError` (nothing is
+    stored then)."""
+    request = prepared.request
+    message = await prepared.model.ainvoke(prepared.messages, model_config(prepared, config))
+    if not isinstance(message, AIMessage):  # pragma: no cover - chat models answer AIMessage
+        raise TypeError(f"unexpected answer {type(message).__name__}")
+    if request.is_sensitive:  # the chain's guard sums what it releases the same way
+        words = runtime.sensitive_words
+        chunks = guard_chunks(words, [message], replace=request.sensitive_replace)
+        message = reduce(operator.add, chunks)
+    if prepared.history is not None:
+        await prepared.history.aadd_messages(turn(request.query, message.text))
+    return message
+
+
+async def astream_answer(
+    runtime: Runtime, prepared: PreparedChat, config: RunnableConfig | None = None
+) -> AsyncIterator[AIMessageChunk]:
+    """The answer's chunks as a plain call: the model's ``astream`` with ``config`` (the
+    only LangChain run) through the sliding-window guard, the turn remembered at the end.
+
+    When the consumer stops early (a client hanging up closes this generator, or cancels
+    the task iterating it) the model's stream is closed here at once, so the upstream
+    connection ends and the call is recorded as aborted, rather than whenever the garbage
+    collector gets to it."""
+    request = prepared.request
+    model_chunks = cast(
+        AsyncGenerator[AIMessageChunk, None],
+        prepared.model.astream(prepared.messages, model_config(prepared, config)),
+    )
+    stages = [model_chunks]
+    if request.is_sensitive:
+        words = runtime.sensitive_words
+        stages.append(aguard_chunks(words, stages[-1], replace=request.sensitive_replace))
+    if prepared.history is not None:
+        stages.append(aremember_chunks(prepared.history, request.query, stages[-1]))
+    try:
+        async for chunk in stages[-1]:
+            yield chunk
+    finally:  # outermost first: each stage is left at a yield, the model's at its read
+        for stage in reversed(stages):
+            await stage.aclose()
 
 
 async def prepare_chat(runtime: Runtime, request: ChatInput, caller: str) -> PreparedChat:
@@ -327,30 +401,44 @@ async def retrieve(runtime: Runtime, request: ChatInput, query: str) -> list[Doc
 def output_guard(
     words: SensitiveWords, *, replace: bool
 ) -> RunnableGenerator[BaseMessage, AIMessageChunk]:
+    """:func:`guard_chunks` as a chain step (``aguard_chunks`` in async runs)."""
+
+    def guarded(chunks: Iterator[BaseMessage]) -> Iterator[AIMessageChunk]:
+        yield from guard_chunks(words, chunks, replace=replace)  # must be a generator function
+
+    def aguarded(chunks: AsyncIterator[BaseMessage]) -> AsyncIterator[AIMessageChunk]:
+        return aguard_chunks(words, chunks, replace=replace)
+
+    return RunnableGenerator(guarded, aguarded, name="sensitive_word_guard")
+
+
+def guard_chunks(
+    words: SensitiveWords, chunks: Iterable[BaseMessage], *, replace: bool
+) -> Iterator[AIMessageChunk]:
     """The model's chunks through a sliding-window sensitive-word guard: text is released
     only once no list word can still be completing in it; a hit masks it (``replace``) or
     raises :class:`~fengchao_chains.gateway.sensitive.SensitiveContentError` before the word
-    is released. Usage and metadata pass through untouched."""
+    is released. Usage and metadata pass through untouched; at least one chunk comes out."""
+    guard, sent = words.guard(replace=replace), False
+    for chunk in chunks:
+        if (released := _rechunk(chunk, guard.feed(chunk.text))) is not None:
+            sent = True
+            yield released
+    if (tail := guard.flush()) or not sent:
+        yield AIMessageChunk(content=tail)
 
-    def guarded(chunks: Iterator[BaseMessage]) -> Iterator[AIMessageChunk]:
-        guard, sent = words.guard(replace=replace), False
-        for chunk in chunks:
-            if (released := _rechunk(chunk, guard.feed(chunk.text))) is not None:
-                sent = True
-                yield released
-        if (tail := guard.flush()) or not sent:
-            yield AIMessageChunk(content=tail)
 
-    async def aguarded(chunks: AsyncIterator[BaseMessage]) -> AsyncIterator[AIMessageChunk]:
-        guard, sent = words.guard(replace=replace), False
-        async for chunk in chunks:
-            if (released := _rechunk(chunk, guard.feed(chunk.text))) is not None:
-                sent = True
-                yield released
-        if (tail := guard.flush()) or not sent:
-            yield AIMessageChunk(content=tail)
-
-    return RunnableGenerator(guarded, aguarded, name="sensitive_word_guard")
+async def aguard_chunks(
+    words: SensitiveWords, chunks: AsyncIterator[BaseMessage], *, replace: bool
+) -> AsyncGenerator[AIMessageChunk, None]:
+    """:func:`guard_chunks` over an async stream."""
+    guard, sent = words.guard(replace=replace), False
+    async for chunk in chunks:
+        if (released := _rechunk(chunk, guard.feed(chunk.text))) is not None:
+            sent = True
+            yield released
+    if (tail := guard.flush()) or not sent:
+        yield AIMessageChunk(content=tail)
 
 
 def _rechunk(chunk: BaseMessage, text: str) -> AIMessageChunk | None:
@@ -367,24 +455,43 @@ def _rechunk(chunk: BaseMessage, text: str) -> AIMessageChunk | None:
 def remember_turn(
     history: PostgresChatMessageHistory, query: str
 ) -> RunnableGenerator[AIMessageChunk, AIMessageChunk]:
-    """Pass the answer through, then store the turn (question + whole answer) in one write;
-    a failed or refused answer stores nothing."""
+    """:func:`remember_chunks` as a chain step (``aremember_chunks`` in async runs)."""
 
     def store(chunks: Iterator[AIMessageChunk]) -> Iterator[AIMessageChunk]:
-        total = ""
-        for chunk in chunks:
-            total += chunk.text
-            yield chunk
-        history.add_messages([HumanMessage(query), AIMessage(total)])
+        yield from remember_chunks(history, query, chunks)  # must be a generator function
 
-    async def astore(chunks: AsyncIterator[AIMessageChunk]) -> AsyncIterator[AIMessageChunk]:
-        total = ""
-        async for chunk in chunks:
-            total += chunk.text
-            yield chunk
-        await history.aadd_messages([HumanMessage(query), AIMessage(total)])
+    def astore(chunks: AsyncIterator[AIMessageChunk]) -> AsyncIterator[AIMessageChunk]:
+        return aremember_chunks(history, query, chunks)
 
     return RunnableGenerator(store, astore, name="remember_turn")
+
+
+def remember_chunks(
+    history: PostgresChatMessageHistory, query: str, chunks: Iterable[AIMessageChunk]
+) -> Iterator[AIMessageChunk]:
+    """Pass the answer through, then store the turn (question + whole answer) in one write;
+    a failed, refused or abandoned answer stores nothing."""
+    total = ""
+    for chunk in chunks:
+        total += chunk.text
+        yield chunk
+    history.add_messages(turn(query, total))
+
+
+async def aremember_chunks(
+    history: PostgresChatMessageHistory, query: str, chunks: AsyncIterator[AIMessageChunk]
+) -> AsyncGenerator[AIMessageChunk, None]:
+    """:func:`remember_chunks` over an async stream."""
+    total = ""
+    async for chunk in chunks:
+        total += chunk.text
+        yield chunk
+    await history.aadd_messages(turn(query, total))
+
+
+def turn(query: str, answer: str) -> list[BaseMessage]:
+    """What one exchange adds to a stored conversation, in one write."""
+    return [HumanMessage(query), AIMessage(answer)]
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)

@@ -19,14 +19,23 @@ The token arrives as the raw ``Authorization`` header (the SDK sends no ``Bearer
 Clients that can only hold a fixed string, such as OpenAI clients' ``api_key``, may send the
 key pair itself instead, ``<api_key>:<secret_key>``: a JWT never contains ``:``, so the two
 cannot be confused.  The secret is compared in constant time.
+
+In the server neither costs a database query on the hot path: the key comes from the key
+store's per-process cache (:mod:`fengchao_chains.gateway.key_cache`: revocations are pushed
+to it), and a JWT that verified is remembered (:class:`VerifiedTokens`), so the same token
+again is a digest, a dict lookup and two expiry checks.  The pair needs no cache of its own:
+the cached key holds the secret, which is compared in constant time on every request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
@@ -36,7 +45,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from fengchao_chains.errors import ConfigurationError, FengchaoError
-from fengchao_chains.gateway.keys import KeyStore
+from fengchao_chains.gateway.key_cache import KeyCache
+from fengchao_chains.gateway.keys import ActiveKey, KeyStore
 
 if TYPE_CHECKING:
     from fengchao_chains.runtime import Runtime
@@ -50,6 +60,7 @@ SECONDS_EXP_BELOW = 10**11
 MAX_LIFETIME_MS = 7 * 86400 * 1000  # the longest FENGCHAO_TOKEN_TTL_SECONDS allows
 """An ``exp`` below this is Unix seconds (year 5138); at or above it, milliseconds (1973)."""
 TOKEN_MAX_CHARS = 4096
+VERIFIED_TOKENS_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -79,11 +90,66 @@ def issue_token(
     return jwt.encode(payload, secret_key, algorithm=ALGORITHM, headers=TOKEN_HEADERS)
 
 
-class TokenVerifier:
-    """Checks tokens against the key store (every time: a revoked key stops at once)."""
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    caller: Caller
+    exp_ms: float
+    key: ActiveKey  # the cached key entry it was verified against
 
-    def __init__(self, keys: KeyStore) -> None:
+
+class VerifiedTokens:
+    """JWTs that verified, by the SHA-256 digest of the token (the token itself, a bearer
+    credential, is not kept), in a bounded LRU.
+
+    An entry answers only until the token's own ``exp`` and only while the key it was
+    verified against is still that key's current cache entry: revoking, evicting, expiring
+    or clearing the key forgets its tokens with it, without an index from keys to tokens.
+    """
+
+    def __init__(self, keys: KeyCache, max_entries: int = VERIFIED_TOKENS_MAX) -> None:
+        self._keys = keys
+        self._max = max(1, max_entries)
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> Caller | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        with self._lock:
+            if time.time() * 1000 >= entry.exp_ms or not self._keys.is_current(entry.key):
+                self._entries.pop(digest, None)
+                return None
+            if digest in self._entries:
+                self._entries.move_to_end(digest)
+        return entry.caller
+
+    def remember(self, digest: bytes, caller: Caller, exp_ms: float, key: ActiveKey) -> None:
+        """Keep a verified token, if its key is cached (else there is nothing to tie it to:
+        caching is off or the listener is down)."""
+        if not self._keys.is_current(key):
+            return
+        with self._lock:
+            self._entries[digest] = _Verified(caller, exp_ms, key)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class TokenVerifier:
+    """Checks tokens against the key store: its cache while the server runs, and the table
+    otherwise (a revocation reaches the cache of every process at once, by ``NOTIFY``)."""
+
+    def __init__(self, keys: KeyStore, *, max_tokens: int = VERIFIED_TOKENS_MAX) -> None:
         self.keys = keys
+        self.tokens = VerifiedTokens(keys.cache, max_tokens)
 
     async def averify(self, token: str) -> Caller:
         """The caller the token was signed for; :class:`AuthError` otherwise."""
@@ -92,13 +158,19 @@ class TokenVerifier:
         if ":" in token:
             api_key, _, secret_key = token.partition(":")
             return await self.averify_pair(api_key, secret_key)
+        digest = token_digest(token)
+        known = self.tokens.get(digest)
+        if known is not None:
+            return known
         api_key = _claimed_api_key(token)
         active = await self.keys.aactive(api_key)
         if active is None:
             raise AuthError("invalid token: unknown or revoked api_key")
         claims = _verified_claims(token, active.secret_key)
-        _check_exp(claims.get("exp"))
-        return Caller(api_key=api_key, admin=active.admin)
+        exp_ms = _checked_exp_ms(claims.get("exp"))
+        caller = Caller(api_key=api_key, admin=active.admin)
+        self.tokens.remember(digest, caller, exp_ms, active)
+        return caller
 
     async def averify_pair(self, api_key: str, secret_key: str) -> Caller:
         """The caller whose api_key and secret_key these are; :class:`AuthError` otherwise
@@ -141,7 +213,9 @@ def _verified_claims(token: str, secret: str) -> dict[str, Any]:
     return claims
 
 
-def _check_exp(exp: object) -> None:
+def _checked_exp_ms(exp: object) -> float:
+    """``exp`` in Unix milliseconds, if it is a number in the future and at most 7 days
+    ahead."""
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise AuthError("invalid token: exp must be a number (Unix time in milliseconds)")
     exp_ms = exp * 1000 if exp < SECONDS_EXP_BELOW else exp
@@ -151,6 +225,7 @@ def _check_exp(exp: object) -> None:
     if exp_ms - now_ms > MAX_LIFETIME_MS:
         # a client signs its own tokens: without a cap, one leaked token would work forever
         raise AuthError("invalid token: exp is more than 7 days ahead; sign shorter-lived tokens")
+    return float(exp_ms)
 
 
 # --------------------------------------------------------------------------- requests ----

@@ -5,6 +5,11 @@ once, when the key is created, and stored only as a Fernet token under the serve
 key (``FENGCHAO_MASTER_KEY``, or ``<data_dir>/master.key`` created on first use): a database
 dump or backup alone cannot sign tokens.  Revoking a key keeps its row, so its name and
 history stay listed, but the key no longer has a usable secret.
+
+The server does not read the table on every request: each process caches what it looked up
+(:mod:`fengchao_chains.gateway.key_cache`), and a revocation is pushed to every process by
+``NOTIFY`` in the revoking transaction.  Any future change to a key's secret or admin flag
+must send it the same way (:func:`_notify_changed`).
 """
 
 from __future__ import annotations
@@ -17,11 +22,20 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import psycopg
 from cryptography.fernet import Fernet, InvalidToken
 
 from fengchao_chains.db import Database
 from fengchao_chains.errors import ConfigurationError, DatabaseError, FengchaoError
+from fengchao_chains.gateway.key_cache import (
+    KeyCache,
+    KeyChangeListener,
+    evict_everywhere,
+    key_channel,
+    listening,
+)
 from fengchao_chains.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -81,13 +95,19 @@ class KeyNameError(FengchaoError):
 
 
 class KeyStore:
-    """The ``api_keys`` table, with secrets encrypted and decrypted by the master key."""
+    """The ``api_keys`` table, with secrets encrypted and decrypted by the master key.
+
+    :meth:`aactive`, the per-request lookup, answers from :attr:`cache` while
+    :meth:`listening` runs (the server's lifespan runs it); the other methods always read
+    the table.
+    """
 
     def __init__(self, database: Database, settings: Settings) -> None:
         self.database = database
         self._settings = settings
         # checked now (a bad key fails start-up), but created only when a key is issued
         self._fernet = existing_master_fernet(settings)
+        self.cache = KeyCache(settings.auth_cache_seconds, (database.target, database.schema))
 
     def _master(self, *, create: bool) -> Fernet:
         if self._fernet is None:
@@ -131,16 +151,21 @@ class KeyStore:
         return [KeyInfo(*row) for row in rows]
 
     def revoke(self, api_key: str) -> None:
-        """Revoke a key: its tokens stop working at once.  Revoking twice is harmless; an
-        unknown key raises :class:`UnknownKeyError`."""
+        """Revoke a key: its tokens stop working at once, in every server process (the
+        ``NOTIFY`` goes out with the commit; this process's caches are evicted before this
+        returns).  Revoking twice is harmless; an unknown key raises
+        :class:`UnknownKeyError`."""
         with self.database.pool.connection() as conn:
             row = conn.execute(
                 "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
                 " WHERE api_key = %s RETURNING revoked_at",
                 (api_key,),
             ).fetchone()
+            if row is not None:
+                _notify_changed(conn, self.database.schema, api_key)
         if row is None:
             raise UnknownKeyError(api_key)
+        evict_everywhere(self.cache.scope, api_key)
         logger.info("revoked API key %s", api_key)
 
     def secret(self, api_key: str) -> str | None:
@@ -158,15 +183,26 @@ class KeyStore:
 
     async def aactive(self, api_key: str) -> ActiveKey | None:
         """An active key with its secret, on the async pool (per request, in the server);
-        None for an unknown or revoked one."""
+        None for an unknown or revoked one.  Answered from :attr:`cache` when it has the
+        key; a master key that cannot decrypt the secret is never cached."""
         if not _may_be_key(api_key):
             return None
+        cached = self.cache.lookup(api_key)
+        if cached is not None:
+            return cached.active
+        generation = self.cache.generation
         async with self.database.async_pool.connection() as conn:
             cursor = await conn.execute(_ACTIVE_KEY_QUERY, (api_key,))
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        return ActiveKey(api_key, self._decrypt(api_key, row[0]), admin=row[1])
+        active = None if row is None else ActiveKey(api_key, self._decrypt(api_key, row[0]), row[1])
+        self.cache.store(api_key, active, generation)
+        return active
+
+    def listening(self) -> contextlib.AbstractAsyncContextManager[KeyChangeListener]:
+        """Cache key lookups while the block runs, listening for revocations from every
+        process (a no-op with ``auth_cache_seconds = 0``).  Enter it in the event loop that
+        serves requests."""
+        return listening(self.database, self.cache)
 
     def _decrypt(self, api_key: str, ciphertext: str) -> str:
         try:
@@ -185,6 +221,12 @@ class KeyStore:
 _ACTIVE_KEY_QUERY = (
     "SELECT secret_ciphertext, admin FROM api_keys WHERE api_key = %s AND revoked_at IS NULL"
 )
+
+
+def _notify_changed(conn: psycopg.Connection[Any], schema: str, api_key: str) -> None:
+    """Tell every server process's key cache that ``api_key`` changed; delivered when the
+    caller's transaction commits, and only then."""
+    conn.execute("SELECT pg_notify(%s, %s)", (key_channel(schema), api_key))
 
 
 def _may_be_key(api_key: str) -> bool:

@@ -583,25 +583,12 @@ def rate_limit_headers(exc: RateLimitExceeded) -> dict[str, str]:
 
 def aigc_rate_limit_response(exc: RateLimitExceeded) -> JSONResponse:
     """The /aigc answer: HTTP 429, ``{"status": 429, "msg": ...}``.  The fengchao SDK turns
-    it into ``FinalResponse(status=429, msg=<this body as text>)`` and does not retry."""
+    it into ``FinalResponse(status=429, msg=<this body as text>)`` and does not retry.  (The
+    /v1 answer is OpenAI's error shape, made with /v1's other errors by
+    :func:`fengchao_chains.server.openai_v1_errors.openai_error`.)"""
     return JSONResponse(
         {"status": 429, "msg": exc.message}, status_code=429, headers=rate_limit_headers(exc)
     )
-
-
-_OPENAI_ERROR: dict[LimitName, tuple[str, str]] = {
-    "rpm": ("requests", "rate_limit_exceeded"),
-    "tpm": ("tokens", "rate_limit_exceeded"),
-    "budget": ("insufficient_quota", "insufficient_quota"),
-}
-
-
-def openai_rate_limit_response(exc: RateLimitExceeded) -> JSONResponse:
-    """The /v1 answer in OpenAI's own 429 shape (``type`` requests / tokens /
-    insufficient_quota, ``code`` rate_limit_exceeded / insufficient_quota)."""
-    error_type, code = _OPENAI_ERROR[exc.limit]
-    body = {"error": {"message": exc.message, "type": error_type, "param": None, "code": code}}
-    return JSONResponse(body, status_code=429, headers=rate_limit_headers(exc))
 
 
 # --------------------------------------------------------------------------- time -------

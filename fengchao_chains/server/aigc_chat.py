@@ -1,6 +1,8 @@
 """``POST /aigc/chat/`` and ``POST /aigc/local_chat/``: the fengchao SDK's chat routes.
 
-Both run the one chat chain (:mod:`fengchao_chains.chains.chat`) in the SDK's four modes:
+Both run the chat steps of :mod:`fengchao_chains.chains.chat` as plain calls (prepare, then
+one model call; not the runnable ``chat_chain``, whose per-layer LangChain runs cost about
+half of the CPU of a request) in the SDK's four modes:
 ``invoke``, ``stream`` (``data: {json}`` lines, ASCII-escaped, no end marker), ``async`` (a
 task in PostgreSQL, answered with its 32-hex id) and ``async_result`` (6602 while pending, the
 stored answer when done). Every 200 answer has the complete ChatCompletion shape the SDK
@@ -16,17 +18,26 @@ are 200 answers whose ``status`` says what happened: 6601 sensitive words, 6602 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Literal, cast
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fengchao_chains.callbacks import UsageRecorder
 from fengchao_chains.catalog import LOCAL, ModelCard
-from fengchao_chains.chains.chat import CALLER_KEY, ChatInput, chat_chain, json_answer
+from fengchao_chains.chains.chat import (
+    CALLER_KEY,
+    ChatInput,
+    answer_chat,
+    astream_answer,
+    json_answer,
+    prepare_chat,
+)
 from fengchao_chains.errors import FengchaoError, UnknownModelError
 from fengchao_chains.gateway.auth import require_caller
 from fengchao_chains.gateway.limits import RateLimitExceeded, aigc_rate_limit_response
@@ -177,9 +188,9 @@ def _card(runtime: Runtime, model_id: str, *, local: bool) -> ModelCard:
     return card
 
 
-def chain_config(metering: Metering) -> RunnableConfig:
-    """The run's config: the authenticated caller (which files and conversations are
-    looked up as) and the request's usage recorder."""
+def run_config(metering: Metering) -> RunnableConfig:
+    """The model call's config: the request's usage recorder (the catalog id it prices by
+    is added by the chat steps), and who asked and which request, for tracing."""
     recorder = metering.recorder
     return {
         "configurable": {CALLER_KEY: metering.caller},
@@ -211,22 +222,21 @@ async def run_invoke(
     runtime: Runtime, metering: Metering, chat_input: ChatInput, answer: Answer
 ) -> dict[str, Any]:
     """One whole answer in the SDK's shape (also what an async task stores)."""
-    config = chain_config(metering)
     try:
-        output = await chat_chain(runtime).ainvoke(chat_input.model_dump(), config)
+        prepared = await prepare_chat(runtime, chat_input, metering.caller)
+        message = await answer_chat(runtime, prepared, run_config(metering))
     except FengchaoError as exc:
         if (route := _mapped(exc)) is not None:
             raise route from None
         return _error_answer(answer, exc)
-    message = output["answer"]
-    content = message.text
+    content: str = message.text
     if chat_input.response_format == "json":
         content = json_answer(content)
     return answer.payload(
         content,
         finish_reason=message.response_metadata.get("finish_reason") or "stop",
         usage=metering.recorder,
-        knowledge=output["documents"],
+        knowledge=prepared.documents,
     )
 
 
@@ -236,14 +246,9 @@ async def _stream(
     """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
     stream: delta chunks, then a closing chunk with the finish reason and the real usage.
     The request is settled when the stream ends, the client's leaving included."""
-    chunks = cast(
-        AsyncGenerator[dict[str, Any], None],
-        chat_chain(runtime).astream(chat_input.model_dump(), chain_config(metering)),
-    )
     try:
-        first = await anext(chunks)
+        prepared = await prepare_chat(runtime, chat_input, metering.caller)
     except FengchaoError as exc:
-        await chunks.aclose()
         await metering.settle()
         if (route := _mapped(exc)) is not None:
             raise route from None
@@ -251,7 +256,9 @@ async def _stream(
     except BaseException:
         await metering.settle()
         raise
-    return _event_stream(_stream_events(_after(first, chunks), answer, metering))
+    chunks = astream_answer(runtime, prepared, run_config(metering))
+    events = _events(chunks, prepared.documents, answer, metering.recorder)
+    return _event_stream(_settled(events, metering))
 
 
 def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
@@ -262,39 +269,27 @@ def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
     return answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
 
 
-async def _after(
-    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
-    yield first
-    async for part in rest:
-        yield part
-
-
-async def _stream_events(
-    parts: AsyncIterator[dict[str, Any]], answer: Answer, metering: Metering
-) -> AsyncIterator[str]:
+async def _settled(lines: AsyncIterator[str], metering: Metering) -> AsyncIterator[str]:
     try:
-        async for line in _events(parts, answer, metering.recorder):
+        async for line in lines:
             yield line
     finally:
         await metering.settle()
 
 
 async def _events(
-    parts: AsyncIterator[dict[str, Any]], answer: Answer, recorder: UsageRecorder
+    chunks: AsyncIterator[AIMessageChunk],
+    documents: list[Document],
+    answer: Answer,
+    recorder: UsageRecorder,
 ) -> AsyncIterator[str]:
-    documents: list[Any] = []
     finish: str | None = None
     index = 0
     try:
-        async for part in parts:
-            documents.extend(part.get("documents", ()))
-            message = part.get("answer")
-            if message is None:
-                continue
-            finish = message.response_metadata.get("finish_reason") or finish
-            if message.text:
-                yield event_line(answer.payload(message.text, index=index, knowledge=documents))
+        async for chunk in chunks:
+            finish = chunk.response_metadata.get("finish_reason") or finish
+            if chunk.text:
+                yield event_line(answer.payload(chunk.text, index=index, knowledge=documents))
                 index += 1
     except FengchaoError as exc:
         yield event_line(_error_answer(answer, exc))

@@ -48,6 +48,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
             await current.open_async()
             workers = await _start_task_workers(current)
             async with (
+                current.keys.listening(),  # key lookups cached, revocations pushed by NOTIFY
                 current.usage.flushing(current.settings.usage_flush_seconds),
                 housekeeping.running(current),
             ):

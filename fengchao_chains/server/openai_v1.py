@@ -32,19 +32,17 @@ from fengchao_chains.callbacks import MODEL_METADATA_KEY
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard, get_chat_model
 from fengchao_chains.chains.chat import CALLER_KEY, json_answer
-from fengchao_chains.errors import FengchaoError
 from fengchao_chains.gateway.auth import Caller
-from fengchao_chains.gateway.limits import RateLimitExceeded, openai_rate_limit_response
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.runtime import Runtime
-from fengchao_chains.server import openai_v1_models
+from fengchao_chains.server import openai_v1_embeddings, openai_v1_models
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.server.openai_v1_errors import (
-    OpenAIError,
+    as_openai_error,
     authenticate,
-    internal_error,
+    built_once,
+    error_answer,
     invalid,
-    openai_error,
     runtime_of,
 )
 from fengchao_chains.server.openai_v1_extras import (
@@ -71,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 router.include_router(openai_v1_models.router)
+router.include_router(openai_v1_embeddings.router)
 
 FRONT_DOOR: FrontDoor = "v1"
 
@@ -128,30 +127,19 @@ async def chat_completions(request: Request) -> Response:
             return JSONResponse(await _invoke(runtime, call))
         finally:
             await call.metering.settle()
-    except RateLimitExceeded as exc:
-        return openai_rate_limit_response(exc)
-    except OpenAIError as exc:
-        return exc.response()
-    except FengchaoError as exc:
-        return openai_error(exc).response()
     except Exception as exc:
-        return internal_error(exc).response()
+        return error_answer(exc)
 
 
 def chat_model(request: Request, runtime: Runtime, card: ModelCard) -> BaseChatModel:
     """The catalog model of ``card``, built once per app and runtime (building one costs
     more than the rest of a request); each call passes the request's sampling instead."""
-    cached: tuple[Runtime, dict[str, BaseChatModel]] | None = getattr(
-        request.app.state, "openai_v1_models", None
+    return built_once(
+        request,
+        "openai_v1_models",
+        card.id,
+        lambda: get_chat_model(card.id, catalog=runtime.catalog, settings=runtime.settings),
     )
-    if cached is None or cached[0] is not runtime:
-        cached = request.app.state.openai_v1_models = (runtime, {})
-    models = cached[1]
-    model = models.get(card.id)
-    if model is None:
-        model = get_chat_model(card.id, catalog=runtime.catalog, settings=runtime.settings)
-        models[card.id] = model
-    return model
 
 
 async def prepare(
@@ -261,11 +249,8 @@ async def _events(
     except SensitiveContentError as exc:
         logger.info("/v1 stream cut: %s", exc)
         finish = "content_filter"
-    except FengchaoError as exc:
-        yield openai_error(exc).event()
-        return
     except Exception as exc:
-        yield internal_error(exc).event()
+        yield as_openai_error(exc).event()
         return
     finally:
         await rest.aclose()

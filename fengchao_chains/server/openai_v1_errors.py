@@ -7,8 +7,13 @@ model, knowledge base or prompt, sensitive words) and the vendors' (the
 :mod:`fengchao_chains.llms.errors` tree) are mapped by :func:`openai_error`; a vendor's own
 failure is the gateway's upstream failing, so it is a 5xx (502, 504 for a timeout) except
 where the request itself is at fault (context too long, content filtered: 400) or the
-client must slow down (429, with ``Retry-After``). Messages never carry a secret: the
-library's messages are written to be shown, and a vendor's never quote credentials.
+client must slow down (429, with ``Retry-After``). A key over its own RPM, TPM or budget
+(:class:`~fengchao_chains.gateway.limits.RateLimitExceeded`) is OpenAI's own 429 too.
+Messages never carry a secret: the library's messages are written to be shown, and a
+vendor's never quote credentials.
+
+A route answers any failure with :func:`error_answer` (or, in a stream already begun,
+:func:`as_openai_error`'s ``event()``): one place decides what each kind of failure is.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -29,6 +35,7 @@ from fengchao_chains.errors import (
     UnknownModelError,
 )
 from fengchao_chains.gateway.auth import Caller, require_caller
+from fengchao_chains.gateway.limits import LimitName, RateLimitExceeded, rate_limit_headers
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.llms.errors import (
     AuthenticationError,
@@ -50,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
+_Built = TypeVar("_Built")
 
 
 class OpenAIError(Exception):
@@ -118,6 +126,8 @@ def from_http_exception(exc: HTTPException) -> OpenAIError:
 
 def openai_error(exc: FengchaoError) -> OpenAIError:
     """The answer to a library or vendor error (see the module docstring)."""
+    if isinstance(exc, RateLimitExceeded):
+        return rate_limit_error(exc)
     if isinstance(exc, UnknownModelError | UnknownEmbeddingModelError | ModelNotAvailableError):
         return model_not_found(str(getattr(exc, "model_id", "")), str(exc))
     if isinstance(exc, AuthenticationError):  # the gateway's own vendor key was refused
@@ -150,6 +160,23 @@ _MAPPED: list[tuple[type[FengchaoError], int, str, str, str | None]] = [
 ]
 
 
+_LIMIT_ERRORS: dict[LimitName, tuple[str, str]] = {
+    "rpm": ("requests", "rate_limit_exceeded"),
+    "tpm": ("tokens", "rate_limit_exceeded"),
+    "budget": ("insufficient_quota", "insufficient_quota"),
+}
+
+
+def rate_limit_error(exc: RateLimitExceeded) -> OpenAIError:
+    """A key over its own limit, in OpenAI's 429 shape (``type`` requests / tokens /
+    insufficient_quota, ``code`` rate_limit_exceeded / insufficient_quota), with
+    ``Retry-After`` and, when waiting cannot help, ``x-should-retry: false``."""
+    error_type, code = _LIMIT_ERRORS[exc.limit]
+    return OpenAIError(
+        429, exc.message, type=error_type, code=code, headers=rate_limit_headers(exc)
+    )
+
+
 def _retry(exc: FengchaoError) -> dict[str, str] | None:
     """``Retry-After`` (whole seconds) for a rate limit that says how long to wait."""
     wait = exc.retry_after if isinstance(exc, RateLimitError) else None
@@ -162,11 +189,42 @@ def internal_error(exc: BaseException) -> OpenAIError:
     return OpenAIError(500, "internal server error", type=SERVER_ERROR)
 
 
+def as_openai_error(exc: Exception) -> OpenAIError:
+    """Any failure of a ``/v1`` request as its answer: a refusal already in OpenAI's shape
+    as it is, a library or vendor error mapped by :func:`openai_error`, anything else a 500
+    (:func:`internal_error`)."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, FengchaoError):
+        return openai_error(exc)
+    return internal_error(exc)
+
+
+def error_answer(exc: Exception) -> JSONResponse:
+    """The HTTP answer to a failure before the first byte (:func:`as_openai_error`)."""
+    return as_openai_error(exc).response()
+
+
 def runtime_of(request: Request) -> Runtime:
     """The app's runtime, read directly: the routes here take no sync dependency (FastAPI
     runs those in a worker thread, a thread hop on every request)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def built_once(request: Request, slot: str, key: str, build: Callable[[], _Built]) -> _Built:
+    """``build()`` made once per app, runtime and ``key`` and kept in the app's state under
+    ``slot`` (building a catalog model costs more than the rest of a request); a new runtime
+    (tests swap it) starts afresh."""
+    runtime = runtime_of(request)
+    cached: tuple[Runtime, dict[str, _Built]] | None = getattr(request.app.state, slot, None)
+    if cached is None or cached[0] is not runtime:
+        cached = (runtime, {})
+        setattr(request.app.state, slot, cached)
+    built = cached[1]
+    if key not in built:
+        built[key] = build()
+    return built[key]
 
 
 async def authenticate(request: Request) -> Caller:

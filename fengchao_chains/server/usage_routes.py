@@ -17,9 +17,10 @@ text in with ``textContent``.
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -36,6 +37,9 @@ from fengchao_chains.gateway.usage_reports import (
     Viewer,
 )
 from fengchao_chains.server.deps import RuntimeDep
+
+if TYPE_CHECKING:
+    from fengchao_chains.runtime import Runtime
 
 router = APIRouter(tags=["usage"])
 
@@ -60,6 +64,18 @@ _PAGE_HEADERS = _NO_STORE | {
 
 class BadParameter(Exception):
     """A query string the report cannot take (445)."""
+
+
+class _Report(Protocol):
+    def as_json(self) -> dict[str, Any]: ...
+
+
+class _ReportMaker(Protocol):
+    """``UsageReports.areport`` or ``UsageReports.aseries``."""
+
+    def __call__(
+        self, reports: UsageReports, query: UsageQuery, /, *, viewer: Viewer
+    ) -> Awaitable[_Report]: ...
 
 
 def _viewer(caller: Caller) -> Viewer:
@@ -108,28 +124,33 @@ async def usage_report(request: Request, runtime: RuntimeDep, caller: CallerDep)
     the last 7 days), ``group_by`` (model, key, day, hour), ``model``, ``key`` (an admin's
     filter; anyone else may only name their own) and ``front_door``.
     """
-    try:
-        query = _usage_query(request, REPORT_PARAMETERS)
-        report = await UsageReports(runtime.database).areport(query, viewer=_viewer(caller))
-    except (BadParameter, UsageQueryError) as exc:
-        return _error(445, str(exc))
-    except UsageAccessError as exc:
-        return _error(403, str(exc))
-    return _answer(report.as_json())
+    return await _reported(request, runtime, caller, REPORT_PARAMETERS, UsageReports.areport)
 
 
 @router.get("/aigc/usage/series")
 async def usage_series(request: Request, runtime: RuntimeDep, caller: CallerDep) -> JSONResponse:
     """Tokens and cost per model per hour (ranges up to 2 days) or day, every bucket listed;
     the same parameters as ``/aigc/usage`` except ``group_by``."""
+    return await _reported(request, runtime, caller, SERIES_PARAMETERS, UsageReports.aseries)
+
+
+async def _reported(
+    request: Request,
+    runtime: Runtime,
+    caller: Caller,
+    allowed: tuple[str, ...],
+    make: _ReportMaker,
+) -> JSONResponse:
+    """What both reports do: the query from the query string (``allowed`` parameters), the
+    report the caller may see, a refused parameter as 445 and another key's usage as 403."""
     try:
-        query = _usage_query(request, SERIES_PARAMETERS)
-        series = await UsageReports(runtime.database).aseries(query, viewer=_viewer(caller))
+        query = _usage_query(request, allowed)
+        report = await make(UsageReports(runtime.database), query, viewer=_viewer(caller))
     except (BadParameter, UsageQueryError) as exc:
         return _error(445, str(exc))
     except UsageAccessError as exc:
         return _error(403, str(exc))
-    return _answer(series.as_json())
+    return _answer(report.as_json())
 
 
 # --------------------------------------------------------------------------- the page ----

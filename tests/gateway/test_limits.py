@@ -33,10 +33,10 @@ from fengchao_chains.gateway.limits import (
     RateLimitExceeded,
     Reservation,
     aigc_rate_limit_response,
-    openai_rate_limit_response,
     period_bounds,
     window_start,
 )
+from fengchao_chains.server.openai_v1_errors import openai_error
 from fengchao_chains.settings import Settings
 from fengchao_chains.testing.serve import serve_in_thread
 from tests.processes import clean_env
@@ -504,7 +504,7 @@ def _app(exc: RateLimitExceeded, calls: list[str]) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def v1() -> JSONResponse:
         calls.append("v1")
-        return openai_rate_limit_response(exc)
+        return openai_error(exc).response()
 
     return app
 

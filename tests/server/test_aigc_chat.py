@@ -1,5 +1,6 @@
-"""``/aigc/chat/`` and ``/aigc/local_chat/`` over the one chat chain: every mode, the chat
-semantics of the fengchao API and its error codes, against a fake OpenAI on loopback."""
+"""``/aigc/chat/`` and ``/aigc/local_chat/`` over the chat steps the LangServe chain runs too:
+every mode, the chat semantics of the fengchao API and its error codes, against a fake OpenAI
+on loopback."""
 
 from __future__ import annotations
 
