@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from fengchao_chains import __version__
 from fengchao_chains.gateway.auth import install_auth_errors
+from fengchao_chains.llms._http import aclose_async_client
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import (
     aigc,
@@ -59,6 +60,7 @@ def create_app(runtime: Runtime | None = None, settings: Settings | None = None)
                 await workers.stop()
             await current.usage.aclose()  # the records of the last calls, workers' included
             await current.aclose()  # stops the sample news load first
+            await aclose_async_client()  # the vendors' connections of this event loop
 
     app = FastAPI(
         title="fengchao-chains",
