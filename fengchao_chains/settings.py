@@ -207,6 +207,13 @@ class Settings(BaseSettings):
         le=3600,
         description="How long a process trusts a cached key lookup (0: read it every request).",
     )
+    # the vendors' connection pools (issue 8 performance, llms/_http.py)
+    vendor_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Connections to vendors one process may hold open (a stream holds one).",
+    )
 
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
     openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")

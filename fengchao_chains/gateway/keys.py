@@ -110,6 +110,8 @@ class KeyStore:
         self.cache = KeyCache(settings.auth_cache_seconds, (database.target, database.schema))
 
     def _master(self, *, create: bool) -> Fernet:
+        if self._fernet is None:  # another store (the CLI, another process) may have made it
+            self._fernet = existing_master_fernet(self._settings)
         if self._fernet is None:
             if create:
                 self._fernet = master_fernet(self._settings)

@@ -142,9 +142,26 @@ class Exchange(Retriable, Protocol):
 # streams needs as many; idle ones are kept (up to 200) so bursts do not reconnect each time.
 MAX_CONNECTIONS = 1000
 KEEPALIVE_SECONDS = 30.0
-_LIMITS = httpx.Limits(
-    max_connections=MAX_CONNECTIONS, max_keepalive_connections=200, keepalive_expiry=30
-)
+MAX_IDLE_CONNECTIONS = 200
+
+
+def set_max_connections(limit: int) -> None:
+    """How many vendor connections this process may hold (``vendor_max_connections``);
+    pools made from now on use it (the server sets it before its first call)."""
+    global MAX_CONNECTIONS, _LIMITS  # noqa: PLW0603 - process-wide pool configuration
+    MAX_CONNECTIONS = limit
+    _LIMITS = _httpx_limits()
+
+
+def _httpx_limits() -> httpx.Limits:
+    return httpx.Limits(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=min(MAX_IDLE_CONNECTIONS, MAX_CONNECTIONS),
+        keepalive_expiry=KEEPALIVE_SECONDS,
+    )
+
+
+_LIMITS = _httpx_limits()
 _sync_client: httpx.Client | None = None
 _async_clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
