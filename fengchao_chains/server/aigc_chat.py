@@ -1,12 +1,13 @@
 """``POST /aigc/chat/`` and ``POST /aigc/local_chat/``: the fengchao SDK's chat routes.
 
-Both run the chat steps of :mod:`fengchao_chains.chains.chat` as plain calls (prepare, then
-one model call; not the runnable ``chat_chain``, whose per-layer LangChain runs cost about
-half of the CPU of a request) in the SDK's four modes:
-``invoke``, ``stream`` (``data: {json}`` lines, ASCII-escaped, no end marker), ``async`` (a
-task in PostgreSQL, answered with its 32-hex id) and ``async_result`` (6602 while pending, the
-stored answer when done). Every 200 answer has the complete ChatCompletion shape the SDK
-parses (:mod:`fengchao_chains.server.aigc_answer`).
+Both run the chat steps of :mod:`fengchao_chains.chains.chat` as plain calls: prepare, then
+one model call, the only LangChain run of the request (the runnable ``chat_chain`` that
+LangServe serves makes a run of every layer, which cost a quarter to a third of an answer's
+CPU). The SDK's four modes are ``invoke``, ``stream`` (``data: {json}`` lines,
+ASCII-escaped, no end marker), ``async`` (a task in PostgreSQL, answered with its 32-hex
+id) and ``async_result`` (6602 while pending, the stored answer when done). Every 200
+answer has the complete ChatCompletion shape the SDK parses
+(:mod:`fengchao_chains.server.aigc_answer`).
 
 Transport errors are HTTP statuses: 401 no or bad token, 440 unknown model, 441 a local model
 on ``/aigc/chat/``, 442 an online model on ``/aigc/local_chat/``, 443 empty query, 444
