@@ -7,4 +7,4 @@ before the web server starts); both build the same app with
 
 from fengchao_chains.server import create_app
 
-app = create_app()
+app = create_app(freeze_heap=True)

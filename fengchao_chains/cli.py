@@ -86,7 +86,7 @@ def serve(
     sock = guarded(lambda: _bind(settings.host, settings.port))
     runtime = guarded(lambda: Runtime.start(settings))
     config = uvicorn.Config(
-        create_app(runtime),
+        create_app(runtime, freeze_heap=True),
         log_level=settings.log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=10,
