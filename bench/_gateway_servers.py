@@ -165,3 +165,31 @@ def litellm_server(
         yield ServerProcess("litellm", proc, base_url, log)
     finally:
         ServerProcess("litellm", proc, "", log).stop()
+
+
+@contextmanager
+def floor_server(
+    upstream_url: str, authorization: str, log: Path, cpus: set[int] | None
+) -> Iterator[ServerProcess]:
+    """``bench/_gateway_floor.py`` under uvicorn (one worker, no access log)."""
+    port = free_port()
+    env = os.environ | {"FLOOR_UPSTREAM": upstream_url, "FLOOR_AUTHORIZATION": authorization}
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "uvicorn", "bench._gateway_floor:app"),
+                *("--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
+            ],
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, f"{base_url}/healthz", log, time.monotonic() + 60)
+        yield ServerProcess("floor", proc, base_url, log)
+    finally:
+        ServerProcess("floor", proc, "", log).stop()

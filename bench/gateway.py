@@ -3,9 +3,11 @@
 One fake OpenAI upstream on loopback (``bench/_gateway_upstream.py``: a fixed latency before
 each answer, 20 tokens, streamed as 20 content chunks) is called, in turn, by:
 
-- **direct**: the load generator itself (the floor, and the load generator's own ceiling);
+- **direct**: the load generator itself (the baseline, and the load generator's ceiling);
+- **floor**: a do-nothing Python proxy (``bench/_gateway_floor.py``: raw ASGI under the same
+  uvicorn, aiohttp to the upstream), what the extra hop and the HTTP stack cost by themselves;
 - **aigc**: ``fengchao serve`` (one worker), ``POST /aigc/chat/`` with the SDK's body;
-- **v1**: the same server, ``POST /v1/chat/completions`` (skipped until the route exists);
+- **v1**: the same server, ``POST /v1/chat/completions``;
 - **litellm**: the LiteLLM proxy (``litellm[proxy]``, one worker, its own venv), with its
   cost tracking callbacks but no database: its spend tracking writes through Prisma, whose
   query engine is a download this machine cannot make (see docs/benchmarks.md).
@@ -55,6 +57,7 @@ from bench._gateway_servers import (  # noqa: E402
     LITELLM_MASTER_KEY,
     ServerProcess,
     fengchao_server,
+    floor_server,
     litellm_config,
     litellm_server,
 )
@@ -66,7 +69,7 @@ from fengchao_chains.testing.serve import serve_in_process  # noqa: E402
 
 MODEL = "gpt-3.5-turbo"
 QUESTION = "Why do connection pools make requests faster?"
-ALL_TARGETS = ("direct", "aigc", "v1", "litellm")
+ALL_TARGETS = ("direct", "floor", "aigc", "v1", "litellm")
 LOADGEN_CPUS = {0}
 SERVER_CPUS = {1}
 
@@ -287,6 +290,19 @@ def bench(opts: Options) -> Results:
                 _fixed({"authorization": f"Bearer {API_KEY}"}),
             )
             run_cells(opts, direct, CpuWatch(base_groups), results, list(base_groups))
+
+        if "floor" in opts.targets:
+            auth = f"Bearer {API_KEY}"
+            log = opts.work_dir / "floor.log"
+            with floor_server(up_url, auth, log, opts.server_cpus) as server:
+                floor = Target(
+                    "floor",
+                    f"{server.base_url}/v1/chat/completions",
+                    openai_bodies(),
+                    _fixed({"authorization": "ignored"}),
+                )
+                groups = {"server": [server.pid], **base_groups}
+                run_cells(opts, floor, CpuWatch(groups), results, list(groups))
 
         if {"aigc", "v1"} & set(opts.targets):
             env = gateway_env(opts, db_url, up_url)
