@@ -159,12 +159,8 @@ def litellm_server(
             stderr=subprocess.STDOUT,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
         )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(proc, f"{base_url}/health/liveliness", log, time.monotonic() + 180)
-        yield ServerProcess("litellm", proc, base_url, log)
-    finally:
-        ServerProcess("litellm", proc, "", log).stop()
+    with _healthy("litellm", proc, port, "/health/liveliness", log, seconds=180) as server:
+        yield server
 
 
 @contextmanager
@@ -187,9 +183,18 @@ def floor_server(
             stderr=sink,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
         )
+    with _healthy("floor", proc, port, "/healthz", log, seconds=60) as server:
+        yield server
+
+
+@contextmanager
+def _healthy(
+    name: str, proc: subprocess.Popen[bytes], port: int, health: str, log: Path, *, seconds: float
+) -> Iterator[ServerProcess]:
+    """A started server once its health route answers; stopped when the block ends."""
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(proc, f"{base_url}/healthz", log, time.monotonic() + 60)
-        yield ServerProcess("floor", proc, base_url, log)
+        _wait_healthy(proc, f"{base_url}{health}", log, time.monotonic() + seconds)
+        yield ServerProcess(name, proc, base_url, log)
     finally:
-        ServerProcess("floor", proc, "", log).stop()
+        ServerProcess(name, proc, "", log).stop()
