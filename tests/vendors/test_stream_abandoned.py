@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import pytest
+from langchain_core.messages import AIMessageChunk
 
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.testing.fakes._common import Fault, Served
@@ -22,7 +25,7 @@ openai_fake, url, model = OPENAI.fixtures(fake="openai_fake")
 
 async def _read_two_chunks(model: ChatOpenAICompatible, fake: FakeOpenAI, *, close: bool) -> None:
     fake.inject(Fault.STALL, after_chunks=2)
-    stream = model.astream("tell me a long story")
+    stream = cast(AsyncGenerator[AIMessageChunk, None], model.astream("tell me a long story"))
     received = [await anext(stream) for _ in range(2)]
     assert "".join(str(chunk.content) for chunk in received)
     if close:
