@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -198,6 +199,29 @@ class Database:
         if self._async_pool is None:
             raise DatabaseError("the async pool is not open: await open_async_pool() first")
         return self._async_pool
+
+    async def alisten(
+        self, channel: str, *, purpose: str, **conninfo: Any
+    ) -> psycopg.AsyncConnection[Any]:
+        """A new autocommit connection LISTENing on ``channel``, with ``conninfo`` added to
+        the pool's connection settings (the caller closes it). A failure is a
+        :class:`DatabaseError` saying it cannot ``purpose``, the password kept out."""
+        params = make_conninfo(self.pool_conninfo, **conninfo)
+        try:
+            conn = await psycopg.AsyncConnection.connect(params, autocommit=True)
+        except psycopg.Error as exc:
+            password = str(conninfo_to_dict(self.conninfo).get("password") or "")
+            reason = one_line(exc, redact=password or None)
+            raise DatabaseError(f"cannot {purpose}: {reason}") from None
+        try:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        except psycopg.Error as exc:
+            await conn.close()
+            raise DatabaseError(f"cannot {purpose}: {one_line(exc)}") from None
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     @property
     def pool_conninfo(self) -> str:

@@ -43,8 +43,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fengchao_chains.errors import DatabaseError, one_line
 
@@ -258,29 +256,15 @@ class KeyChangeListener:
         self.cache.suspend()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        conninfo = make_conninfo(
-            self.database.pool_conninfo,
+        return await self.database.alisten(
+            self.channel,
+            purpose="listen for key revocations",
             application_name="fengchao-keys",
             keepalives=1,  # notice a silently dead peer (TCP only; ignored on a socket file)
             keepalives_idle=30,
             keepalives_interval=10,
             keepalives_count=3,
         )
-        try:
-            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            password = str(conninfo_to_dict(self.database.conninfo).get("password") or "")
-            reason = one_line(exc, redact=password or None)
-            raise DatabaseError(f"cannot listen for key revocations: {reason}") from None
-        try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        except psycopg.Error as exc:
-            await conn.close()
-            raise DatabaseError(f"cannot listen for key revocations: {one_line(exc)}") from None
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
 
     async def _run(self, conn: psycopg.AsyncConnection[Any] | None) -> None:
         delay = RECONNECT_FIRST_SECONDS

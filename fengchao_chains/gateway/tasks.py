@@ -36,8 +36,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from fengchao_chains.db import Database
@@ -249,19 +248,9 @@ class TaskQueue:
 
     async def alisten(self) -> psycopg.AsyncConnection[Any]:
         """A new autocommit connection LISTENing on :attr:`channel` (the caller closes it)."""
-        conninfo = make_conninfo(self.database.pool_conninfo, application_name="fengchao-tasks")
-        try:
-            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            password = str(conninfo_to_dict(self.database.conninfo).get("password") or "")
-            reason = one_line(exc, redact=password or None)
-            raise DatabaseError(f"cannot listen for new tasks: {reason}") from None
-        try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+        return await self.database.alisten(
+            self.channel, purpose="listen for new tasks", application_name="fengchao-tasks"
+        )
 
     def describe_error(self, exc: BaseException) -> str:
         """A handler's exception as the task's one-line error: our own errors by their
