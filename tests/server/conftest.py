@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from fengchao_chains.gateway.auth import issue_token
+from fengchao_chains.ingest.pipeline import ingest
+from fengchao_chains.retrievers import NEWS_STORE, KnowledgeBaseRegistry
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import create_app
 from fengchao_chains.settings import Settings
@@ -122,3 +125,24 @@ def server(
             token=issue_token(first.api_key, first.secret_key, 600),
             other_token=issue_token(second.api_key, second.secret_key, 600),
         )
+
+
+NEWS = [
+    {"id": "n1", "title": "北京冬奥会开幕", "content": "第二十四届冬奥会在北京国家体育场开幕。"},
+    {"id": "n2", "title": "长江流域降雨", "content": "长江中下游地区迎来强降雨，发布防汛预警。"},
+    {"id": "n3", "title": "新能源汽车销量", "content": "新能源汽车销量同比增长三成，充电桩加快。"},
+]
+
+
+@pytest.fixture
+def news(server: Server, tmp_path: Path) -> Server:
+    """The server with :data:`NEWS` ingested into the news store."""
+    source = tmp_path / "news.jsonl"
+    source.write_text("\n".join(json.dumps(item, ensure_ascii=False) for item in NEWS) + "\n")
+    runtime = server.runtime
+    kb = KnowledgeBaseRegistry(runtime.database).get(NEWS_STORE)
+    report = ingest(
+        [source], database=runtime.database, knowledge_base=kb, settings=runtime.settings
+    )
+    assert report.new == len(NEWS) and report.problems == 0
+    return server

@@ -4,34 +4,16 @@ the app, a fake OpenAI and a news store loaded with real embeddings."""
 from __future__ import annotations
 
 import base64
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from fengchao_chains.callbacks.token_estimate import estimate_tokens
-from fengchao_chains.ingest.pipeline import ingest
-from fengchao_chains.retrievers import NEWS_STORE, KnowledgeBaseRegistry
+from fengchao_chains.retrievers import NEWS_STORE
 from tests.server.conftest import ONLINE, Server
-from tests.server.test_knowledge_and_routes import NEWS
 from tests.server.test_openai_v1 import error_of, post, stream
 
 EMBEDDER = "use-multilingual-v3"
-
-
-@pytest.fixture
-def news(server: Server, tmp_path: Path) -> Server:
-    source = tmp_path / "news.jsonl"
-    source.write_text("\n".join(json.dumps(item, ensure_ascii=False) for item in NEWS) + "\n")
-    runtime = server.runtime
-    kb = KnowledgeBaseRegistry(runtime.database).get(NEWS_STORE)
-    report = ingest(
-        [source], database=runtime.database, knowledge_base=kb, settings=runtime.settings
-    )
-    assert report.new == len(NEWS)
-    return server
 
 
 def test_knowledge_grounds_the_question_and_returns_the_hits(news: Server) -> None:
