@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,24 +215,15 @@ def gateway_targets(server: ServerProcess, token: str, wanted: list[str]) -> lis
                 _fixed({"authorization": token}),
             )
         )
-    if "v1" in wanted and v1_available(server.base_url, token):
-        bearer = {"authorization": f"Bearer {token}"}
-        targets.append(
-            Target("v1", f"{server.base_url}/v1/chat/completions", openai_bodies(), _fixed(bearer))
-        )
+    if "v1" in wanted:
+        targets.append(openai_target("v1", server.base_url, token))
     return targets
 
 
-def v1_available(base_url: str, token: str) -> bool:
-    """Whether the server has the OpenAI front door yet (it is being built in issue 8)."""
-    body = json.loads(openai_bodies()["invoke"])
-    answer = httpx.post(
-        f"{base_url}/v1/chat/completions",
-        json=body,
-        headers={"authorization": f"Bearer {token}"},
-        timeout=30,
-    )
-    return answer.status_code == 200
+def openai_target(name: str, base_url: str, api_key: str) -> Target:
+    """Chat completions at ``base_url`` in OpenAI's protocol, with ``api_key`` as Bearer."""
+    bearer = _fixed({"authorization": f"Bearer {api_key}"})
+    return Target(name, f"{base_url}/v1/chat/completions", openai_bodies(), bearer)
 
 
 def _fixed(headers: dict[str, str]) -> Any:
@@ -283,24 +273,14 @@ def bench(opts: Options) -> Results:
         results.notes.append(_load_note("at the start"))
 
         if "direct" in opts.targets:
-            direct = Target(
-                "direct",
-                f"{up_url}/v1/chat/completions",
-                openai_bodies(),
-                _fixed({"authorization": f"Bearer {API_KEY}"}),
-            )
+            direct = openai_target("direct", up_url, API_KEY)
             run_cells(opts, direct, CpuWatch(base_groups), results, list(base_groups))
 
         if "floor" in opts.targets:
             auth = f"Bearer {API_KEY}"
             log = opts.work_dir / "floor.log"
             with floor_server(up_url, auth, log, opts.server_cpus) as server:
-                floor = Target(
-                    "floor",
-                    f"{server.base_url}/v1/chat/completions",
-                    openai_bodies(),
-                    _fixed({"authorization": "ignored"}),
-                )
+                floor = openai_target("floor", server.base_url, "ignored")  # it sends its own
                 groups = {"server": [server.pid], **base_groups}
                 run_cells(opts, floor, CpuWatch(groups), results, list(groups))
 
@@ -312,8 +292,6 @@ def bench(opts: Options) -> Results:
                 db_group = {"db": [postmaster]} if postmaster is not None else {}
                 groups = {"server": [server.pid], **db_group, **base_groups}
                 targets = gateway_targets(server, token, opts.targets)
-                if "v1" in opts.targets and not any(t.name == "v1" for t in targets):
-                    results.notes.append("v1: POST /v1/chat/completions not answering yet; skipped")
                 for target in targets:
                     run_cells(opts, target, CpuWatch(groups), results, list(groups))
                 if opts.profile and targets:
@@ -328,12 +306,7 @@ def bench(opts: Options) -> Results:
                     opts.litellm_venv, config, opts.work_dir / "litellm", opts.server_cpus
                 ) as server:
                     groups = {"server": [server.pid], **base_groups}
-                    target = Target(
-                        "litellm",
-                        f"{server.base_url}/v1/chat/completions",
-                        openai_bodies(),
-                        _fixed({"authorization": f"Bearer {LITELLM_MASTER_KEY}"}),
-                    )
+                    target = openai_target("litellm", server.base_url, LITELLM_MASTER_KEY)
                     run_cells(opts, target, CpuWatch(groups), results, list(groups))
 
         if opts.soak and {"aigc", "v1"} & set(opts.targets):
