@@ -139,7 +139,8 @@ class Exchange(Retriable, Protocol):
 # --------------------------------------------------------------------------- clients
 
 # Streams hold a connection for their whole answer: a gateway serving hundreds of concurrent
-# streams needs as many; idle ones are kept (up to 200) so bursts do not reconnect each time.
+# streams needs as many; idle ones are kept (httpx: up to 200; aiohttp: up to the limit) for
+# 30 s, so bursts do not reconnect each time.
 MAX_CONNECTIONS = 1000
 KEEPALIVE_SECONDS = 30.0
 MAX_IDLE_CONNECTIONS = 200
