@@ -1,24 +1,123 @@
-"""A streaming response that notices at once when its client hangs up.
+"""A streaming response that notices at once when its client hangs up and writes what is
+ready in one piece.
 
-Starlette's ``StreamingResponse`` under an ASGI 2.4 server (uvicorn) learns of a disconnect
-only when its next write fails. A model that is slow to send its next piece (or a vendor
-that stalls) would keep the upstream call, and its bill, running until then. This response
-also listens for ``http.disconnect`` while it streams (Starlette's own code path for older
-servers), so the stream is cancelled when the client leaves: the upstream request is
-closed and the call is recorded as ``aborted`` with what it had consumed.
+Two things Starlette's ``StreamingResponse`` does not do, both measured on the gateway's
+streams (docs/benchmarks.md):
+
+- **Hang-ups.** Under an ASGI 2.4 server (uvicorn) Starlette learns of a disconnect only
+  when its next write fails. A model that is slow to send its next piece (or a vendor that
+  stalls) would keep the upstream call, and its bill, running until then. This response
+  listens for ``http.disconnect`` while it streams, so the stream is cancelled when the
+  client leaves: the upstream request is closed and the call is recorded as ``aborted`` with
+  what it had consumed.
+- **One write per burst, not per piece.** Starlette sends every piece the body yields as its
+  own write (a system call, and a wake-up of the client, each). A vendor usually delivers
+  several events in one network read, and the model's pieces then arrive together. Here the
+  body is read by its own task into a buffer, and the response task writes whatever has
+  collected each time it runs: the producer runs until it waits for the network, so
+  everything that came in one read goes out in one write, and nothing is ever held back to
+  wait for more. A slow client bounds the buffer (:data:`BUFFER_LIMIT`): the producer waits
+  until the writer has drained it.
+
+A body that fails midway has what it yielded before the failure written first, then the
+error propagates (the server closes the connection), as with Starlette's response.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable
+
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-_LISTENING_SPEC = "2.3"
-"""The newest ASGI spec version for which Starlette listens for the disconnect itself."""
+BUFFER_LIMIT = 64 * 1024
+"""Bytes the body may run ahead of a slow client before it waits."""
 
 
 class HangUpAwareStreamingResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": _LISTENING_SPEC}}
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        pipe = _Pipe(self.charset)
+        producer = asyncio.create_task(pipe.fill(self.body_iterator))
+        listener = asyncio.create_task(_cancel_on_disconnect(receive, producer, pipe))
+        try:
+            await pipe.drain(send)
+        except OSError as exc:  # what servers other than uvicorn raise on a dead socket
+            raise ClientDisconnect() from exc
+        finally:
+            listener.cancel()
+            if not producer.done():  # the writer failed: the body stops with it
+                producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+        if self.background is not None:
+            await self.background()
+
+
+class _Pipe:
+    """The pieces the body has yielded and the writer has not yet sent."""
+
+    def __init__(self, charset: str) -> None:
+        self.charset = charset
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.finished = False  # the body ended, normally or not
+        self.failed = False
+        self.hung_up = False
+        self.ready = asyncio.Event()  # pieces to write, or the end
+        self.room = asyncio.Event()  # the buffer is under the limit
+        self.room.set()
+
+    async def fill(self, body: AsyncIterable[str | bytes | memoryview]) -> None:
+        try:
+            async for piece in body:
+                data = piece.encode(self.charset) if isinstance(piece, str) else bytes(piece)
+                if not data:
+                    continue
+                self.pieces.append(data)
+                self.size += len(data)
+                self.ready.set()
+                if self.size >= BUFFER_LIMIT:
+                    self.room.clear()
+                    await self.room.wait()
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self.finished = True
+            self.ready.set()
+
+    async def drain(self, send: Send) -> None:
+        """Write what has collected each time there is some, until the body ends."""
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            finished = self.finished  # before taking: pieces may come while sending
+            pieces, self.pieces, self.size = self.pieces, [], 0
+            self.room.set()
+            if self.hung_up or (self.failed and not pieces):
+                return
+            last = finished and not self.failed
+            if pieces or last:
+                body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                await send({"type": "http.response.body", "body": body, "more_body": not last})
+            if finished:
+                return
+
+
+async def _cancel_on_disconnect(
+    receive: Receive, producer: asyncio.Task[None], pipe: _Pipe
+) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    pipe.hung_up = True
+    producer.cancel()
+    pipe.ready.set()
