@@ -1,0 +1,130 @@
+"""The gateway's streaming response, driven through its ASGI interface: what is ready goes out
+in one write, nothing waits for more, a hang-up cancels the body, a failing body has its
+earlier pieces written first, and a slow client holds the body back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from fengchao_chains.streaming import BUFFER_LIMIT, HangUpAwareStreamingResponse
+
+SCOPE = {"type": "http", "asgi": {"spec_version": "2.4"}, "method": "GET", "headers": []}
+
+
+class Client:
+    """The server side of one response: what was sent, when, and a disconnect on demand."""
+
+    def __init__(self, *, send_delay: asyncio.Event | None = None) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.sent_at: list[float] = []
+        self.gone = asyncio.Event()
+        self.send_delay = send_delay
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.send_delay is not None and message["type"] == "http.response.body":
+            await self.send_delay.wait()
+        self.messages.append(message)
+        self.sent_at.append(time.perf_counter())
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "http.response.body"]
+
+
+async def respond(body: AsyncIterator[str], client: Client) -> None:
+    response = HangUpAwareStreamingResponse(body, media_type="text/event-stream")
+    await response(SCOPE, client.receive, client.send)
+
+
+async def test_pieces_ready_together_go_out_in_one_write() -> None:
+    async def burst() -> AsyncIterator[str]:
+        for i in range(20):
+            yield f"data: {i}\n\n"
+
+    client = Client()
+    await respond(burst(), client)
+    assert client.messages[0]["type"] == "http.response.start"
+    assert [m["more_body"] for m in client.bodies] == [False]
+    assert client.bodies[0]["body"] == "".join(f"data: {i}\n\n" for i in range(20)).encode()
+
+
+async def test_a_piece_is_written_as_soon_as_the_body_waits() -> None:
+    yielded: list[float] = []
+
+    async def spaced() -> AsyncIterator[str]:
+        for i in range(5):
+            yielded.append(time.perf_counter())
+            yield f"data: {i}\n\n"
+            await asyncio.sleep(0.03)
+
+    client = Client()
+    await respond(spaced(), client)
+    pieces = [m for m in client.bodies if m["body"]]
+    assert [m["body"] for m in pieces] == [f"data: {i}\n\n".encode() for i in range(5)]
+    delays = [sent - made for sent, made in zip(client.sent_at[1:], yielded, strict=False)]
+    assert max(delays) < 0.02, delays  # each went out before the next was made
+
+
+async def test_a_hang_up_cancels_the_body_at_once() -> None:
+    closed: list[str] = []
+
+    async def stalled() -> AsyncIterator[str]:
+        try:
+            yield "data: first\n\n"
+            await asyncio.sleep(30)
+            yield "data: never\n\n"
+        finally:
+            closed.append("closed")
+
+    client = Client()
+    task = asyncio.create_task(respond(stalled(), client))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    client.gone.set()
+    await asyncio.wait_for(task, 2)
+    assert time.perf_counter() - started < 0.5
+    assert closed == ["closed"]
+    assert [m["body"] for m in client.bodies] == [b"data: first\n\n"]  # and no end of body
+
+
+async def test_a_failing_body_has_its_earlier_pieces_written_then_fails() -> None:
+    async def failing() -> AsyncIterator[str]:
+        yield "data: a\n\n"
+        yield "data: b\n\n"
+        raise RuntimeError("upstream cut")
+
+    client = Client()
+    with pytest.raises(RuntimeError, match="upstream cut"):
+        await respond(failing(), client)
+    assert b"".join(m["body"] for m in client.bodies) == b"data: a\n\ndata: b\n\n"
+    assert all(m["more_body"] for m in client.bodies)  # the body was never ended as complete
+
+
+async def test_a_slow_client_holds_the_body_back() -> None:
+    piece = "x" * 1024
+    made = 0
+
+    async def endless() -> AsyncIterator[str]:
+        nonlocal made
+        while made < 10 * BUFFER_LIMIT // len(piece):
+            made += 1
+            yield piece
+            await asyncio.sleep(0)
+
+    unblocked = asyncio.Event()
+    client = Client(send_delay=unblocked)
+    task = asyncio.create_task(respond(endless(), client))
+    await asyncio.sleep(0.2)
+    assert made <= BUFFER_LIMIT // len(piece) + 1  # stopped at the limit while blocked
+    unblocked.set()
+    await asyncio.wait_for(task, 5)
+    assert sum(len(m["body"]) for m in client.bodies) == made * len(piece)
