@@ -142,6 +142,8 @@ def _view(normal: str, *, before: str = "", final: bool = True) -> _View:
     """The view of a normalised text; ``before`` is the last significant normalised character
     before it (in a stream), and ``final=False`` leaves a whitespace run at the end
     unresolved, since the next chunk decides whether it is ignored."""
+    if _SKIPPABLE_RUN.search(normal) is None:  # most text: one segment, copied as it is
+        return _View(normal, normal, [0] if normal else [], [0] if normal else [], None)
     pieces: list[str] = []
     cstarts: list[int] = []
     ostarts: list[int] = []
