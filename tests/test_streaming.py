@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ class Client:
     """The server side of one response: what was sent, when, and a disconnect on demand."""
 
     def __init__(self, *, send_delay: asyncio.Event | None = None) -> None:
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[MutableMapping[str, Any]] = []
         self.sent_at: list[float] = []
         self.gone = asyncio.Event()
         self.send_delay = send_delay
@@ -29,14 +29,14 @@ class Client:
         await self.gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         if self.send_delay is not None and message["type"] == "http.response.body":
             await self.send_delay.wait()
         self.messages.append(message)
         self.sent_at.append(time.perf_counter())
 
     @property
-    def bodies(self) -> list[dict[str, Any]]:
+    def bodies(self) -> list[MutableMapping[str, Any]]:
         return [m for m in self.messages if m["type"] == "http.response.body"]
 
 

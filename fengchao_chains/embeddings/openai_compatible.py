@@ -5,7 +5,8 @@ Requests go through the project's shared HTTP layer (pooled clients, retries wit
 429/5xx honouring ``Retry-After``), and the OpenAI-compatible chat model of the same endpoint
 does the vendor half of each call: it signs with the bearer key and maps error answers to the
 project's exceptions, so an embeddings failure is the same exception a chat failure would be.
-The answer's vectors are put back in input order by their ``index``.
+The answer's vectors are put back in input order by their ``index``, and each answered
+batch's token count is reported (:mod:`fengchao_chains.embeddings.usage`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr, SecretStr
 
 from fengchao_chains.embeddings._base import CatalogEmbeddings
+from fengchao_chains.embeddings.usage import report_batch
 from fengchao_chains.llms import _http
 from fengchao_chains.llms._http import VendorRequest
 from fengchao_chains.llms.errors import UpstreamError
@@ -83,7 +85,10 @@ class OpenAICompatibleEmbeddings(CatalogEmbeddings):
         return VendorRequest("POST", self._exchange._url("/embeddings"), json_body=body)
 
     def _vectors(self, body: Any, sent: int) -> list[list[float]]:
-        """The answer's vectors in input order (by ``index``)."""
+        """The answer's vectors in input order (by ``index``); the batch's usage goes to
+        :func:`~fengchao_chains.embeddings.usage.report_batch` first (the vendor billed it,
+        whatever its vectors look like)."""
+        report_batch(sent, body)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or len(data) != sent:
             count = len(data) if isinstance(data, list) else "no"

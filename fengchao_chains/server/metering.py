@@ -19,6 +19,7 @@ from langchain_core.messages import BaseMessage
 from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, estimate_tokens
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard
+from fengchao_chains.catalog.cards import EmbeddingCard
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.gateway.limits import Reservation
 
@@ -71,33 +72,54 @@ class Metering:
         whose prompts are estimated); raises
         :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
         await self._reserve(
-            card,
+            card.unit,
             lambda: sum(estimate_chat_prompt(self.runtime, chat) for chat in chats),
-            max_tokens,
+            max_tokens=max_tokens,
+            cost=card.cost,
         )
 
     async def admit_messages(
         self, card: ModelCard, messages: Sequence[BaseMessage], max_tokens: int | None
     ) -> None:
         """:meth:`admit` for a request whose prompt messages are already rendered."""
-        await self._reserve(card, lambda: estimate_prompt_tokens(messages), max_tokens)
+        await self._reserve(
+            card.unit,
+            lambda: estimate_prompt_tokens(messages),
+            max_tokens=max_tokens,
+            cost=card.cost,
+        )
+
+    async def admit_texts(self, card: EmbeddingCard, texts: Sequence[str]) -> None:
+        """:meth:`admit` for an embeddings request: its input's estimate, no completion."""
+        await self._reserve(
+            card.unit,
+            lambda: sum(estimate_tokens(text) for text in texts),
+            max_tokens=0,
+            cost=lambda prompt, _completion: card.cost(prompt),
+        )
 
     async def _reserve(
-        self, card: ModelCard, prompt_tokens: Callable[[], int], max_tokens: int | None
+        self,
+        unit: str,
+        prompt_tokens: Callable[[], int],
+        *,
+        max_tokens: int | None,
+        cost: Callable[[int, int], float],
     ) -> None:
-        """The reservation; the prompt is estimated only for a key that has limits."""
+        """The reservation (``max_tokens``: the completion the request may ask for); the
+        prompt is estimated only for a key that has limits."""
         limiter = self.runtime.limits
         if await limiter.alimits(self.caller) is None:
             return
         estimate = prompt_tokens()
         completion = limiter.completion_allowance(max_tokens)
-        self._unit = card.unit
+        self._unit = unit
         self.reservation = await limiter.aadmit(
             self.caller,
             prompt_tokens=estimate,
             max_tokens=max_tokens,
-            cost_ceiling=card.cost(estimate, completion),
-            unit=card.unit,
+            cost_ceiling=cost(estimate, completion),
+            unit=unit,
         )
 
     async def run_ended(self) -> None:

@@ -12,16 +12,15 @@ the card's ``in_price``): its input tokens are the vendor's own count where it r
 ``estimated`` (the in-process engines and TEI report none). A call that fails midway counts
 what the vendor had answered. The answer's ``usage`` is the recorded figure. A key with
 limits is admitted on the input's estimate (no completion allowance) and settled to the
-recorded figure, as at the other doors.
+recorded figure by the same :class:`~fengchao_chains.server.metering.Metering` as the other
+doors. The vendor's counts come from :mod:`fengchao_chains.embeddings.usage`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,8 +34,8 @@ from fengchao_chains.callbacks.usage import ABORTS, FrontDoor, Status, UsageReco
 from fengchao_chains.catalog import Catalog
 from fengchao_chains.catalog.cards import EmbeddingCard
 from fengchao_chains.embeddings import CatalogEmbeddings, embeddings_for_card
-from fengchao_chains.embeddings.openai_compatible import OpenAICompatibleEmbeddings
-from fengchao_chains.gateway.limits import Limiter, Reservation
+from fengchao_chains.embeddings.usage import VendorBatch, collect_vendor_batches
+from fengchao_chains.server.metering import Metering
 from fengchao_chains.server.openai_v1_errors import (
     authenticate,
     built_once,
@@ -51,39 +50,6 @@ router = APIRouter()
 
 MAX_INPUTS = 2048
 FRONT_DOOR: FrontDoor = "v1"
-
-
-@dataclass(frozen=True)
-class VendorBatch:
-    """One batch a remote vendor answered: how many texts, and the input tokens it reported
-    (None: it reported none)."""
-
-    texts: int
-    tokens: int | None
-
-
-_VENDOR_BATCHES: ContextVar[list[VendorBatch] | None] = ContextVar(
-    "fengchao_v1_embedding_batches", default=None
-)
-"""Where the running request's :class:`UsageReportingEmbeddings` batches go (one list per
-request, so one embeddings object serves concurrent requests)."""
-
-
-class UsageReportingEmbeddings(OpenAICompatibleEmbeddings):
-    """OpenAI-compatible embeddings that keep each answer's ``usage`` (the base class reads
-    only the vectors): the hook is ``_vectors``, which every answered batch passes through."""
-
-    def _vectors(self, body: Any, sent: int) -> list[list[float]]:
-        batches = _VENDOR_BATCHES.get()
-        if batches is not None:
-            batches.append(VendorBatch(sent, _reported_tokens(body)))
-        return super()._vectors(body, sent)
-
-
-def _reported_tokens(body: Any) -> int | None:
-    usage = body.get("usage") if isinstance(body, dict) else None
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    return tokens if isinstance(tokens, int) and tokens >= 0 else None
 
 
 def billed_tokens(
@@ -115,18 +81,16 @@ class EmbeddingCall:
 
     async def run(self, embeddings: CatalogEmbeddings, *, query: bool) -> list[list[float]]:
         """The vectors; the call's record is made before this returns or raises."""
-        reset = _VENDOR_BATCHES.set(self.batches)
-        try:
-            if query:
-                vectors = [await embeddings.aembed_query(text) for text in self.texts]
-            else:
-                vectors = await embeddings.aembed_documents(self.texts)
-        except BaseException as exc:
-            self.record(exc)
-            raise
-        finally:
-            _VENDOR_BATCHES.reset(reset)
-        self.record(None)
+        with collect_vendor_batches() as self.batches:
+            try:
+                if query:
+                    vectors = [await embeddings.aembed_query(text) for text in self.texts]
+                else:
+                    vectors = await embeddings.aembed_documents(self.texts)
+            except BaseException as exc:
+                self.record(exc)
+                raise
+            self.record(None)
         return vectors
 
     def record(self, failure: BaseException | None) -> None:
@@ -154,12 +118,13 @@ async def create_embeddings(request: Request) -> Response:
         body = parse(EmbeddingsRequest, await request.body())
         card = embedding_card(runtime.catalog, body)
         embeddings = catalog_embeddings(request, card)
-        reservation = await admit(runtime.limits, caller.api_key, card, body.texts)
-        call = EmbeddingCall(card, body.texts, runtime.usage.recorder(caller.api_key, FRONT_DOOR))
+        metering = Metering(runtime, caller.api_key, FRONT_DOOR, None)
+        await metering.admit_texts(card, body.texts)
+        call = EmbeddingCall(card, body.texts, metering.recorder)
         try:
             vectors = await call.run(embeddings, query=body.input_type == "query")
         finally:
-            await _settle(runtime.limits, reservation, call)
+            await metering.settle()
         return JSONResponse(_answer(card, vectors, call.recorded, body.encoding_format))
     except Exception as exc:
         return error_answer(exc)
@@ -189,49 +154,8 @@ def embedding_card(catalog: Catalog, body: EmbeddingsRequest) -> EmbeddingCard:
 
 
 def catalog_embeddings(request: Request, card: EmbeddingCard) -> CatalogEmbeddings:
-    """The card's embeddings object, built once per app and runtime; an OpenAI-compatible
-    one as :class:`UsageReportingEmbeddings`, so the vendor's counts are kept."""
-
-    def build() -> CatalogEmbeddings:
-        embeddings = embeddings_for_card(card)
-        if isinstance(embeddings, OpenAICompatibleEmbeddings):
-            return UsageReportingEmbeddings(**dict(embeddings))
-        return embeddings
-
-    return built_once(request, "openai_v1_embeddings", card.id, build)
-
-
-async def admit(
-    limiter: Limiter, api_key: str, card: EmbeddingCard, texts: Sequence[str]
-) -> Reservation | None:
-    """Reserve the input's estimate (and its cost) of the key's limits; None (no estimate,
-    no database round trip) for a key without limits. Raises
-    :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
-    if await limiter.alimits(api_key) is None:
-        return None
-    estimate = sum(estimate_tokens(text) for text in texts)
-    return await limiter.aadmit(
-        api_key,
-        prompt_tokens=estimate,
-        max_tokens=0,  # an embedding has no completion
-        cost_ceiling=card.cost(estimate),
-        unit=card.unit,
-    )
-
-
-async def _settle(limiter: Limiter, reservation: Reservation | None, call: EmbeddingCall) -> None:
-    """Correct the reservation to the recorded call (nothing recorded: zero); shielded, so
-    a request cancelled because its client left still settles."""
-    if reservation is None:
-        return
-    record = call.recorded
-    settling = limiter.asettle(
-        reservation,
-        tokens=record.prompt_tokens if record else 0,
-        cost=record.cost if record else 0.0,
-        unit=call.card.unit,
-    )
-    await asyncio.shield(settling)
+    """The card's embeddings object, built once per app and runtime."""
+    return built_once(request, "openai_v1_embeddings", card.id, lambda: embeddings_for_card(card))
 
 
 def _answer(

