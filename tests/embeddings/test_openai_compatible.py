@@ -245,7 +245,8 @@ async def test_each_call_collects_its_own_vendor_batches(openai_embeddings: Serv
     assert [b.texts for b in short_batches] == [2, 1]
     assert [b.texts for b in long_batches] == [2, 2]
     counted = [sum(map(count_tokens, r["body"]["input"])) for r in fake.requests]
-    assert sorted(b.tokens for b in short_batches + long_batches) == sorted(counted)
+    assert sorted(b.tokens or 0 for b in short_batches + long_batches) == sorted(counted)
+    assert all(b.tokens for b in short_batches + long_batches)
     assert sum(b.tokens or 0 for b in long_batches) > sum(b.tokens or 0 for b in short_batches)
     await embeddings.aembed_documents(["outside"])
     assert len(short_batches) + len(long_batches) == 4
