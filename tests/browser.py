@@ -42,6 +42,18 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
+def browser_fixture() -> Any:
+    """A module-scoped ``browser`` fixture (bind it as ``browser``): one :func:`chromium`
+    for the module's tests."""
+
+    @pytest.fixture(scope="module")
+    def browser() -> Iterator[Browser]:
+        with chromium() as started:
+            yield started
+
+    return browser
+
+
 @contextmanager
 def fresh_page(
     browser: Browser, errors: list[str], *, console_errors: bool = False, **context: Any

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from fengchao_chains.gateway.auth import issue_token
+from fengchao_chains.testing.fakes._common import echo
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from fengchao_chains.testing.serve import serve_in_thread
 from tests.processes import ServeProcess, run_cli
@@ -127,6 +129,26 @@ def running_gateway(postgres_url: str, work_dir: Path, **settings_env: str) -> I
             finally:
                 server.kill()
                 _drop_schema(postgres_url, schema)
+
+
+def news_gateway(name: str, news: Sequence[Mapping[str, Any]]) -> tuple[Any, Any]:
+    """Fixtures for a module of client tests, to be bound as ``gateway, plain_echo``: a
+    module-scoped :func:`running_gateway` with ``news`` ingested into the news store
+    (``name`` names its work directory), and an autouse reset of its fake OpenAI to echoing
+    with no faults queued before every test."""
+
+    @pytest.fixture(scope="module")
+    def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+        with running_gateway(postgres_url, tmp_path_factory.mktemp(name)) as started:
+            started.ingest(list(news))
+            yield started
+
+    @pytest.fixture(autouse=True)
+    def plain_echo(gateway: Gateway) -> None:
+        gateway.openai.reply = echo
+        gateway.openai.clear_faults()
+
+    return gateway, plain_echo
 
 
 def _drop_schema(postgres_url: str, schema: str) -> None:

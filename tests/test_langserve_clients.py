@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,8 +17,12 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langserve import RemoteRunnable
 
-from fengchao_chains.testing.fakes._common import echo
-from tests.clients import NEWS_STORE, ONLINE_MODEL, Gateway, running_gateway
+from tests.clients import (
+    NEWS_STORE,
+    ONLINE_MODEL,
+    Gateway,
+    news_gateway,
+)
 from tests.processes import wait_until
 
 LONG_QUESTION = (
@@ -44,17 +47,7 @@ NEWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with running_gateway(postgres_url, tmp_path_factory.mktemp("remote-gateway")) as started:
-        started.ingest(NEWS)
-        yield started
-
-
-@pytest.fixture(autouse=True)
-def plain_echo(gateway: Gateway) -> None:
-    gateway.openai.reply = echo
-    gateway.openai.clear_faults()
+gateway, plain_echo = news_gateway("remote-gateway", NEWS)
 
 
 def remote(gateway: Gateway, path: str, token: str | None = "") -> RemoteRunnable[Any, Any]:

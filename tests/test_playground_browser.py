@@ -23,7 +23,7 @@ pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.browser import BROWSER_MARKS, chromium, fresh_page, sign_in
+from tests.browser import BROWSER_MARKS, browser_fixture, fresh_page, sign_in
 
 QUESTION = "What is the capital of France?"
 
@@ -37,10 +37,7 @@ def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield started
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as started:
-        yield started
+browser = browser_fixture()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ unchanged, against a live ``fengchao serve`` (real HTTP), with the key pair
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -15,8 +14,14 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel
 
-from fengchao_chains.testing.fakes._common import Fault, echo
-from tests.clients import FAST_EMBEDDINGS, NEWS_STORE, ONLINE_MODEL, Gateway, running_gateway
+from fengchao_chains.testing.fakes._common import Fault
+from tests.clients import (
+    FAST_EMBEDDINGS,
+    NEWS_STORE,
+    ONLINE_MODEL,
+    Gateway,
+    news_gateway,
+)
 
 NEWS = [
     {
@@ -46,17 +51,7 @@ WEATHER: Any = {
 }
 
 
-@pytest.fixture(scope="module")
-def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with running_gateway(postgres_url, tmp_path_factory.mktemp("v1-gateway")) as started:
-        started.ingest(NEWS)
-        yield started
-
-
-@pytest.fixture(autouse=True)
-def plain_echo(gateway: Gateway) -> None:
-    gateway.openai.reply = echo
-    gateway.openai.clear_faults()
+gateway, plain_echo = news_gateway("v1-gateway", NEWS)
 
 
 def key_pair(gateway: Gateway) -> str:
