@@ -26,7 +26,7 @@ from fengchao_chains.server import (
     uploads,
     usage_routes,
 )
-from fengchao_chains.server.deps import RuntimeDep, get_runtime
+from fengchao_chains.server.deps import RuntimeDep, app_runtime
 from fengchao_chains.settings import Settings, get_settings
 
 
@@ -91,7 +91,7 @@ def create_app(
     app.include_router(uploads.router)
     app.include_router(auth_routes.router)
     app.include_router(usage_routes.router)
-    langserve_routes.mount(app, get_runtime)
+    langserve_routes.mount(app, app_runtime)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     install_auth_errors(app)  # the SDK's {"status", "msg"}; browsers go to /login
     return app
