@@ -286,6 +286,20 @@ def test_token_refused_twice_is_an_authentication_error(
     assert fake.token_requests == 2
 
 
+def test_each_retry_may_refresh_a_token_that_expired_again(
+    model: ChatQianfan, fake: FakeQianfan
+) -> None:
+    """A token refused, a 500, a token refused again: each attempt refreshes at most once, so
+    a token that expires during the retry waits is renewed and the call still succeeds, and
+    a call never refreshes more often than it attempts."""
+    fake.inject(Fault.TOKEN_EXPIRED)
+    fake.inject(Fault.SERVER_ERROR)
+    fake.inject(Fault.TOKEN_EXPIRED)
+    assert model.invoke("hi").content == "Echo: hi"
+    assert len(fake.requests) == 4  # refused, repeated (500), retried (refused), repeated
+    assert fake.token_requests == 3  # the first token and one per refusal
+
+
 def test_token_expiring_soon_is_renewed_before_use(url: str, fake: FakeQianfan) -> None:
     fake.token_lifetime = 2  # renewed after 1.8 s, before the service would refuse it
     try:
