@@ -39,3 +39,15 @@ def served(
     fake, url = request.getfixturevalue(f"{harness.server}_server")
     with harness.fresh(fake):
         yield fake, url
+
+
+@pytest.fixture
+def fake(served: tuple[FakeVendor, str]) -> FakeVendor:
+    """The fake of :func:`served` (modules about one vendor define their own)."""
+    return served[0]
+
+
+@pytest.fixture
+def url(served: tuple[FakeVendor, str]) -> str:
+    """The URL of :func:`served`."""
+    return served[1]

@@ -38,16 +38,6 @@ from tests.vendors.harness import HARNESSES, Expected, VendorHarness
 STREAMING = [h for h in HARNESSES if h.streams]
 
 
-@pytest.fixture
-def fake(served: tuple[FakeVendor, str]) -> FakeVendor:
-    return served[0]
-
-
-@pytest.fixture
-def url(served: tuple[FakeVendor, str]) -> str:
-    return served[1]
-
-
 def check(
     error: BaseException, harness: VendorHarness, expected: Expected, request_id: str | None
 ) -> None:

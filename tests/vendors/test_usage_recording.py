@@ -28,16 +28,6 @@ def catalog() -> Catalog:
     return load_catalog()
 
 
-@pytest.fixture
-def fake(served: tuple[FakeVendor, str]) -> FakeVendor:
-    return served[0]
-
-
-@pytest.fixture
-def url(served: tuple[FakeVendor, str]) -> str:
-    return served[1]
-
-
 def recorded(harness: VendorHarness, catalog: Catalog) -> tuple[UsageRecorder, RunnableConfig]:
     recorder = UsageRecorder("fc-test", catalog, front_door="v1", request_id="r-1")
     model_id = next(iter(harness.catalog))
