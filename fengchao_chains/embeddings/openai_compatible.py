@@ -15,8 +15,8 @@ import base64
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
+import urllib3
 from pydantic import Field, PrivateAttr, SecretStr
 
 from fengchao_chains.embeddings._base import CatalogEmbeddings
@@ -55,8 +55,8 @@ class OpenAICompatibleEmbeddings(CatalogEmbeddings):
     document_input_type: str | None = None
     query_prefix: str = ""
     document_prefix: str = ""
-    http_client: httpx.Client | None = Field(default=None, exclude=True)
-    """A client of your own (proxies, certificates); default: the shared pool."""
+    http_client: urllib3.PoolManager | None = Field(default=None, exclude=True)
+    """A urllib3 pool manager of your own (proxies, certificates); default: the shared pool."""
     http_async_client: aiohttp.ClientSession | None = Field(default=None, exclude=True)
 
     _exchange: ChatOpenAICompatible = PrivateAttr()

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import httpx
+import urllib3
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
@@ -227,8 +228,9 @@ class RemoteChatModel(StandardChatModel):
 class VendorChatModel(RemoteChatModel):
     """Base of the vendor chat models over the shared HTTP layer; not used directly."""
 
-    http_client: httpx.Client | None = Field(default=None, exclude=True)
-    """A client of your own (proxies, certificates); default: the shared pool."""
+    http_client: urllib3.PoolManager | None = Field(default=None, exclude=True)
+    """A urllib3 pool manager of your own for sync calls (a ``ProxyManager`` for a proxy,
+    ``ssl_context=`` for certificates); default: the shared pool."""
     http_async_client: aiohttp.ClientSession | None = Field(default=None, exclude=True)
     """An aiohttp session of your own for async calls; default: the shared pool."""
 

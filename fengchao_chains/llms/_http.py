@@ -1,10 +1,12 @@
 """The one HTTP layer every vendor chat model uses.
 
-Pooled clients: one httpx client per process for sync calls, and one aiohttp session per
-event loop for async calls (an async connection belongs to the loop that opened it). The
-async side, which the server runs on, is aiohttp because httpx's async pool cost about a
-third of the gateway's CPU per request under load (it walks every pooled connection on each
-request and response: docs/benchmarks.md). Per-request timeouts, and retries
+Pooled clients: one urllib3 pool manager per process for sync calls, and one aiohttp
+session per event loop for async calls (an async connection belongs to the loop that opened
+it). Neither is httpx, for cost: httpx's async pool cost about a third of the gateway's CPU
+per request under load (it walks every pooled connection on each request and response), and
+its sync client about 0.2 ms more per call than urllib3 on loopback, which decided whether a
+thin vendor SDK was cheaper per call than our models (docs/benchmarks.md). httpx's
+``Timeout`` stays the one description of a call's time limits. Per-request timeouts, and retries
 with exponential backoff and jitter on rate limits, 5xx answers and connection failures,
 honouring ``Retry-After``. A stream is retried only while opening it: once the first byte
 has reached the caller, a failure is raised, never replayed, so no answer is duplicated.
@@ -28,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import httpx
+import urllib3
 import yarl
 from tenacity import (
     AsyncRetrying,
@@ -64,9 +67,10 @@ class _RedactQueryStrings(logging.Filter):
         return True
 
 
-_httpx_logger = logging.getLogger("httpx")
-if not any(isinstance(f, _RedactQueryStrings) for f in _httpx_logger.filters):
-    _httpx_logger.addFilter(_RedactQueryStrings())
+for _logger_name in ("httpx", "urllib3.connectionpool"):  # both log request lines
+    _request_logger = logging.getLogger(_logger_name)
+    if not any(isinstance(f, _RedactQueryStrings) for f in _request_logger.filters):
+        _request_logger.addFilter(_RedactQueryStrings())
 
 MAX_RETRY_AFTER = 60.0
 """Longest ``Retry-After`` honoured; a vendor asking for more gets the error instead."""
@@ -101,7 +105,7 @@ class ResponseMeta:
 
     status_code: int
     headers: Mapping[str, str]
-    """Case-insensitive (httpx's or aiohttp's headers)."""
+    """Case-insensitive (urllib3's, aiohttp's or httpx's headers)."""
     request_id: str | None
     model: str | None = None
     """The model the call asked for (a per-call ``model=`` wins over the instance's), for
@@ -139,42 +143,40 @@ class Exchange(Retriable, Protocol):
 # --------------------------------------------------------------------------- clients
 
 # Streams hold a connection for their whole answer: a gateway serving hundreds of concurrent
-# streams needs as many; idle ones are kept (httpx: up to 200; aiohttp: up to the limit) for
-# 30 s, so bursts do not reconnect each time.
+# streams needs as many. aiohttp keeps idle ones for 30 s, so bursts do not reconnect each
+# time; urllib3 keeps them until the vendor closes them (it checks before reuse).
 MAX_CONNECTIONS = 1000
 KEEPALIVE_SECONDS = 30.0
-MAX_IDLE_CONNECTIONS = 200
 
 
 def set_max_connections(limit: int) -> None:
-    """How many vendor connections this process may hold (``vendor_max_connections``);
-    pools made from now on use it (the server sets it before its first call)."""
-    global MAX_CONNECTIONS, _LIMITS  # noqa: PLW0603 - process-wide pool configuration
+    """How many vendor connections this process may hold (``vendor_max_connections``; on
+    the sync side, per vendor host); pools made from now on use it (the server sets it
+    before its first call)."""
+    global MAX_CONNECTIONS  # noqa: PLW0603 - process-wide pool configuration
     MAX_CONNECTIONS = limit
-    _LIMITS = _httpx_limits()
 
 
-def _httpx_limits() -> httpx.Limits:
-    return httpx.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=min(MAX_IDLE_CONNECTIONS, MAX_CONNECTIONS),
-        keepalive_expiry=KEEPALIVE_SECONDS,
-    )
-
-
-_LIMITS = _httpx_limits()
-_sync_client: httpx.Client | None = None
+_sync_client: urllib3.PoolManager | None = None
 _async_clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
 ] = weakref.WeakKeyDictionary()
 
 
-def sync_client() -> httpx.Client:
-    """The process-wide pooled client (httpx clients are thread-safe)."""
+def sync_client() -> urllib3.PoolManager:
+    """The process-wide pool manager (urllib3's pools are thread-safe). A caller past the
+    connection limit waits for a free connection, up to the call's pool timeout."""
     global _sync_client  # noqa: PLW0603 - one lazily built pool per process
     if _sync_client is None:
-        _sync_client = httpx.Client(limits=_LIMITS, follow_redirects=False)
+        _sync_client = urllib3.PoolManager(
+            maxsize=MAX_CONNECTIONS, block=True, retries=False, headers=_DEFAULT_HEADERS
+        )
     return _sync_client
+
+
+_DEFAULT_HEADERS = urllib3.make_headers(accept_encoding=True)
+"""Sent by the shared pool on every sync call: compressed answers are accepted (and
+decoded), as the async side does."""
 
 
 def async_client() -> aiohttp.ClientSession:
@@ -217,6 +219,11 @@ async def aclose_async_client() -> None:
 
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
+
+
+@functools.lru_cache(maxsize=64)
+def _urllib3_timeout(connect: float | None, read: float | None) -> urllib3.Timeout:
+    return urllib3.Timeout(connect=connect, read=read)
 
 
 def _aiohttp_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
@@ -363,15 +370,22 @@ def _raise_for_answer(
     return body, meta
 
 
-TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, asyncio.TimeoutError)
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, aiohttp.ClientError, asyncio.TimeoutError)
 """What the clients raise when a connection fails or times out (aiohttp raises the builtin
 ``TimeoutError`` for some of its timeouts)."""
+
+_TIMEOUTS = (
+    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.EmptyPoolError,
+    asyncio.TimeoutError,
+)
+"""Timeouts, including waiting longer than the pool timeout for a free connection."""
 
 
 def transport_error(model: Exchange, exc: BaseException, *, during: str) -> VendorError:
     """A transport failure as the project's error (the URL is kept out: it may carry a
     token in its query string)."""
-    timed_out = isinstance(exc, httpx.TimeoutException | asyncio.TimeoutError)
+    timed_out = isinstance(exc, _TIMEOUTS)
     kind: type[VendorConnectionError] = VendorTimeoutError if timed_out else VendorConnectionError
     return kind(f"{during}: {type(exc).__name__}", vendor=model.vendor_name)
 
@@ -385,19 +399,53 @@ def _headers(request: VendorRequest, signature: dict[str, str]) -> dict[str, str
     return headers
 
 
-def _build(
-    client: httpx.Client, model: Exchange, request: VendorRequest, signature: dict[str, str]
-) -> httpx.Request:
-    kwargs: dict[str, Any] = {
-        "params": request.params or None,
-        "headers": _headers(request, signature),
-    }
+def encoded_url(request: VendorRequest) -> str:
+    """The request's URL with its query string, encoded the one way both sides send it
+    (some vendors sign the query)."""
+    if not request.params:
+        return request.url
+    return str(httpx.URL(request.url, params=request.params))
+
+
+def _urlopen(
+    pool: urllib3.PoolManager,
+    model: Exchange,
+    request: VendorRequest,
+    signature: dict[str, str],
+) -> urllib3.BaseHTTPResponse:
+    """Send ``request`` once; a stream's answer is left unread for the caller. The pool's
+    own headers are sent too (urllib3 drops them when a call names any)."""
+    headers = {**pool.headers, **_headers(request, signature)}
+    body: bytes | None = None
     if request.files is not None or request.data is not None:
-        kwargs["files"] = request.files
-        kwargs["data"] = request.data
+        body, headers["Content-Type"] = urllib3.encode_multipart_formdata(
+            {**(request.data or {}), **(request.files or {})}
+        )
     elif request.json_body is not None:
-        kwargs["content"] = request.body
-    return client.build_request(request.method, request.url, timeout=model._timeout(), **kwargs)
+        body = request.body
+    timeout = model._timeout()
+    try:
+        return pool.urlopen(
+            request.method,
+            encoded_url(request),
+            body=body,
+            headers=headers,
+            timeout=_urllib3_timeout(timeout.connect, timeout.read),
+            pool_timeout=timeout.pool,
+            preload_content=not request.stream,
+            redirect=False,
+            retries=False,
+        )
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(model, exc, during="request failed") from None
+
+
+def _let_go_sync(response: urllib3.BaseHTTPResponse) -> None:
+    """Back to the pool if the answer was read to its end (urllib3 releases it then); else
+    the connection is closed (the only way to tell a vendor mid-answer to stop)."""
+    if response.connection is not None:
+        response.close()
+        response.release_conn()
 
 
 def _asend_request(
@@ -410,7 +458,7 @@ def _asend_request(
     httpx exactly as the sync side sends it, since some vendors sign it."""
     url: str | yarl.URL = request.url
     if request.params:
-        url = yarl.URL(str(httpx.URL(request.url, params=request.params)), encoded=True)
+        url = yarl.URL(encoded_url(request), encoded=True)
     body: Any = None
     if request.files is not None or request.data is not None:
         body = aiohttp.FormData()
@@ -434,20 +482,24 @@ def _asend_request(
 
 
 def send(
-    model: Exchange, request: VendorRequest, client: httpx.Client | None = None
+    model: Exchange, request: VendorRequest, client: urllib3.PoolManager | None = None
 ) -> tuple[Any, ResponseMeta]:
     """Send a non-streaming request with retries; the parsed JSON body and its metadata."""
-    http = client or sync_client()
+    pool = client or sync_client()
 
     def attempt() -> tuple[Any, ResponseMeta]:
-        built = _build(http, model, request, model._sign(request))
-        try:
-            response = http.send(built)
-        except httpx.HTTPError as exc:
-            raise transport_error(model, exc, during="request failed") from None
-        return _raise_for_answer(model, response.status_code, response.headers, response.content)
+        response = _urlopen(pool, model, request, model._sign(request))
+        return _raise_for_answer(model, response.status, response.headers, response.data)
 
     return _with_retries(model, attempt)
+
+
+def fetch(
+    model: Exchange, request: VendorRequest, client: urllib3.PoolManager | None = None
+) -> urllib3.BaseHTTPResponse:
+    """One unsigned request, no retries, the answer read whatever its status (for a
+    vendor's own exchanges, such as fetching an access token)."""
+    return _urlopen(client or sync_client(), model, request, {})
 
 
 async def asend(
@@ -474,7 +526,7 @@ class OpenedStream:
     that answered a stream request with one JSON document) that document."""
 
     response: Any
-    """``httpx.Response`` (sync) or ``aiohttp.ClientResponse`` (async)."""
+    """``urllib3.BaseHTTPResponse`` (sync) or ``aiohttp.ClientResponse`` (async)."""
     meta: ResponseMeta
     whole_body: Any = None
 
@@ -489,34 +541,31 @@ def _is_event_stream(headers: Mapping[str, str]) -> bool:
 
 @contextlib.contextmanager
 def open_stream(
-    model: Exchange, request: VendorRequest, client: httpx.Client | None = None
+    model: Exchange, request: VendorRequest, client: urllib3.PoolManager | None = None
 ) -> Iterator[OpenedStream]:
-    """Open a streaming request, retrying until the answer's headers say it is good."""
-    http = client or sync_client()
+    """Open a streaming request, retrying until the answer's headers say it is good.
+    Leaving it releases the connection as :func:`aopen_stream` does."""
+    pool = client or sync_client()
     request.stream = True
 
     def attempt() -> OpenedStream:
-        built = _build(http, model, request, model._sign(request))
-        try:
-            response = http.send(built, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_error(model, exc, during="request failed") from None
-        if response.status_code < 400 and _is_event_stream(response.headers):
-            return OpenedStream(response, _meta(model, response.status_code, response.headers))
+        response = _urlopen(pool, model, request, model._sign(request))
+        if response.status < 400 and _is_event_stream(response.headers):
+            return OpenedStream(response, _meta(model, response.status, response.headers))
         try:
             raw = response.read()
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(model, exc, during="reading the answer failed") from None
         finally:
-            response.close()
-        body, meta = _raise_for_answer(model, response.status_code, response.headers, raw)
+            _let_go_sync(response)
+        body, meta = _raise_for_answer(model, response.status, response.headers, raw)
         return OpenedStream(response, meta, whole_body=body)
 
     opened = _with_retries(model, attempt)
     try:
         yield opened
     finally:
-        opened.response.close()
+        _let_go_sync(opened.response)
 
 
 @contextlib.asynccontextmanager

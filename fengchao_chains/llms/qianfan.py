@@ -7,7 +7,8 @@ What differs from OpenAI's protocol, and why the code below exists:
   Tokens are cached per process (per base URL and AK), fetched natively sync or async, and
   dropped when the vendor reports them invalid or expired (``error_code`` 110/111), after
   which the shared HTTP layer fetches a new one and retries once. The token and the secret
-  key are kept out of errors and out of httpx's request log (a filter below redacts them);
+  key are kept out of errors and out of the HTTP clients' request logs (the shared HTTP
+  layer redacts query strings there);
 * the model is not named in the body: it is the last part of the path,
   ``/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{endpoint}``, so a user-deployed endpoint is
   just a catalog entry whose ``vendor_model`` is that endpoint (no code);
@@ -26,10 +27,10 @@ What differs from OpenAI's protocol, and why the code below exists:
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.utils import from_env, secret_from_env
@@ -162,15 +163,13 @@ class ChatQianfan(VendorChatModel):
         sk = self._require(self.secret_key, "QIANFAN_SK")
         return (self._url(""), ak, digest(sk))
 
-    def _token_request(self, client: httpx.Client) -> httpx.Request:
+    def _token_request(self) -> VendorRequest:
         params = {
             "grant_type": "client_credentials",
             "client_id": self._secret(self.api_key),
             "client_secret": self._secret(self.secret_key),
         }
-        return client.build_request(
-            "POST", self._url(OAUTH_PATH), params=params, timeout=self._timeout()
-        )
+        return VendorRequest("POST", self._url(OAUTH_PATH), params=params)
 
     def _sign(self, request: VendorRequest) -> dict[str, str]:
         request.params["access_token"] = TOKENS.get(self._token_key(), self._fetch_token)
@@ -181,39 +180,35 @@ class ChatQianfan(VendorChatModel):
         return {}
 
     def _fetch_token(self, now: float) -> Made:
-        client = self.http_client or _http.sync_client()
-        try:
-            response = client.send(self._token_request(client))
-        except httpx.HTTPError as exc:
-            raise _http.transport_error(self, exc, during="access token request failed") from None
-        return self._read_token(response, now)
+        response = _http.fetch(self, self._token_request(), self.http_client)
+        return self._read_token(response.status, response.headers, response.data, now)
 
     async def _afetch_token(self, now: float) -> Made:
         """The sync fetch in a worker thread: a token is fetched about once a day, and the
-        OAuth exchange then stays in one place (httpx)."""
+        OAuth exchange then stays in one place."""
         return await asyncio.to_thread(self._fetch_token, now)
 
-    def _read_token(self, response: httpx.Response, now: float) -> Made:
+    def _read_token(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Made:
         """The token of an OAuth answer (reused until a little before it expires, so it never
         expires between check and use), or the error saying why there is none."""
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
-        meta = ResponseMeta(response.status_code, response.headers, None)
+        meta = ResponseMeta(status, headers, None)
         if isinstance(body, dict) and body.get("access_token"):
             lifetime = float(body.get("expires_in") or 2592000)
             return str(body["access_token"]), now + lifetime - min(300.0, lifetime / 10)
         if isinstance(body, dict) and body.get("error"):
             # invalid_client: "unknown client id" (AK) or "Client authentication failed" (SK)
             message = f"access token refused: {body.get('error_description') or body['error']}"
-            kind = UpstreamError if response.status_code >= 500 else AuthenticationError
-            raise self._error(response.status_code, message, code=body["error"], kind=kind)
+            kind = UpstreamError if status >= 500 else AuthenticationError
+            raise self._error(status, message, code=body["error"], kind=kind)
         raise self._error(
-            response.status_code,
+            status,
             "the access token answer is unreadable",
             meta=meta,
-            kind=UpstreamError if response.status_code >= 500 or response.is_success else None,
+            kind=UpstreamError if status >= 500 or 200 <= status < 300 else None,
         )
 
     def _forget_credentials(self) -> None:

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
-import httpx
 import pytest
+import urllib3
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from fengchao_chains import get_chat_model
+from fengchao_chains.llms.errors import VendorTimeoutError
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
+from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from tests.vendors.checks import tuned
 from tests.vendors.harness import OPENAI
@@ -87,9 +91,9 @@ def test_compatible_endpoint_is_a_catalog_entry(
 async def test_clients_of_your_own_are_used(
     model: ChatOpenAICompatible, openai_fake: FakeOpenAI
 ) -> None:
-    """``http_client`` (httpx) / ``http_async_client`` (aiohttp) replace the shared pool
+    """``http_client`` (urllib3) / ``http_async_client`` (aiohttp) replace the shared pool
     (proxies, headers)."""
-    with httpx.Client(headers={"x-corporate-proxy": "sync"}) as client:
+    with urllib3.PoolManager(headers={"x-corporate-proxy": "sync"}) as client:
         own = model.model_copy(update={"http_client": client})
         assert own.invoke("hi").content == "Echo: hi"
         assert "".join(str(c.content) for c in own.stream("hi")) == "Echo: hi"
@@ -101,6 +105,24 @@ async def test_clients_of_your_own_are_used(
     assert [r["headers"].get("x-corporate-proxy") for r in openai_fake.requests[2:]] == [
         "async"
     ] * 2
+
+
+def test_a_sync_call_past_the_connection_limit_waits_then_times_out(
+    model: ChatOpenAICompatible, openai_fake: FakeOpenAI
+) -> None:
+    """A full pool makes a caller wait for a free connection up to the call's timeout, then
+    fail as a timeout: no hang, and no connection beyond the limit."""
+    with urllib3.PoolManager(maxsize=1, block=True) as client:
+        own = model.model_copy(update={"http_client": client, "timeout": 0.3, "max_retries": 0})
+        openai_fake.inject(Fault.STALL, after_chunks=1)
+        held = own.stream("tell me a long story")
+        next(held)  # the one connection is busy with this answer
+        started = time.monotonic()
+        with pytest.raises(VendorTimeoutError):
+            own.invoke("hi")
+        assert 0.25 < time.monotonic() - started < 2.0
+        held.close()
+        assert own.invoke("hi").content == "Echo: hi"  # the freed connection serves again
 
 
 def test_stream_usage_can_be_turned_off(

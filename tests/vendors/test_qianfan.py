@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import urllib3
 from langchain_core.messages import (
     AIMessage,
     HumanMessage,
@@ -216,7 +217,7 @@ def test_stream_usage_is_the_last_chunks_which_is_authoritative(model: ChatQianf
 
 
 def test_baidu_gateway_request_id_is_preferred(url: str, fake: FakeQianfan) -> None:
-    with httpx.Client(headers={"Request_id": "fc-req-1"}) as client:
+    with urllib3.PoolManager(headers={"Request_id": "fc-req-1"}) as client:
         chat = ChatQianfan(
             model="completions", api_key=AK, secret_key=SK, base_url=url, http_client=client
         )
@@ -357,7 +358,7 @@ def test_secrets_and_token_stay_out_of_repr_errors_and_logs(
     finally:
         del fake.credentials["qf-ak-2"]
     token = fake.last_request["access_token"]
-    assert "access_token=***" in caplog.text  # httpx logged the call, redacted
+    assert "access_token=***" in caplog.text  # urllib3 logged the call, redacted
     for value in (secret, token):
         assert value not in caplog.text
         assert_no_secret(value, chat, caught.value)
