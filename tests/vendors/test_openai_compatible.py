@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
+from typing import cast
 
 import aiohttp
 import pytest
 import urllib3
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 
 from fengchao_chains import get_chat_model
 from fengchao_chains.llms.errors import VendorTimeoutError
@@ -115,7 +117,7 @@ def test_a_sync_call_past_the_connection_limit_waits_then_times_out(
     with urllib3.PoolManager(maxsize=1, block=True) as client:
         own = model.model_copy(update={"http_client": client, "timeout": 0.3, "max_retries": 0})
         openai_fake.inject(Fault.STALL, after_chunks=1)
-        held = own.stream("tell me a long story")
+        held = cast(Generator[AIMessageChunk, None, None], own.stream("tell me a long story"))
         next(held)  # the one connection is busy with this answer
         started = time.monotonic()
         with pytest.raises(VendorTimeoutError):

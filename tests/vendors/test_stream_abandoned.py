@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Generator
 from typing import cast
 
 import pytest
@@ -66,7 +66,7 @@ async def test_a_connection_left_mid_answer_is_not_reused(
 
 def _read_two_chunks_sync(model: ChatOpenAICompatible, fake: FakeOpenAI, *, close: bool) -> None:
     fake.inject(Fault.STALL, after_chunks=2)
-    stream = model.stream("tell me a long story")
+    stream = cast(Generator[AIMessageChunk, None, None], model.stream("tell me a long story"))
     received = [next(stream) for _ in range(2)]
     assert "".join(str(chunk.content) for chunk in received)
     if close:
