@@ -9,12 +9,14 @@ it in turn, the same conversation each time:
 - **sdk**: the vendor's official SDK, in its own virtual environment (see tests/vendor_sdks.py);
 - **ours**: our ChatModel's ``invoke`` / ``stream`` (every chunk consumed).
 
-Each prints the mean milliseconds per call and the overhead over the floor; the ratio that
-the issue targets is ours/sdk (overhead over the floor, and total). Target: <= 1.0.
+The clients take turns (``--rounds``, default 3, each with ``calls / rounds`` calls), and
+each prints its milliseconds per call (the median round; within a round, the median of five
+blocks' means) and its overhead over the floor; the ratio that the issue targets is
+ours/sdk (overhead over the floor, and total). Target: <= 1.0.
 The last column takes LangChain's own per-call cost (measured without I/O in the same run)
 out of ours, to show what the HTTP side of our models costs against the SDK's.
 
-    .venv/bin/python bench/vendor_overhead.py [--calls 1000] [--vendors openai,anthropic]
+    .venv/bin/python bench/vendor_overhead.py [--calls 1000] [--rounds 3] [--vendors openai,...]
 """
 
 from __future__ import annotations
@@ -312,12 +314,19 @@ def stream():
 
 
 def _timed(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call: the median over five blocks of ``calls / 5`` calls each (after 20
+    warm-up calls), so a burst of other work on the machine moves one block, not the
+    figure."""
     for _ in range(20):
         fn()
-    started = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - started) / calls
+    block = max(1, calls // 5)
+    means = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(block):
+            fn()
+        means.append((time.perf_counter() - started) / block)
+    return sorted(means)[2]
 
 
 def measure_floor(case: Case, url: str, calls: int) -> dict[str, float]:
@@ -394,14 +403,44 @@ def measure_langchain(calls: int) -> dict[str, float]:
     return _time_model(GenericFakeChatModel(messages=itertools.repeat(reply)), calls)
 
 
+Timings = dict[str, float]
+
+
+def measure_in_rounds(
+    case: Case, url: str, calls: int, rounds: int
+) -> tuple[Timings, Timings, Timings, Timings | None]:
+    """The clients take turns ``rounds`` times with ``calls / rounds`` calls each, and each
+    keeps its median round: a slow spell of the machine then hits every client alike
+    instead of whichever ran during it."""
+    per_round = max(5, calls // rounds)
+    runs: dict[str, list[Timings]] = {"floor": [], "sdk": [], "ours": [], "partner": []}
+    for _ in range(rounds):
+        runs["floor"].append(measure_floor(case, url, per_round))
+        runs["sdk"].append(measure_in_venv(case.sdk_group, case.sdk_setup, url, per_round))
+        runs["ours"].append(measure_ours(case, url, per_round))
+        if case.langchain_class:
+            runs["partner"].append(measure_in_venv(*case.langchain_class, url, per_round))
+
+    def median(timings: list[Timings]) -> Timings:
+        return {mode: sorted(t[mode] for t in timings)[len(timings) // 2] for mode in timings[0]}
+
+    partner = median(runs["partner"]) if runs["partner"] else None
+    return median(runs["floor"]), median(runs["sdk"]), median(runs["ours"]), partner
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--vendors", default=",".join(CASES), help="comma-separated")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="clients take turns this many times (median)"
+    )
     args = parser.parse_args()
     langchain = measure_langchain(args.calls)
     print(
-        f"{args.calls} calls per client and mode; mean ms per call. overhead = minus the floor;"
+        f"{args.calls} calls per client and mode in {args.rounds} rounds of turns; ms per call"
+        " (the median over the rounds of the median of 5 blocks' means)."
+        " overhead = minus the floor;"
         " lc = LangChain's own per-call cost without I/O (invoke "
         f"{langchain['invoke'] * 1000:.3f}, stream {langchain['stream'] * 1000:.3f});"
         " lc class = LangChain's own class for the vendor, where there is one"
@@ -415,14 +454,7 @@ def main() -> None:
     for name in args.vendors.split(","):
         case = CASES[name]
         with serve_in_process(case.fake) as url:
-            floor = measure_floor(case, url, args.calls)
-            sdk = measure_in_venv(case.sdk_group, case.sdk_setup, url, args.calls)
-            ours = measure_ours(case, url, args.calls)
-            partner = (
-                measure_in_venv(*case.langchain_class, url, args.calls)
-                if (case.langchain_class)
-                else None
-            )
+            floor, sdk, ours, partner = measure_in_rounds(case, url, args.calls, args.rounds)
         for mode in ("invoke", "stream"):
             f, s, o = (floor[mode] * 1000, sdk[mode] * 1000, ours[mode] * 1000)
             lc = langchain[mode] * 1000

@@ -15,6 +15,7 @@ The MaaS answer does not echo the model, so ``model_name`` is the one the call a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -110,10 +111,17 @@ def signature_v4(
     date = x_date[:8]
     scope = f"{date}/{region}/{service}/request"
     to_sign = "\n".join([ALGORITHM, x_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = _signing_key(secret_key, date, region, service)
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """The day's derived key (four HMACs), made once a day per key, region and service."""
     key = secret_key.encode()
     for part in (date, region, service, "request"):
         key = _hmac(key, part)
-    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return key
 
 
 def sign_request(
