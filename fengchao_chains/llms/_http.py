@@ -163,6 +163,11 @@ _async_clients: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+_DEFAULT_HEADERS = urllib3.make_headers(accept_encoding=True)
+"""Sent by the shared pool on every sync call: compressed answers are accepted (and
+decoded), as the async side does."""
+
+
 def sync_client() -> urllib3.PoolManager:
     """The process-wide pool manager (urllib3's pools are thread-safe). A caller past the
     connection limit waits for a free connection, up to the call's pool timeout."""
@@ -172,11 +177,6 @@ def sync_client() -> urllib3.PoolManager:
             maxsize=MAX_CONNECTIONS, block=True, retries=False, headers=_DEFAULT_HEADERS
         )
     return _sync_client
-
-
-_DEFAULT_HEADERS = urllib3.make_headers(accept_encoding=True)
-"""Sent by the shared pool on every sync call: compressed answers are accepted (and
-decoded), as the async side does."""
 
 
 def async_client() -> aiohttp.ClientSession:

@@ -11,12 +11,14 @@ import aiohttp
 import pytest
 import urllib3
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from starlette.middleware.gzip import GZipMiddleware
 
 from fengchao_chains import get_chat_model
 from fengchao_chains.llms.errors import VendorTimeoutError
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
+from fengchao_chains.testing.serve import serve_in_thread
 from tests.vendors.checks import tuned
 from tests.vendors.harness import OPENAI
 
@@ -125,6 +127,16 @@ def test_a_sync_call_past_the_connection_limit_waits_then_times_out(
         assert 0.25 < time.monotonic() - started < 2.0
         held.close()
         assert own.invoke("hi").content == "Echo: hi"  # the freed connection serves again
+
+
+def test_compressed_answers_are_accepted_and_decoded() -> None:
+    """The shared sync pool asks for compressed answers and reads them (vendors gzip large
+    JSON answers when asked)."""
+    fake = FakeOpenAI()
+    with serve_in_thread(GZipMiddleware(fake.app, minimum_size=0)) as url:
+        chat = ChatOpenAICompatible(model="gpt-3.5-turbo", api_key="sk-test", base_url=url + "/v1")
+        assert chat.invoke("hi").content == "Echo: hi"
+    assert "gzip" in fake.last_request["headers"]["accept-encoding"]
 
 
 def test_stream_usage_can_be_turned_off(
