@@ -412,9 +412,12 @@ def _urlopen(
     model: Exchange,
     request: VendorRequest,
     signature: dict[str, str],
+    *,
+    during: str = "request failed",
 ) -> urllib3.BaseHTTPResponse:
     """Send ``request`` once; a stream's answer is left unread for the caller. The pool's
-    own headers are sent too (urllib3 drops them when a call names any)."""
+    own headers are sent too (urllib3 drops them when a call names any). A transport
+    failure is raised as the project's error, saying it happened ``during`` this."""
     headers = {**pool.headers, **_headers(request, signature)}
     body: bytes | None = None
     if request.files is not None or request.data is not None:
@@ -437,7 +440,7 @@ def _urlopen(
             retries=False,
         )
     except TRANSPORT_ERRORS as exc:
-        raise transport_error(model, exc, during="request failed") from None
+        raise transport_error(model, exc, during=during) from None
 
 
 def _let_go_sync(response: urllib3.BaseHTTPResponse) -> None:
@@ -495,11 +498,15 @@ def send(
 
 
 def fetch(
-    model: Exchange, request: VendorRequest, client: urllib3.PoolManager | None = None
+    model: Exchange,
+    request: VendorRequest,
+    client: urllib3.PoolManager | None = None,
+    *,
+    during: str = "request failed",
 ) -> urllib3.BaseHTTPResponse:
     """One unsigned request, no retries, the answer read whatever its status (for a
     vendor's own exchanges, such as fetching an access token)."""
-    return _urlopen(client or sync_client(), model, request, {})
+    return _urlopen(client or sync_client(), model, request, {}, during=during)
 
 
 async def asend(

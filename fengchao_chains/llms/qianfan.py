@@ -180,7 +180,9 @@ class ChatQianfan(VendorChatModel):
         return {}
 
     def _fetch_token(self, now: float) -> Made:
-        response = _http.fetch(self, self._token_request(), self.http_client)
+        response = _http.fetch(
+            self, self._token_request(), self.http_client, during="access token request failed"
+        )
         return self._read_token(response.status, response.headers, response.data, now)
 
     async def _afetch_token(self, now: float) -> Made:

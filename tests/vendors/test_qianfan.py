@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from fengchao_chains.llms.errors import (
     QuotaExceededError,
     RateLimitError,
     UpstreamError,
+    VendorConnectionError,
     VendorError,
 )
 from fengchao_chains.llms.qianfan import ChatQianfan, takes_system_prompt
@@ -339,6 +341,23 @@ def test_missing_credentials_name_the_variables(url: str, fake: FakeQianfan) -> 
         ChatQianfan(model="completions", api_key=AK, base_url=url).invoke("hi")
     with pytest.raises(AuthenticationError, match="QIANFAN_AK"):
         ChatQianfan(model="completions", base_url=url).invoke("hi")
+
+
+def test_an_unreachable_token_endpoint_is_a_connection_error_that_says_so() -> None:
+    """Nothing listens on the port: the token fetch fails first, and says it was that."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    chat = ChatQianfan(
+        model="completions",
+        api_key=AK,
+        secret_key=SK,
+        base_url=f"http://127.0.0.1:{port}",
+        max_retries=0,
+    )
+    with pytest.raises(VendorConnectionError, match="access token request failed") as caught:
+        chat.invoke("hi")
+    assert_no_secret(SK, chat, caught.value)
 
 
 def test_secrets_and_token_stay_out_of_repr_errors_and_logs(
