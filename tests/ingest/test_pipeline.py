@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,33 @@ def test_a_stop_request_ends_the_run_after_whole_batches(
     assert stored in (4, 8)  # the batch in flight when stop was set commits whole
     rest = ingest([source], database=database, knowledge_base=kb, embeddings=use_embeddings)
     assert (rest.unchanged, rest.new) == (stored, 12 - stored)
+
+
+def test_batches_prepared_while_a_stop_came_are_not_written(
+    database: Database, kb: KnowledgeBase, use_embeddings: Any, tmp_path: Path
+) -> None:
+    """The stop comes late, after the reader has prepared every batch (one queued, one
+    waiting to be): only the batch that was being written stays."""
+    source = write_jsonl(tmp_path / "news.jsonl", news(12))
+    stop = threading.Event()
+
+    def stop_late(progress: Progress) -> None:
+        time.sleep(1.0)  # meanwhile the other two batches are embedded and handed over
+        stop.set()
+
+    report = ingest(
+        [source],
+        database=database,
+        knowledge_base=kb,
+        embeddings=use_embeddings,
+        batch_size=4,
+        on_progress=stop_late,
+        stop=stop,
+    )
+    assert report.stopped
+    assert len(ChunkStore(database, kb).documents()) == 4
+    rest = ingest([source], database=database, knowledge_base=kb, embeddings=use_embeddings)
+    assert (rest.unchanged, rest.new) == (4, 8)
 
 
 def test_an_error_in_the_writer_thread_surfaces_in_the_caller(
