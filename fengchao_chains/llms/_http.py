@@ -6,7 +6,8 @@ it). Neither is httpx, for cost: httpx's async pool cost about a third of the ga
 per request under load (it walks every pooled connection on each request and response), and
 its sync client about 0.2 ms more per call than urllib3 on loopback, which decided whether a
 thin vendor SDK was cheaper per call than our models (docs/benchmarks.md). httpx's
-``Timeout`` stays the one description of a call's time limits. Per-request timeouts, and retries
+``Timeout`` stays the one description of a call's time limits. Both shared pools go through
+the proxy the environment names, as requests and httpx do. Per-request timeouts, and retries
 with exponential backoff and jitter on rate limits, 5xx answers and connection failures,
 honouring ``Retry-After``. A stream is retried only while opening it: once the first byte
 has reached the caller, a failure is raised, never replayed, so no answer is duplicated.
@@ -23,10 +24,13 @@ import functools
 import json
 import logging
 import re
+import threading
+import urllib.request
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
@@ -177,6 +181,51 @@ def sync_client() -> urllib3.PoolManager:
             maxsize=MAX_CONNECTIONS, block=True, retries=False, headers=_DEFAULT_HEADERS
         )
     return _sync_client
+
+
+_proxy_pools: dict[str, urllib3.ProxyManager] = {}
+_proxy_pools_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=256)
+def env_proxy(scheme: str, host: str) -> str | None:
+    """The proxy the environment names for a vendor host, as requests and httpx read it
+    (``https_proxy`` / ``http_proxy`` / ``all_proxy``, ``no_proxy`` honoured), looked up
+    once per host. Only HTTP proxies are used (urllib3 and aiohttp speak no SOCKS)."""
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and not proxy.startswith(("http://", "https://")):
+        logger.warning("ignoring the environment's proxy for %s: only HTTP proxies work", host)
+        return None
+    return proxy or None
+
+
+def _proxy_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    return env_proxy(parts.scheme, parts.hostname or "")
+
+
+def _shared_pool(url: str) -> urllib3.PoolManager:
+    """The shared sync pool for a vendor URL: through the environment's proxy if it names
+    one for that host."""
+    proxy = _proxy_of(url)
+    if proxy is None:
+        return sync_client()
+    with _proxy_pools_lock:
+        if proxy not in _proxy_pools:
+            auth = urllib3.util.parse_url(proxy).auth  # user:password in the URL, as curl takes
+            login = urllib3.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
+            _proxy_pools[proxy] = urllib3.ProxyManager(
+                proxy,
+                proxy_headers=login,
+                maxsize=MAX_CONNECTIONS,
+                block=True,
+                retries=False,
+                headers=_DEFAULT_HEADERS,
+            )
+        return _proxy_pools[proxy]
 
 
 def async_client() -> aiohttp.ClientSession:
@@ -456,6 +505,7 @@ def _asend_request(
     model: Exchange,
     request: VendorRequest,
     signature: dict[str, str],
+    proxy: str | None,
 ) -> Any:
     """The aiohttp request (an awaitable context manager). The query string is encoded by
     httpx exactly as the sync side sends it, since some vendors sign it."""
@@ -478,6 +528,7 @@ def _asend_request(
         headers=_headers(request, signature),
         timeout=_aiohttp_timeout(model._timeout()),
         allow_redirects=False,
+        proxy=proxy,
     )
 
 
@@ -488,7 +539,7 @@ def send(
     model: Exchange, request: VendorRequest, client: urllib3.PoolManager | None = None
 ) -> tuple[Any, ResponseMeta]:
     """Send a non-streaming request with retries; the parsed JSON body and its metadata."""
-    pool = client or sync_client()
+    pool = client or _shared_pool(request.url)
 
     def attempt() -> tuple[Any, ResponseMeta]:
         response = _urlopen(pool, model, request, model._sign(request))
@@ -506,7 +557,7 @@ def fetch(
 ) -> urllib3.BaseHTTPResponse:
     """One unsigned request, no retries, the answer read whatever its status (for a
     vendor's own exchanges, such as fetching an access token)."""
-    return _urlopen(client or sync_client(), model, request, {}, during=during)
+    return _urlopen(client or _shared_pool(request.url), model, request, {}, during=during)
 
 
 async def asend(
@@ -514,11 +565,12 @@ async def asend(
 ) -> tuple[Any, ResponseMeta]:
     """The async twin of :func:`send`."""
     session = client or async_client()
+    proxy = None if client else _proxy_of(request.url)
 
     async def attempt() -> tuple[Any, ResponseMeta]:
         signature = await model._asign(request)
         try:
-            async with _asend_request(session, model, request, signature) as response:
+            async with _asend_request(session, model, request, signature, proxy) as response:
                 raw = await response.read()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(model, exc, during="request failed") from None
@@ -552,7 +604,7 @@ def open_stream(
 ) -> Iterator[OpenedStream]:
     """Open a streaming request, retrying until the answer's headers say it is good.
     Leaving it releases the connection as :func:`aopen_stream` does."""
-    pool = client or sync_client()
+    pool = client or _shared_pool(request.url)
     request.stream = True
 
     def attempt() -> OpenedStream:
@@ -583,12 +635,13 @@ async def aopen_stream(
     consumer that stopped early) releases the connection at once: back to the pool when
     the answer was read to its end, closed otherwise, so the vendor stops generating."""
     session = client or async_client()
+    proxy = None if client else _proxy_of(request.url)
     request.stream = True
 
     async def attempt() -> OpenedStream:
         signature = await model._asign(request)
         try:
-            response = await _asend_request(session, model, request, signature)
+            response = await _asend_request(session, model, request, signature, proxy)
         except TRANSPORT_ERRORS as exc:
             raise transport_error(model, exc, during="request failed") from None
         if response.status < 400 and _is_event_stream(response.headers):
