@@ -255,13 +255,28 @@ def test_duplicate_ids_in_a_batch_keep_the_last_one(
     assert [r[2] for r in chunk_rows(database, kb)] == ["后来的版本。"]
 
 
+@pytest.mark.parametrize(
+    ("wait", "kept"),
+    [(0.0, (4, 8)), (1.0, (4,))],
+    ids=["at-once", "after-every-batch-was-prepared"],
+)
 def test_a_stop_request_ends_the_run_after_whole_batches(
-    database: Database, kb: KnowledgeBase, use_embeddings: Any, tmp_path: Path
+    database: Database,
+    kb: KnowledgeBase,
+    use_embeddings: Any,
+    tmp_path: Path,
+    *,
+    wait: float,
+    kept: tuple[int, ...],
 ) -> None:
+    """The stop is set once the first batch is written: at once (the batch in flight then
+    commits whole), or a second later, when the reader has prepared every other batch (one
+    queued, one waiting to be), which must not be written."""
     source = write_jsonl(tmp_path / "news.jsonl", news(12))
     stop = threading.Event()
 
     def stop_after_first(progress: Progress) -> None:
+        time.sleep(wait)
         stop.set()
 
     report = ingest(
@@ -275,36 +290,9 @@ def test_a_stop_request_ends_the_run_after_whole_batches(
     )
     assert report.stopped
     stored = len(ChunkStore(database, kb).documents())
-    assert stored in (4, 8)  # the batch in flight when stop was set commits whole
+    assert stored in kept
     rest = ingest([source], database=database, knowledge_base=kb, embeddings=use_embeddings)
     assert (rest.unchanged, rest.new) == (stored, 12 - stored)
-
-
-def test_batches_prepared_while_a_stop_came_are_not_written(
-    database: Database, kb: KnowledgeBase, use_embeddings: Any, tmp_path: Path
-) -> None:
-    """The stop comes late, after the reader has prepared every batch (one queued, one
-    waiting to be): only the batch that was being written stays."""
-    source = write_jsonl(tmp_path / "news.jsonl", news(12))
-    stop = threading.Event()
-
-    def stop_late(progress: Progress) -> None:
-        time.sleep(1.0)  # meanwhile the other two batches are embedded and handed over
-        stop.set()
-
-    report = ingest(
-        [source],
-        database=database,
-        knowledge_base=kb,
-        embeddings=use_embeddings,
-        batch_size=4,
-        on_progress=stop_late,
-        stop=stop,
-    )
-    assert report.stopped
-    assert len(ChunkStore(database, kb).documents()) == 4
-    rest = ingest([source], database=database, knowledge_base=kb, embeddings=use_embeddings)
-    assert (rest.unchanged, rest.new) == (4, 8)
 
 
 def test_an_error_in_the_writer_thread_surfaces_in_the_caller(
