@@ -172,14 +172,22 @@ _DEFAULT_HEADERS = urllib3.make_headers(accept_encoding=True)
 decoded), as the async side does."""
 
 
+def _sync_pool_settings() -> dict[str, Any]:
+    """Of both shared sync pools (direct and through a proxy): a caller past the connection
+    limit waits for a free connection, up to the call's pool timeout; retries are ours."""
+    return {
+        "maxsize": MAX_CONNECTIONS,
+        "block": True,
+        "retries": False,
+        "headers": _DEFAULT_HEADERS,
+    }
+
+
 def sync_client() -> urllib3.PoolManager:
-    """The process-wide pool manager (urllib3's pools are thread-safe). A caller past the
-    connection limit waits for a free connection, up to the call's pool timeout."""
+    """The process-wide pool manager (urllib3's pools are thread-safe)."""
     global _sync_client  # noqa: PLW0603 - one lazily built pool per process
     if _sync_client is None:
-        _sync_client = urllib3.PoolManager(
-            maxsize=MAX_CONNECTIONS, block=True, retries=False, headers=_DEFAULT_HEADERS
-        )
+        _sync_client = urllib3.PoolManager(**_sync_pool_settings())
     return _sync_client
 
 
@@ -218,12 +226,7 @@ def _shared_pool(url: str) -> urllib3.PoolManager:
             auth = urllib3.util.parse_url(proxy).auth  # user:password in the URL, as curl takes
             login = urllib3.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
             _proxy_pools[proxy] = urllib3.ProxyManager(
-                proxy,
-                proxy_headers=login,
-                maxsize=MAX_CONNECTIONS,
-                block=True,
-                retries=False,
-                headers=_DEFAULT_HEADERS,
+                proxy, proxy_headers=login, **_sync_pool_settings()
             )
         return _proxy_pools[proxy]
 
