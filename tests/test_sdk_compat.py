@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 
 from fengchao_chains.testing.fakes._common import echo, split_tokens
 from tests.clients import LOCAL_MODEL, NEWS_STORE, ONLINE_MODEL, Gateway, running_gateway
+from tests.loopback import LoopbackServer
 from tests.sdk import run_sdk
 
 SENSITIVE_WORD = "赌博网站"  # in fengchao_chains/gateway/sensitive_words.txt
@@ -208,30 +208,17 @@ def test_fengchao_async_client(gateway: Gateway) -> None:
 
 
 # --------------------------------------------------------------------------- transport --
-class DeadEnd:
+class DeadEnd(LoopbackServer):
     """A port that accepts connections and closes them at once (a server that crashed
     mid-request): ``requests`` raises ConnectionError, which the SDK retries."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
         self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(self._close)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
+    def _close(self, conn: socket.socket) -> None:
+        self.connections += 1
+        conn.close()
 
 
 @pytest.fixture

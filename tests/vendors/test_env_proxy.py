@@ -16,6 +16,7 @@ import pytest
 from fengchao_chains.llms import _http
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
+from tests.loopback import LoopbackServer
 from tests.vendors.harness import OPENAI
 
 openai_fake, url, model = OPENAI.fixtures(fake="openai_fake")
@@ -23,23 +24,16 @@ openai_fake, url, model = OPENAI.fixtures(fake="openai_fake")
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
-class RecordingProxy:
+class RecordingProxy(LoopbackServer):
     """A forward HTTP proxy: each connection is relayed to the host named in its first
     request line, whose first bytes (request line and headers) are kept in ``seen``."""
 
     def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.seen: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(self._start_relay)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+    def _start_relay(self, client: socket.socket) -> None:
+        threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
         first = client.recv(65536)
@@ -49,9 +43,6 @@ class RecordingProxy:
         upstream.sendall(first)
         threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
         _pump(client, upstream)
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
