@@ -6,21 +6,22 @@ emits the shorter words inside long ones: 北京市 -> 北京, 京市, 北京市
 space-joined; the ``simple`` configuration then only lower-cases.  Queries are segmented
 the same way and their words OR-ed, so ranking (``ts_rank_cd``) rewards chunks that share
 more of the query's words.
+
+The segmenter is jieba-rs (through ``rjieba``): the same dictionary and algorithm as
+Python jieba, about 12x faster (0.07 against 0.9 ms for a 400-character chunk), which made
+segmentation the largest cost of ingestion with a fast embedding model.  Only runs of word
+characters are segmented, so a token never carries punctuation: ``GPT-4o`` gives ``gpt``
+and ``4o``, ``2.5`` gives ``2`` and ``5``, the same for chunks and queries.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import threading
 from collections.abc import Iterable
 
-import jieba
+import rjieba
 
-jieba.setLogLevel(logging.WARNING)
-_init_lock = threading.Lock()
-_initialised = False
-
+_WORD_RUN = re.compile(r"\w+")
 # Only tokens made of word characters reach a tsquery, so no tsquery syntax can be injected.
 _WORD = re.compile(r"^\w+$")
 # Function words that match nearly every chunk: they cost time and add no signal.
@@ -33,25 +34,14 @@ these those what which who whom how when where why do does did
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
-def _ensure_initialised() -> None:
-    """Load jieba's dictionary once (about half a second), not on every first call per
-    thread."""
-    global _initialised  # noqa: PLW0603 (a process-wide one-time load)
-    if not _initialised:
-        with _init_lock:
-            if not _initialised:
-                jieba.initialize()
-                _initialised = True
-
-
 def words(text: str) -> list[str]:
     """The searchable words of ``text``, lower-cased, in order, stopwords dropped."""
-    _ensure_initialised()
     out = []
-    for token in jieba.cut_for_search(text):
-        word = token.strip().lower()
-        if word and _WORD.match(word) and word not in STOPWORDS:
-            out.append(word)
+    for run in _WORD_RUN.findall(text):
+        for token in rjieba.cut_for_search(run, True):
+            word = token.lower()
+            if word not in STOPWORDS:
+                out.append(word)
     return out
 
 
