@@ -111,13 +111,27 @@ def news_record(i: int, rng: np.random.Generator, words: list[str], lo: int, hi:
     return json.dumps(record, ensure_ascii=False)
 
 
-def write_corpus(path: Path, docs: int, seed: int = 20261122) -> None:
-    """``docs`` news items of 300-900 characters, one JSON object a line."""
+def write_corpus(
+    path: Path, docs: int, length: tuple[int, int] = (300, 900), seed: int = 20261122
+) -> None:
+    """``docs`` news items of ``length`` characters (a range), one JSON object a line."""
     rng = np.random.default_rng(seed)
     words = vocabulary(8000)
     with path.open("w", encoding="utf-8") as file:
         for i in range(docs):
-            file.write(news_record(i, rng, words, 300, 900) + "\n")
+            file.write(news_record(i, rng, words, *length) + "\n")
+
+
+def length_range(text: str) -> tuple[int, int]:
+    """``300-900`` as ``(300, 900)``, for ``--length``."""
+    lo, _, hi = text.partition("-")
+    try:
+        bounds = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI characters, got {text!r}") from None
+    if not 0 < bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
+    return bounds
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -466,6 +480,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--corpus", type=Path, help="a news JSONL instead of the generated one")
+    parser.add_argument(
+        "--length",
+        type=length_range,
+        default=(300, 900),
+        help="characters of content per generated item, LO-HI (default 300-900: articles;"
+        " 80-250: news briefs)",
+    )
     parser.add_argument("--model", default="use-multilingual-v3")
     parser.add_argument("--batch", type=int, default=64, help="documents per batch, everyone")
     parser.add_argument(
@@ -480,7 +501,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fengchao-bench-") as tmp:
         corpus = args.corpus or Path(tmp) / "news.jsonl"
         if args.corpus is None:
-            write_corpus(corpus, args.docs)
+            write_corpus(corpus, args.docs, args.length)
         settings = Settings(data_dir=Path(tmp), database_schema="bench")
         database = Database.start(settings)
         try:
@@ -498,8 +519,9 @@ def print_results(
     load_before: tuple[float, float, float],
     load_after: tuple[float, float, float],
 ) -> None:
+    shape = "given" if args.corpus else "{}-{} characters".format(*args.length)
     print(
-        f"\ncorpus: {results[0].documents:,} documents, model {args.model}, chunks"
+        f"\ncorpus: {results[0].documents:,} documents ({shape}), model {args.model}, chunks"
         f" {CHUNK_SIZE}/{CHUNK_OVERLAP} chars, batches of {args.batch} documents, embedding"
         f" calls of {EMBED_BATCH}; load average {load_before[0]:.2f} before,"
         f" {load_after[0]:.2f} after (1 min), {os.cpu_count()} cores"

@@ -51,8 +51,12 @@ class KnowledgeBase:
         return sql.Identifier(f"kb_{self.id}_documents")
 
     @property
+    def chunks_table_name(self) -> str:
+        return f"kb_{self.id}_chunks"
+
+    @property
     def chunks_table(self) -> sql.Identifier:
-        return sql.Identifier(f"kb_{self.id}_chunks")
+        return sql.Identifier(self.chunks_table_name)
 
     @property
     def vector_index_name(self) -> str:

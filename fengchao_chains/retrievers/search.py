@@ -8,7 +8,7 @@ A search runs in one transaction on one connection:
    ``hnsw.max_scan_tuples``), the query is repeated as an exact scan, so a filtered query
    never silently returns fewer rows than match;
 2. **text candidates** (hybrid and text search): the ``fetch_k`` chunks whose jieba-segmented
-   text best matches the query's words (``ts_rank_cd`` over a GIN index);
+   text best matches the query's words, ranked BM25-style (see below);
 3. the candidates fused by reciprocal rank (in Python), then their rows fetched with the
    exact cosine distance of every one, text-only hits included, so the similarity threshold
    always applies to a real similarity and never to the fused score.
@@ -21,6 +21,16 @@ kept by ANALYZE): a word estimated to match more than ``COMMON_WORD_ROWS`` rows 
 of the text search, unless every word is that common, when the rarest one is kept.  Small
 knowledge bases are never pruned.  The statistics are cached per knowledge base for
 ``STATS_TTL`` seconds.
+
+The text ranking weighs each query word by its inverse document frequency, as BM25 does:
+a chunk's score is the sum over the words it contains of ``idf(word) * ts_rank(tsv,
+word)``.  ``ts_rank`` of one word grows with its count in the chunk and saturates (1, 1.25,
+1.39, ... towards 1.64 times the first occurrence), which plays BM25's term-frequency part;
+``idf = ln(1 + (N - df + 0.5) / (df + 0.5))`` with ``df`` counted exactly, in the same
+statement, from the GIN index (one scan per word, within the filter) and ``N`` the table's
+row estimate.  ``ts_rank_cd``, used before, has no IDF: a common word counted as much as a
+rare one, and on the labelled set (docs/benchmarks.md) full-text recall@5 went from 0.920
+to 0.935 and hybrid MRR@10 from 0.925 to 0.944 with this change.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from psycopg import sql
 
 from fengchao_chains.retrievers.filters import compile_filter
 from fengchao_chains.retrievers.registry import KnowledgeBase
-from fengchao_chains.retrievers.text_search import tsquery
+from fengchao_chains.retrievers.text_search import is_word
 
 SearchType = Literal["hybrid", "vector", "text"]
 COMMON_WORD_ROWS = 2000
@@ -123,13 +133,24 @@ class SearchPlan:
             " AND s.tablename = c.relname AND s.attname = 'tsv'"
             " WHERE c.oid = to_regclass(%(table)s)"
         )
-        return query, {"table": f"kb_{self.kb.id}_chunks"}
+        return query, {"table": self.kb.chunks_table_name}
 
     def text_sql(self) -> Query:
+        """The ``fetch_k`` best chunks by IDF-weighted ``ts_rank`` (module docstring): one
+        index scan per word (``%(words)s``), ``%(rows)s`` the table's row estimate."""
         return sql.SQL(
-            "SELECT c.id FROM {chunks} c, to_tsquery('simple', %(tsq)s) tsq"
-            " WHERE c.tsv @@ tsq AND {where}"
-            " ORDER BY ts_rank_cd(c.tsv, tsq) DESC, c.id LIMIT %(n)s"
+            "WITH hits AS MATERIALIZED ("
+            " SELECT w.word, c.id, ts_rank(c.tsv, w.q) AS weight"
+            " FROM (SELECT word, to_tsquery('simple', word) AS q"
+            "  FROM unnest(%(words)s::text[]) AS word) w"
+            " CROSS JOIN LATERAL (SELECT c.id, c.tsv FROM {chunks} c"
+            "  WHERE c.tsv @@ w.q AND {where}) c),"
+            " df AS (SELECT word, count(*) AS n FROM hits GROUP BY word),"
+            " idf AS (SELECT word,"
+            "  ln(1 + (greatest(%(rows)s, max(n) OVER ()) - n + 0.5) / (n + 0.5)) AS idf"
+            "  FROM df)"
+            " SELECT h.id FROM hits h JOIN idf USING (word)"
+            " GROUP BY h.id ORDER BY sum(h.weight * idf.idf) DESC, h.id LIMIT %(n)s"
         ).format(chunks=self.kb.chunks_table, where=self.where)
 
     def rows_sql(self) -> Query:
@@ -207,12 +228,12 @@ def search_steps(plan: SearchPlan) -> Steps:
         vector_ids = [row[0] for row in (yield from _vector_rows(plan, full_rows=False))]
     text_ids: list[int] = []
     if plan.text_terms:
-        word_rows = _cached_word_rows(plan.kb)
-        if word_rows is None:
-            word_rows = _remember_word_rows(plan.kb, (yield plan.stats_sql()))
-        text_query = tsquery(searchable_words(plan.text_terms, word_rows))
-        if text_query is not None:
-            params = {**plan.params, "tsq": text_query}
+        stats = _cached_word_stats(plan.kb)
+        if stats is None:
+            stats = _remember_word_stats(plan.kb, (yield plan.stats_sql()))
+        words = searchable_words(plan.text_terms, stats.word_rows)
+        if words:
+            params = {**plan.params, "words": words, "rows": stats.rows}
             text_ids = [row[0] for row in (yield plan.text_sql(), params)]
     candidates = list(dict.fromkeys([*vector_ids, *text_ids]))
     if not candidates:
@@ -252,29 +273,42 @@ async def arun_search(conn: psycopg.AsyncConnection[Any], plan: SearchPlan) -> l
         return done.value  # type: ignore[no-any-return]
 
 
-_word_rows: dict[tuple[str, datetime], tuple[float, dict[str, float]]] = {}
+@dataclass(frozen=True)
+class WordStats:
+    """What PostgreSQL's statistics say of a chunk table's words (see :meth:`stats_sql`)."""
+
+    rows: float  # the table's estimated row count (0 before the first ANALYZE)
+    word_rows: dict[str, float]  # estimated matching rows per common word
 
 
-def _cached_word_rows(kb: KnowledgeBase) -> dict[str, float] | None:
-    cached = _word_rows.get((kb.id, kb.created_at))
+_word_stats: dict[tuple[str, datetime], tuple[float, WordStats]] = {}
+
+
+def _cached_word_stats(kb: KnowledgeBase) -> WordStats | None:
+    cached = _word_stats.get((kb.id, kb.created_at))
     if cached is None or cached[0] < time.monotonic():
         return None
     return cached[1]
 
 
-def _remember_word_rows(kb: KnowledgeBase, rows: list[Any]) -> dict[str, float]:
-    """Estimated matching rows per common word, from one row of :meth:`stats_sql`."""
-    estimate: dict[str, float] = {}
-    if rows and rows[0][1]:
-        total, words, frequencies = rows[0]
-        estimate = {w: f * max(total, 0) for w, f in zip(words, frequencies, strict=False)}
-    _word_rows[(kb.id, kb.created_at)] = (time.monotonic() + STATS_TTL, estimate)
-    return estimate
+def _remember_word_stats(kb: KnowledgeBase, rows: list[Any]) -> WordStats:
+    """The statistics in the one row of :meth:`stats_sql`, cached for ``STATS_TTL``."""
+    total, estimate = 0.0, {}
+    if rows:
+        total = max(float(rows[0][0] or 0), 0.0)  # reltuples is -1 before the first ANALYZE
+        if rows[0][1]:
+            words, frequencies = rows[0][1], rows[0][2]
+            estimate = {w: f * total for w, f in zip(words, frequencies, strict=False)}
+    stats = WordStats(rows=total, word_rows=estimate)
+    _word_stats[(kb.id, kb.created_at)] = (time.monotonic() + STATS_TTL, stats)
+    return stats
 
 
 def searchable_words(terms: Sequence[str], word_rows: dict[str, float]) -> list[str]:
-    """``terms`` without the words too common to rank by (see the module docstring)."""
-    kept = [t for t in terms if word_rows.get(t, 0.0) <= COMMON_WORD_ROWS]
-    if kept or not terms:
+    """``terms`` without the words too common to rank by, nor any that is not a plain word
+    (see the module docstring)."""
+    words = [t for t in terms if is_word(t)]
+    kept = [t for t in words if word_rows.get(t, 0.0) <= COMMON_WORD_ROWS]
+    if kept or not words:
         return kept
-    return [min(terms, key=lambda t: word_rows.get(t, 0.0))]
+    return [min(words, key=lambda t: word_rows.get(t, 0.0))]

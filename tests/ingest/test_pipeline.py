@@ -419,3 +419,42 @@ def test_a_first_load_builds_the_vector_index_once_at_the_end(
     report = ingest([more], database=database, knowledge_base=kb, embeddings=use_embeddings)
     assert report.new == 3
     assert has_vector_index(database, kb)
+
+
+def analysed_rows(database: Database, kb: KnowledgeBase) -> float:
+    with database.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (kb.chunks_table_name,)
+        ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def test_a_load_that_changes_a_tenth_of_the_chunks_refreshes_the_statistics(
+    database: Database, kb: KnowledgeBase, use_embeddings: Any, tmp_path: Path
+) -> None:
+    """The text search weighs words by PostgreSQL's statistics of the chunk table, so a
+    load that changed it by a tenth or more analyses it at once; a small top-up does not
+    (autovacuum's job)."""
+    assert analysed_rows(database, kb) < 0  # never analysed
+    ingest(
+        [write_jsonl(tmp_path / "a.jsonl", news(20))],
+        database=database,
+        knowledge_base=kb,
+        embeddings=use_embeddings,
+    )
+    assert analysed_rows(database, kb) == 20
+    ingest(
+        [write_jsonl(tmp_path / "b.jsonl", news(1, start=20))],
+        database=database,
+        knowledge_base=kb,
+        embeddings=use_embeddings,
+    )
+    assert analysed_rows(database, kb) == 20  # 1 of 20 chunks: under a tenth
+    ingest(
+        [write_jsonl(tmp_path / "c.jsonl", news(3, start=21))],
+        database=database,
+        knowledge_base=kb,
+        embeddings=use_embeddings,
+    )
+    assert analysed_rows(database, kb) == 24

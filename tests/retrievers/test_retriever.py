@@ -3,6 +3,8 @@ hybrid ranking, async, MMR and the errors a user can run into."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -147,6 +149,31 @@ def test_text_search_matches_segmented_chinese_words(
     assert ids(retriever.invoke("马拉松")) == ["marathon"]  # only chunks with the word
     assert ids(retriever.invoke("的了吗")) == []  # stopwords only: nothing searchable
     assert ids(retriever.invoke("flooding rivers"))[0] == "rain"
+
+
+def test_text_ranking_weighs_a_rare_word_above_a_frequent_one(
+    make_kb: Callable[..., KnowledgeBase], database: Database, use_embeddings: Embeddings
+) -> None:
+    """IDF: "launch" is in every chunk, "quantum" in one.  The chunk with the rare word
+    once outranks the one with the common word three times (without IDF, as with
+    ``ts_rank_cd``, the repeated common word won)."""
+    filler = [
+        (f"launch-{i}", f"Product launch {i}", f"The launch of product {i} went well.", {})
+        for i in range(10)
+    ]
+    make_kb(
+        "idf",
+        [
+            *filler,
+            ("repeated", "Launch week", "Launch after launch after launch this week.", {}),
+            ("rare", "Computing", "A quantum processor was shown to researchers.", {}),
+        ],
+    )
+    text = get_retriever(
+        "idf", database=database, embeddings=use_embeddings, top_k=3, search_type="text"
+    )
+    found = ids(text.invoke("launch quantum"))
+    assert found[:2] == ["rare", "repeated"]
 
 
 async def test_async_matches_sync(
