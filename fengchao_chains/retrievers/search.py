@@ -19,8 +19,8 @@ little about relevance (the reasoning behind IDF).  So the query's words are fir
 against PostgreSQL's own statistics of the tsvector column (``pg_stats.most_common_elems``,
 kept by ANALYZE): a word estimated to match more than ``COMMON_WORD_ROWS`` rows is left out
 of the text search, unless every word is that common, when the rarest one is kept.  Small
-knowledge bases are never pruned.  The statistics are cached per knowledge base for
-``STATS_TTL`` seconds.
+knowledge bases are never pruned.  Of a long query, only the ``MAX_TEXT_WORDS`` rarest words
+are searched.  The statistics are cached per knowledge base for ``STATS_TTL`` seconds.
 
 The text ranking weighs each query word by its inverse document frequency, as BM25 does:
 a chunk's score is the sum over the words it contains of ``idf(word) * ts_rank(tsv,
@@ -51,6 +51,7 @@ from fengchao_chains.retrievers.text_search import is_word
 
 SearchType = Literal["hybrid", "vector", "text"]
 COMMON_WORD_ROWS = 2000
+MAX_TEXT_WORDS = 32
 STATS_TTL = 60.0
 Query = sql.SQL | sql.Composed
 Statement = tuple[Query, dict[str, Any]]
@@ -306,9 +307,13 @@ def _remember_word_stats(kb: KnowledgeBase, rows: list[Any]) -> WordStats:
 
 def searchable_words(terms: Sequence[str], word_rows: dict[str, float]) -> list[str]:
     """``terms`` without the words too common to rank by, nor any that is not a plain word
-    (see the module docstring)."""
+    (see the module docstring); of a long query, its ``MAX_TEXT_WORDS`` rarest words, as
+    each word costs one index scan."""
     words = [t for t in terms if is_word(t)]
     kept = [t for t in words if word_rows.get(t, 0.0) <= COMMON_WORD_ROWS]
+    if len(kept) > MAX_TEXT_WORDS:
+        rarest = set(sorted(kept, key=lambda t: word_rows.get(t, 0.0))[:MAX_TEXT_WORDS])
+        kept = [t for t in kept if t in rarest]
     if kept or not words:
         return kept
     return [min(words, key=lambda t: word_rows.get(t, 0.0))]

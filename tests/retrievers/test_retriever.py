@@ -4,6 +4,7 @@ hybrid ranking, async, MMR and the errors a user can run into."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from langchain_core.documents import Document
@@ -19,7 +20,7 @@ from fengchao_chains.retrievers import (
     similarity_from_threshold,
     threshold_from_similarity,
 )
-from fengchao_chains.retrievers.search import SearchType
+from fengchao_chains.retrievers.search import MAX_TEXT_WORDS, SearchType, searchable_words
 
 QUESTIONS = {
     "故宫今年有多少游客？": "palace",
@@ -157,7 +158,7 @@ def test_text_ranking_weighs_a_rare_word_above_a_frequent_one(
     """IDF: "launch" is in every chunk, "quantum" in one.  The chunk with the rare word
     once outranks the one with the common word three times (without IDF, as with
     ``ts_rank_cd``, the repeated common word won)."""
-    filler = [
+    filler: list[tuple[str, str, str, dict[str, Any]]] = [
         (f"launch-{i}", f"Product launch {i}", f"The launch of product {i} went well.", {})
         for i in range(10)
     ]
@@ -174,6 +175,15 @@ def test_text_ranking_weighs_a_rare_word_above_a_frequent_one(
     )
     found = ids(text.invoke("launch quantum"))
     assert found[:2] == ["rare", "repeated"]
+
+
+def test_the_words_searched_are_plain_not_too_common_and_at_most_a_cap() -> None:
+    common = {"公司": 5000.0, "今年": 9000.0}
+    assert searchable_words(["公司", "x9527", "a|b", "起售价"], common) == ["x9527", "起售价"]
+    assert searchable_words(["今年", "公司"], common) == ["公司"]  # all common: the rarest
+    many = [f"w{i}" for i in range(MAX_TEXT_WORDS + 8)]
+    rows = {word: float(i) for i, word in enumerate(reversed(many))}  # later words rarer
+    assert searchable_words(many, rows) == many[8:]  # the rarest, in the query's order
 
 
 async def test_async_matches_sync(
