@@ -10,8 +10,7 @@ live table serving, untouched; the next run drops the half-built table and start
 An ingestion of the same knowledge base cannot run meanwhile (it would embed with the old
 model): both take the knowledge base's advisory lock, ingestions shared, this exclusive.  A
 document deleted meanwhile goes from both tables (the new table's foreign key cascades too).
-
-The registry has no update method, so the swap's registry ``UPDATE`` lives here.
+After the swap the table is analysed, so the text search has its word statistics at once.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from fengchao_chains.ingest.pipeline import (
     embedding_text,
     knowledge_base_lock,
 )
-from fengchao_chains.retrievers.registry import KnowledgeBase
+from fengchao_chains.retrievers.registry import KnowledgeBase, KnowledgeBaseRegistry
 
 DEFAULT_REEMBED_BATCH = 256
 _COLUMNS = ("document_id", "position", "content", "metadata", "content_hash", "embedding",
@@ -74,6 +73,8 @@ def reembed(
         _build_next_table(database, kb, dims)
         total, embedded = _fill(database, kb, embeddings, batch_size, on_progress)
         _swap(database, kb, model, dims)
+        with database.pool.connection() as conn:
+            conn.execute(sql.SQL("ANALYZE {}").format(kb.chunks_table))
     return ReembedResult(model, dims, total, embedded, time.perf_counter() - started)
 
 
@@ -211,7 +212,4 @@ def _swap(database: Database, kb: KnowledgeBase, model: str, dims: int) -> None:
                     sql.SQL(new_sequence[0]), sql.Identifier(old_sequence_name)
                 )
             )
-        conn.execute(
-            "UPDATE knowledge_bases SET embedding_model = %s, dims = %s WHERE id = %s",
-            (model, dims, kb.id),
-        )
+        KnowledgeBaseRegistry.record_embedding(conn, kb.id, model=model, dims=dims)

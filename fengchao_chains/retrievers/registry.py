@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row
@@ -221,6 +222,17 @@ class KnowledgeBaseRegistry:
             conn.execute(sql.SQL("DROP TABLE {}").format(kb.chunks_table))
             conn.execute(sql.SQL("DROP TABLE {}").format(kb.documents_table))
             conn.execute("DELETE FROM knowledge_bases WHERE id = %s", (kb_id,))
+
+    @staticmethod
+    def record_embedding(
+        conn: psycopg.Connection[Any], kb_id: str, *, model: str, dims: int
+    ) -> None:
+        """Record that ``kb_id`` is now embedded by ``model``, on ``conn`` so that it is part
+        of the caller's transaction (re-embedding switches tables and model at once)."""
+        conn.execute(
+            "UPDATE knowledge_bases SET embedding_model = %s, dims = %s WHERE id = %s",
+            (model, dims, kb_id),
+        )
 
     def stats(self, kb: KnowledgeBase) -> dict[str, Any]:
         """Document and chunk counts and the last ingestion time."""

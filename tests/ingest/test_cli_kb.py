@@ -215,6 +215,11 @@ def test_reembed_switches_model_and_keeps_every_chunk(
             "kb_swap_chunks_id_seq", "kb_swap_chunks_document_id_position_key", "kb_swap_hnsw",
             "kb_swap_tsv", "kb_swap_hash",
         }  # fmt: skip
+        with database.pool.connection() as conn:  # analysed: the text search's statistics
+            analysed = conn.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = 'kb_swap_chunks'::regclass"
+            ).fetchone()
+        assert analysed == (5,)
     finally:
         database.close()
     hits = json.loads(ok(run_cli("kb", "search", "swap", "故宫的展览", "--json", env=env)).stdout)
