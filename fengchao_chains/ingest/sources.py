@@ -21,49 +21,59 @@ non-empty one wins, the others are dropped), and optionally ``id``, ``title``, `
 ``id``, else ``url``, else a hash of title and content, so re-reading the same dump gives the
 same ids.
 
-Dates: ``published_at`` is normalised to ISO 8601 (``2024-05-01``, ``2024-05-01T08:30:00``,
-``2024-05-01T08:30:00+08:00``) from ISO forms, ``2024/5/1 8:30``, ``2024年5月1日 8:30``,
-RFC 2822 (``Wed, 01 May 2024 08:30:00 +0800``) and Unix timestamps (seconds or
-milliseconds, read as UTC). No time zone is invented for a naive time. A value that cannot be
-parsed is kept under ``published_at_raw`` and ``published_at`` is left out, so that key, when
-present, is always a date that sorts and filters correctly.
-
-Files: the document id and ``source`` are the path relative to the directory given (POSIX
-form), so a corpus ingests the same on every machine. The title is the HTML ``<title>``
-(else the first ``<h1>``), the first Markdown heading, or the file name without suffix.
-``published_at`` comes only from an HTML page's publication ``<meta>`` tag: a file's mtime is
-when it was copied or checked out, not when it was published, and a wrong date is worse than
-none for date filters (it would also change the content hash, re-ingesting every file after
-a fresh checkout). Text files are UTF-8 (BOM fine, UTF-16 with a BOM too) or GB18030, the
-superset of GBK and GB2312.
-
-Parsing uses the maintained libraries directly: pypdf, docx2txt and Beautiful Soup. The
-``langchain-community`` loaders that wrap them were frozen when that package was sunset and
-archived in 2026 (langchain-ai/langchain-community#674) and warn on import.
+``published_at`` is normalised to ISO 8601 (:func:`~fengchao_chains.ingest.items.normalise_date`);
+a value that cannot be parsed is kept under ``published_at_raw`` and ``published_at`` is
+left out, so that key, when present, is always a date that sorts and filters correctly.
+Document files are read by :mod:`fengchao_chains.ingest.documents`.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import fnmatch
 import hashlib
 import json
-import os
-import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from fengchao_chains.errors import FengchaoError, one_line
+from fengchao_chains.errors import one_line
+from fengchao_chains.ingest.documents import (
+    DOCUMENT_LOADERS,
+    document_text,
+    read_directory,
+    read_single_document,
+    walk,
+)
+from fengchao_chains.ingest.items import (
+    DEFAULT_MAX_DOCUMENT_CHARS,
+    SourceEntry,
+    SourceError,
+    SourceItem,
+    SourceProblem,
+    clean_text,
+    content_hash,
+    normalise_date,
+    too_large,
+)
 
-DEFAULT_MAX_DOCUMENT_CHARS = 1_000_000
-"""A million characters is longer than 红楼梦 (about 0.8 million) and some 3,000 chunks at the
-default chunk size: far beyond any news item, and a bound on what one document may cost."""
+__all__ = [
+    "CONTENT_FIELDS",
+    "CSV_SUFFIXES",
+    "DEFAULT_MAX_DOCUMENT_CHARS",
+    "JSONL_SUFFIXES",
+    "SourceEntry",
+    "SourceError",
+    "SourceItem",
+    "SourceProblem",
+    "content_hash",
+    "document_text",
+    "estimate_total",
+    "news_item",
+    "normalise_date",
+    "read_source",
+]
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 CSV_SUFFIXES = frozenset({".csv"})
@@ -71,35 +81,7 @@ CONTENT_FIELDS = ("content", "text", "body")
 """Where a news record's text may be; the first non-empty one is the content."""
 
 _KNOWN_FIELDS = frozenset({"id", "title", "url", "published_at", "source", *CONTENT_FIELDS})
-_MAX_BYTES_PER_CHAR = 4  # UTF-8 and GB18030: a file over 4 x the limit is too large unread
 _SNIFF_BYTES = 64 * 1024
-
-
-class SourceError(FengchaoError):
-    """A source cannot be read at all: the path is missing or of an unsupported type."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceItem:
-    """One document to ingest. ``metadata`` holds title, url, published_at (ISO 8601) and
-    source when known, plus any extra fields of the record; treat it as read-only."""
-
-    document_id: str
-    content: str
-    metadata: dict[str, Any]
-    location: str
-    """Where the item came from, for reports: ``news.jsonl:17`` or ``docs/a.pdf``."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceProblem:
-    """A line or file that yields no item, and why (one line, never the content)."""
-
-    location: str
-    reason: str
-
-
-SourceEntry = SourceItem | SourceProblem
 
 
 def read_source(
@@ -122,7 +104,7 @@ def read_source(
         return _read_jsonl_lines(_stdin_lines(), "<stdin>", max_document_chars)
     path = Path(path_or_dash)
     if path.is_dir():
-        return _read_directory(path, glob, max_document_chars)
+        return read_directory(path, glob, max_document_chars)
     if not path.exists():
         raise SourceError(f"no such file or directory: {path}")
     if glob is not None:
@@ -132,9 +114,9 @@ def read_source(
         return _read_jsonl_file(path, max_document_chars)
     if suffix in CSV_SUFFIXES:
         return _read_csv(path, max_document_chars)
-    if suffix in _DOCUMENT_LOADERS:
-        return _read_single_document(path, max_document_chars)
-    supported = sorted(JSONL_SUFFIXES | CSV_SUFFIXES | _DOCUMENT_LOADERS.keys())
+    if suffix in DOCUMENT_LOADERS:
+        return read_single_document(path, max_document_chars)
+    supported = sorted(JSONL_SUFFIXES | CSV_SUFFIXES | DOCUMENT_LOADERS.keys())
     raise SourceError(
         f"unsupported source {path}: expected a directory, '-' or a file ending in "
         f"{', '.join(supported)}"
@@ -150,7 +132,7 @@ def estimate_total(path_or_dash: str | Path, *, glob: str | None = None) -> int 
     path = Path(path_or_dash)
     try:
         if path.is_dir():
-            return sum(1 for entry in _walk(path, glob) if isinstance(entry, Path))
+            return sum(1 for entry in walk(path, glob) if isinstance(entry, Path))
         suffix = path.suffix.lower()
         if suffix in JSONL_SUFFIXES:
             return _count_lines(path)
@@ -159,19 +141,6 @@ def estimate_total(path_or_dash: str | Path, *, glob: str | None = None) -> int 
         return 1 if path.is_file() else None
     except OSError:
         return None
-
-
-def content_hash(item: SourceItem) -> str:
-    """sha256 of the content and the metadata (keys sorted): a changed title or date
-    re-ingests a document, an unchanged one is skipped."""
-    payload = json.dumps(
-        {"content": item.content, "metadata": item.metadata},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=str,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 # --- news records: JSONL and CSV ------------------------------------------------------------
@@ -285,7 +254,7 @@ def news_item(
         return SourceProblem(location, "no content: expected a 'content', 'text' or 'body' text")
     content = clean_text(raw_content)
     if len(content) > max_document_chars:
-        return _too_large(location, len(content), max_document_chars)
+        return too_large(location, len(content), max_document_chars)
     metadata: dict[str, Any] = {}
     if title is not None:
         metadata["title"] = title
@@ -328,294 +297,6 @@ def _json_type(value: object) -> str:
     return "null" if value is None else names.get(type(value), "a number")
 
 
-# --- dates -------------------------------------------------------------------------------------
-
-_NUMERIC_DATE = re.compile(
-    r"(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?"
-    r"(?:(?:\s+|T|\s*)(\d{1,2})\s*[:：时点]\s*(\d{1,2})\s*分?"
-    r"(?:(?:\s*[:：]\s*|(?<=分)\s*)(\d{1,2})\s*秒?)?)?"
-)
-
-
-def normalise_date(value: object) -> str | None:
-    """An ISO 8601 date or date-time for a common way of writing one, None if unrecognised.
-
-    A date stays a date and a naive time stays naive; a Unix timestamp (seconds, or
-    milliseconds when larger than 10^11) is UTC.
-    """
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    if isinstance(value, int | float):
-        return _from_timestamp(value)
-    text = value.strip()
-    if text.isdigit() and len(text) in (10, 13):
-        return _from_timestamp(int(text))
-    for parse in (_parse_iso, _parse_numeric, _parse_rfc2822):
-        try:
-            return parse(text).isoformat()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            continue
-    return None
-
-
-def _parse_iso(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-
-
-def _parse_numeric(text: str) -> date:
-    match = _NUMERIC_DATE.fullmatch(text)
-    if match is None:
-        raise ValueError(text)
-    year, month, day, hour, minute, second = (int(g) if g else 0 for g in match.groups())
-    if match.group(4) is None:
-        return date(year, month, day)
-    return datetime(year, month, day, hour, minute, second)
-
-
-def _parse_rfc2822(text: str) -> date:
-    return parsedate_to_datetime(text)
-
-
-def _from_timestamp(value: float) -> str | None:
-    seconds = value / 1000 if abs(value) > 1e11 else value
-    try:
-        return datetime.fromtimestamp(seconds, tz=UTC).isoformat()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-# --- document files -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    content: str
-    title: str | None = None
-    published_at: str | None = None
-
-
-def _read_single_document(path: Path, max_chars: int) -> Iterator[SourceEntry]:
-    yield _read_document(path, path.parent, max_chars)
-
-
-def _read_directory(root: Path, glob: str | None, max_chars: int) -> Iterator[SourceEntry]:
-    for entry in _walk(root, glob):
-        yield entry if isinstance(entry, SourceProblem) else _read_document(entry, root, max_chars)
-
-
-def _walk(root: Path, glob: str | None) -> Iterator[Path | SourceProblem]:
-    """Document files under ``root`` in sorted order, depth first; hidden names skipped and
-    symlinked directories not followed, so a walk always ends."""
-
-    def visit(directory: Path) -> Iterator[Path | SourceProblem]:
-        try:
-            with os.scandir(directory) as scan:
-                entries = sorted(scan, key=lambda entry: entry.name)
-        except OSError as exc:
-            yield SourceProblem(str(directory), f"cannot list the directory: {exc.strerror}")
-            return
-        for entry in entries:
-            path = directory / entry.name
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                yield from visit(path)
-            elif path.suffix.lower() in _DOCUMENT_LOADERS and _matches(path, root, glob):
-                yield path
-
-    return visit(root)
-
-
-def _matches(path: Path, root: Path, glob: str | None) -> bool:
-    return glob is None or fnmatch.fnmatchcase(path.relative_to(root).as_posix(), glob)
-
-
-def _read_document(path: Path, root: Path, max_chars: int) -> SourceEntry:
-    location = str(path)
-    loaded = _load_document(path, location, max_chars)
-    if isinstance(loaded, SourceProblem):
-        return loaded
-    content = clean_text(loaded.content)
-    if not content:
-        return SourceProblem(location, "no text in the file")
-    if len(content) > max_chars:
-        return _too_large(location, len(content), max_chars)
-    relative = path.relative_to(root).as_posix()
-    metadata: dict[str, Any] = {"title": loaded.title or path.stem}
-    if loaded.published_at:
-        metadata["published_at"] = loaded.published_at
-    metadata["source"] = relative
-    return SourceItem(relative, content, metadata, location)
-
-
-def document_text(path: Path, max_chars: int = DEFAULT_MAX_DOCUMENT_CHARS) -> str:
-    """The cleaned text of one document file, parsed as :func:`read_source` parses it; a
-    suffix with no loader of its own (``.json``, ``.csv``...) is read as plain text.
-
-    Raises :class:`SourceError` when the file is unreadable, has no text or has more than
-    ``max_chars`` characters; the message is the reason alone, never the path, so it can be
-    shown to whoever sent the file.
-    """
-    loaded = _load_document(path, "", max_chars)
-    if isinstance(loaded, SourceProblem):
-        raise SourceError(loaded.reason)
-    content = clean_text(loaded.content)
-    if not content:
-        raise SourceError("no text in the file")
-    if len(content) > max_chars:
-        raise SourceError(f"{len(content)} characters of text, over the limit of {max_chars}")
-    return content
-
-
-def _load_document(path: Path, location: str, max_chars: int) -> _Loaded | SourceProblem:
-    suffix = path.suffix.lower()
-    try:
-        size = path.stat().st_size
-        plain = suffix in _TEXT_SUFFIXES or suffix not in _DOCUMENT_LOADERS
-        if plain and size > _MAX_BYTES_PER_CHAR * max_chars:
-            return SourceProblem(
-                location, f"{size} bytes, over the limit of {max_chars} characters"
-            )
-        return _DOCUMENT_LOADERS.get(suffix, _load_text)(path)
-    except OSError as exc:
-        return SourceProblem(location, f"cannot read the file: {exc.strerror or one_line(exc)}")
-    except _UnreadableError as exc:
-        return SourceProblem(location, str(exc))
-    except Exception as exc:  # parsers raise anything on a corrupt file
-        kind = suffix.lstrip(".").upper()
-        return SourceProblem(location, f"cannot parse the {kind} file: {_describe(exc)}")
-
-
-class _UnreadableError(Exception):
-    """A file that parsed but cannot be used; the message is the problem's reason."""
-
-
-def _describe(exc: Exception) -> str:
-    message = one_line(exc)
-    return message if message != type(exc).__name__ and message else type(exc).__name__
-
-
-def _load_text(path: Path) -> _Loaded:
-    return _Loaded(_decode(path.read_bytes()))
-
-
-_MARKDOWN_HEADING = re.compile(r"#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*")
-
-
-def _load_markdown(path: Path) -> _Loaded:
-    text = _decode(path.read_bytes())
-    in_fence = False
-    for line in text.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            in_fence = not in_fence
-        elif not in_fence and (match := _MARKDOWN_HEADING.fullmatch(line.strip())):
-            return _Loaded(text, title=match.group(1).strip())
-    return _Loaded(text)
-
-
-_BLOCK_TAGS = (
-    "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
-    "header", "footer", "blockquote", "pre", "table", "ul", "ol", "dd", "dt", "figcaption",
-)  # fmt: skip
-_DATE_META = ("article:published_time", "pubdate", "publishdate", "date", "dc.date")
-
-
-def _load_html(path: Path) -> _Loaded:
-    from bs4 import BeautifulSoup, Tag
-    from bs4.dammit import EncodingDetector
-
-    data = path.read_bytes()
-    declared = EncodingDetector.find_declared_encoding(data, is_html=True)
-    soup = BeautifulSoup(_decode(data, declared), "html.parser")
-    title_tag = soup.title or soup.find("h1")
-    title = title_tag.get_text(" ", strip=True) if title_tag else None
-    published_at = None
-    for meta in soup.find_all("meta"):
-        key = str(meta.get("property") or meta.get("name") or meta.get("itemprop") or "")
-        if key.lower() in _DATE_META and (value := meta.get("content")):
-            published_at = normalise_date(str(value))
-            if published_at:
-                break
-    body = soup.body or soup
-    for tag in body.find_all(["script", "style", "noscript", "template"]):
-        tag.decompose()
-    for tag in body.find_all(_BLOCK_TAGS):
-        if isinstance(tag, Tag):
-            tag.insert_after("\n")
-    lines = (" ".join(line.split()) for line in body.get_text().splitlines())
-    return _Loaded("\n".join(line for line in lines if line), title or None, published_at)
-
-
-def _load_pdf(path: Path) -> _Loaded:
-    from pypdf import PdfReader
-
-    reader = PdfReader(path)
-    if reader.is_encrypted and not reader.decrypt(""):
-        raise _UnreadableError("the PDF is encrypted with a password")
-    pages = (page.extract_text() or "" for page in reader.pages)
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
-    if not text:
-        raise _UnreadableError("no extractable text in the PDF (a scanned PDF needs OCR first)")
-    return _Loaded(text)
-
-
-def _load_docx(path: Path) -> _Loaded:
-    import docx2txt  # type: ignore[import-untyped]
-
-    text: str = docx2txt.process(str(path))
-    return _Loaded(text)
-
-
-_DOCUMENT_LOADERS: dict[str, Callable[[Path], _Loaded]] = {
-    ".txt": _load_text,
-    ".md": _load_markdown,
-    ".markdown": _load_markdown,
-    ".html": _load_html,
-    ".htm": _load_html,
-    ".pdf": _load_pdf,
-    ".docx": _load_docx,
-}
-_TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
-
-
-# --- text helpers ---------------------------------------------------------------------------
-
-_BLANK_RUNS = re.compile(r"\n[ \t\u3000]*\n(?:[ \t\u3000]*\n)+")
-
-
-def clean_text(text: str) -> str:
-    """Unix newlines, no NUL (PostgreSQL text cannot hold it; PDFs produce it), at most one
-    blank line in a row, no surrounding whitespace. Nothing else changes."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    return _BLANK_RUNS.sub("\n\n", text).strip()
-
-
-def _decode(data: bytes, declared: str | None = None) -> str:
-    """Text of a file: a BOM decides; else the declared encoding, UTF-8, then GB18030 (GBK
-    and GB2312 files decode as GB18030, their superset)."""
-    for bom, encoding in (
-        (codecs.BOM_UTF8, "utf-8-sig"),
-        (codecs.BOM_UTF16_LE, "utf-16"),
-        (codecs.BOM_UTF16_BE, "utf-16"),
-    ):
-        if data.startswith(bom):
-            return data.decode(encoding)
-    candidates = [_superset(declared)] if declared else []
-    for encoding in [*candidates, "utf-8", "gb18030"]:
-        try:
-            return data.decode(encoding)
-        except (UnicodeDecodeError, LookupError):
-            continue
-    raise _UnreadableError("the text is neither UTF-8 nor GB18030 (GBK)")
-
-
-def _superset(encoding: str) -> str:
-    return "gb18030" if encoding.lower().replace("-", "") in ("gb2312", "gbk") else encoding
-
-
 def _sniff_encoding(path: Path) -> str:
     """utf-8-sig if the first 64 KiB are UTF-8, else gb18030 if they are GB18030."""
     with path.open("rb") as file:
@@ -636,9 +317,3 @@ def _count_lines(path: Path) -> int:
             count += block.count(b"\n")
             last = block[-1:]
     return count + (last != b"\n")
-
-
-def _too_large(location: str, length: int, limit: int) -> SourceProblem:
-    return SourceProblem(
-        location, f"{length} characters, over the limit of {limit} (max_document_chars)"
-    )
