@@ -299,7 +299,8 @@ class Pipeline:
                 return self._run(entries, total)
             finally:  # a killed run leaves the index missing: the next run builds it
                 started = time.perf_counter()
-                self.store.finish_bulk_load(self.report.chunks_written)
+                self.store.finish_bulk_load()
+                self.store.refresh_statistics(self.report.chunks_written)
                 self.report.stage_seconds["write"] += time.perf_counter() - started
 
     def _run(

@@ -33,6 +33,7 @@ from fengchao_chains.ingest.pipeline import (
     knowledge_base_lock,
 )
 from fengchao_chains.retrievers.registry import KnowledgeBase, KnowledgeBaseRegistry
+from fengchao_chains.retrievers.store import ChunkStore
 
 DEFAULT_REEMBED_BATCH = 256
 _COLUMNS = ("document_id", "position", "content", "metadata", "content_hash", "embedding",
@@ -73,8 +74,7 @@ def reembed(
         _build_next_table(database, kb, dims)
         total, embedded = _fill(database, kb, embeddings, batch_size, on_progress)
         _swap(database, kb, model, dims)
-        with database.pool.connection() as conn:
-            conn.execute(sql.SQL("ANALYZE {}").format(kb.chunks_table))
+        ChunkStore(database, kb).refresh_statistics(total)  # every chunk is new
     return ReembedResult(model, dims, total, embedded, time.perf_counter() - started)
 
 

@@ -170,28 +170,33 @@ class ChunkStore:
             conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self.kb.vector_index))
         return True
 
-    def finish_bulk_load(self, chunks_written: int = 0) -> None:
+    def finish_bulk_load(self) -> None:
         """(Re)build the HNSW index if it is missing: after a bulk load, and after a load
-        that was killed before it could.  Then refresh the planner's statistics when this
-        load changed the table by a tenth or more (or it was never analysed): the text
-        search ranks by word frequencies from them (``retrievers/search.py``), and waiting
-        for autovacuum would leave a fresh knowledge base without them for a while."""
+        that was killed before it could."""
+        with self.database.pool.connection() as conn, conn.transaction():
+            # CREATE INDEX locks the table even when the index exists: look in the catalog
+            found = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (self.kb.vector_index_name,)
+            ).fetchone()
+            if found and found[0]:
+                return
+            conn.execute("SELECT set_config('maintenance_work_mem', '256MB', true)")
+            conn.execute(vector_index_ddl(self.kb, if_not_exists=True))
+
+    def refresh_statistics(self, chunks_changed: int) -> None:
+        """Analyse the chunk table when ``chunks_changed`` is a tenth of it or more (or it
+        was never analysed): the text search ranks by word frequencies from PostgreSQL's
+        statistics (``retrievers/search.py``), and waiting for autovacuum would leave a
+        fresh or rebuilt knowledge base without them for a while."""
+        if chunks_changed <= 0:
+            return
         with self.database.pool.connection() as conn:
-            with conn.transaction():
-                # CREATE INDEX locks the table even when the index exists: check the catalog
-                found = conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", (self.kb.vector_index_name,)
-                ).fetchone()
-                if not (found and found[0]):
-                    conn.execute("SELECT set_config('maintenance_work_mem', '256MB', true)")
-                    conn.execute(vector_index_ddl(self.kb, if_not_exists=True))
-            if chunks_written > 0:
-                row = conn.execute(
-                    "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
-                    (self.kb.chunks_table_name,),
-                ).fetchone()
-                if row is None or row[0] < 0 or chunks_written >= 0.1 * row[0]:
-                    conn.execute(sql.SQL("ANALYZE {}").format(self.kb.chunks_table))
+            row = conn.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+                (self.kb.chunks_table_name,),
+            ).fetchone()
+            if row is None or row[0] < 0 or chunks_changed >= 0.1 * row[0]:
+                conn.execute(sql.SQL("ANALYZE {}").format(self.kb.chunks_table))
 
     def delete_document(self, document_id: str) -> bool:
         """Delete a document and its chunks; False when it was not stored."""
