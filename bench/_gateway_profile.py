@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RATE = 250
+RATE = 1000
 TOP = 15
 ROOTS = frozenset(
     {"fengchao", "typer", "click", "fengchao_chains.cli", "uvicorn", "stdlib:asyncio"}

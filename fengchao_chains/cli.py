@@ -88,9 +88,10 @@ def serve(
     sock = guarded(lambda: _bind(settings.host, settings.port))
     runtime = guarded(lambda: Runtime.start(settings))
     config = uvicorn.Config(
-        create_app(runtime, freeze_heap=True),
+        create_app(runtime, freeze_heap=True, access_log=True),
         log_level=settings.log_level.lower(),
         log_config=None,
+        access_log=False,  # the app's own, written after the answer (server/asgi.py)
         timeout_graceful_shutdown=10,
     )
     stderr.print(

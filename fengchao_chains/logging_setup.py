@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -19,3 +21,20 @@ def configure_logging(level: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+
+
+def log_after_turn(logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
+    """Log on the event loop's next turn when called on a running loop, else now.
+
+    With uvloop a socket write is queued until the loop's turn ends, so a line logged while
+    an answer is being made (formatting, the write to stderr: ~0.1 ms at low load) delays
+    the answer; on the next turn the answer has been written first.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        logger.log(level, msg, *args)
+        return
+    loop.call_soon(logger.log, level, msg, *args)

@@ -38,6 +38,7 @@ from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, est
 from fengchao_chains.catalog import Catalog
 from fengchao_chains.catalog.cards import EmbeddingCard
 from fengchao_chains.errors import UnknownModelError
+from fengchao_chains.logging_setup import log_after_turn
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,9 @@ class UsageRecorder(BaseCallbackHandler):
             self.records.append(record)
         if self.sink is not None:
             self.sink.add(record)
-        logger.info(
+        log_after_turn(
+            logger,
+            logging.INFO,
             "usage caller=%s model=%s door=%s status=%s prompt_tokens=%d completion_tokens=%d"
             "%s cost=%.6f %s",
             record.caller,

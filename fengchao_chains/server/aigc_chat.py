@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import RunnableConfig
@@ -46,7 +46,7 @@ from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.gateway.tasks import Task
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
-from fengchao_chains.server.deps import RuntimeDep
+from fengchao_chains.server.deps import RuntimeDep, app_runtime
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
 from fengchao_chains.streaming import HangUpAwareStreamingResponse
@@ -130,6 +130,16 @@ async def chat(request: Request, runtime: RuntimeDep) -> JSONResponse | Streamin
 async def local_chat(request: Request, runtime: RuntimeDep) -> JSONResponse | StreamingResponse:
     """Local models (channel 本地模型)."""
     return await _serve(request, runtime, local=True)
+
+
+async def direct_chat(request: Request) -> Response:
+    """:func:`chat` for the app's direct lane (:class:`~fengchao_chains.server.asgi.GatewayApp`)."""
+    return await _serve(request, app_runtime(request), local=False)
+
+
+async def direct_local_chat(request: Request) -> Response:
+    """:func:`local_chat` for the app's direct lane."""
+    return await _serve(request, app_runtime(request), local=True)
 
 
 async def _serve(

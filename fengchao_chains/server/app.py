@@ -26,6 +26,7 @@ from fengchao_chains.server import (
     uploads,
     usage_routes,
 )
+from fengchao_chains.server.asgi import GatewayApp
 from fengchao_chains.server.deps import RuntimeDep, app_runtime
 from fengchao_chains.settings import Settings, get_settings
 
@@ -35,7 +36,8 @@ def create_app(
     settings: Settings | None = None,
     *,
     freeze_heap: bool = False,
-) -> FastAPI:
+    access_log: bool = False,
+) -> GatewayApp:
     """Build the app around a started ``runtime``, or start one from ``settings`` at start-up.
 
     Either way the app's lifespan owns shutdown: it closes the pools and releases the embedded
@@ -46,6 +48,9 @@ def create_app(
     never scanned again, so a full collection no longer walks the ~200,000 objects of the
     catalog, models and libraries, which stalled every request in flight for ~80 ms each
     time it ran under load (docs/benchmarks.md).
+
+    ``access_log`` logs each request on ``uvicorn.access`` after its answer has left (for a
+    server that turns uvicorn's own access log off, as ``fengchao serve`` does).
     """
 
     @asynccontextmanager
@@ -77,13 +82,17 @@ def create_app(
             await current.aclose()  # stops the sample news load first
             await aclose_async_client()  # the vendors' connections of this event loop
 
-    app = FastAPI(
+    app = GatewayApp(
         title="fengchao-chains",
         version=__version__,
         description="LLM gateway: the fengchao /aigc API over LangChain chat models.",
         lifespan=lifespan,
+        access_log=access_log,
     )
-    # The chat routes first: a request is matched against the routes in order, and the
+    app.direct_route("/aigc/chat/", aigc_chat.direct_chat)
+    app.direct_route("/aigc/local_chat/", aigc_chat.direct_local_chat)
+    app.direct_route("/v1/chat/completions", openai_v1.chat_completions)
+    # The chat routes first (for requests off the direct lane): a request is matched against the routes in order, and the
     # LangServe mount alone adds ~80, so every route ahead of the hot ones costs each call.
     app.include_router(aigc_chat.router)
     app.include_router(openai_v1.router)

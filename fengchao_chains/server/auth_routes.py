@@ -57,10 +57,11 @@ class SecretQueryFilter(logging.Filter):
 
 
 def redact_access_log() -> None:
-    """Add :class:`SecretQueryFilter` to ``uvicorn.access`` (once)."""
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, SecretQueryFilter) for f in access.filters):
-        access.addFilter(SecretQueryFilter())
+    """Add :class:`SecretQueryFilter` to uvicorn's access log and the app's own (once)."""
+    for name in ("uvicorn.access", "fengchao_chains.access"):
+        access = logging.getLogger(name)
+        if not any(isinstance(f, SecretQueryFilter) for f in access.filters):
+            access.addFilter(SecretQueryFilter())
 
 
 redact_access_log()

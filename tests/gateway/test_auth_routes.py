@@ -179,10 +179,11 @@ def test_next_may_also_come_in_the_query(client: TestClient, issued: IssuedKey) 
 
 # --------------------------------------------------------------------------- access log --
 @contextmanager
-def served(app: FastAPI) -> Iterator[str]:
-    """``app`` under a real uvicorn on loopback, with its lifespan and its access log on."""
+def served(app: FastAPI, *, access_log: bool = True) -> Iterator[str]:
+    """``app`` under a real uvicorn on loopback, with its lifespan and (unless told not to)
+    uvicorn's access log on."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, log_level="info", access_log=True
+        app, host="127.0.0.1", port=0, log_config=None, log_level="info", access_log=access_log
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
