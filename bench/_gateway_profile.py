@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RATE = 1000
+RATE = 250
 TOP = 15
 ROOTS = frozenset(
     {"fengchao", "typer", "click", "fengchao_chains.cli", "uvicorn", "stdlib:asyncio"}
