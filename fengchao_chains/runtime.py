@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from fengchao_chains.catalog import Catalog, get_catalog
+from fengchao_chains.catalog import Catalog, get_catalog, get_chat_model
 from fengchao_chains.db import Database
 from fengchao_chains.errors import ConfigurationError, UnknownModelError
 from fengchao_chains.prompts import PromptLibrary, get_prompt_library
 from fengchao_chains.settings import Settings
 
 if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
     from fengchao_chains.gateway.auth import TokenVerifier
     from fengchao_chains.gateway.conversations import ConversationStore
     from fengchao_chains.gateway.keys import KeyStore
@@ -39,6 +41,7 @@ class Runtime:
     prompts: PromptLibrary
     database: Database
     sample_news: SampleNewsLoader | None = None
+    _chat_models: dict[str, BaseChatModel] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -58,6 +61,17 @@ class Runtime:
         runtime = cls(settings=settings, catalog=catalog, prompts=prompts, database=database)
         runtime.sensitive_words = words
         return runtime
+
+    def chat_model(self, model_id: str) -> BaseChatModel:
+        """The catalog's chat model ``model_id``, built once per runtime and shared by every
+        request: building one (settings, credentials, validation, and LangChain's per-object
+        caches that a new object fills again) costs more than the rest of a request, so
+        each call passes its own sampling (``temperature``, ``max_tokens``, ...) instead."""
+        model = self._chat_models.get(model_id)
+        if model is None:
+            built = get_chat_model(model_id, catalog=self.catalog, settings=self.settings)
+            model = self._chat_models.setdefault(model_id, built)
+        return model
 
     # The gateway's services, built on first use (a CLI command needs none of them).
 

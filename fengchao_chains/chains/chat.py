@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import base64
 import json
-import operator
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import reduce
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langchain_core.documents import Document
@@ -51,7 +49,7 @@ from langchain_core.runnables.utils import AddableDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
-from fengchao_chains.catalog import ModelCard, get_chat_model
+from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.knowledge import KNOWLEDGE_PROMPT, document_chunks
 from fengchao_chains.retrievers import NEWS_STORE, aget_retriever
 
@@ -125,11 +123,13 @@ class ChatInput(BaseModel):
 
 @dataclass
 class PreparedChat:
-    """A request made concrete: the model, its messages and the retrieved documents."""
+    """A request made concrete: the model (the runtime's shared one) and the call's sampling
+    arguments, its messages and the retrieved documents."""
 
     request: ChatInput
     card: ModelCard
     model: BaseChatModel
+    sampling: dict[str, Any]
     messages: list[BaseMessage]
     documents: list[Document]
     history: PostgresChatMessageHistory | None
@@ -196,7 +196,7 @@ class DocumentsThenAnswer(Runnable[Any, dict[str, Any]]):
 
 def _answer(runtime: Runtime, prepared: PreparedChat) -> Runnable[Any, Any]:
     """The prepared messages -> the model -> the output guard -> the stored turn."""
-    model = prepared.model.with_config(metadata=model_metadata(prepared))
+    model = prepared.model.bind(**prepared.sampling).with_config(metadata=model_metadata(prepared))
     messages = prepared.messages
 
     def given(_: Any) -> list[BaseMessage]:
@@ -234,13 +234,13 @@ async def answer_chat(
     errors and :class:`~fengchao_chains.gateway.sensitive.SensitiveContentError` (nothing is
     stored then)."""
     request = prepared.request
-    message = await prepared.model.ainvoke(prepared.messages, model_config(prepared, config))
+    message = await prepared.model.ainvoke(
+        prepared.messages, model_config(prepared, config), **prepared.sampling
+    )
     if not isinstance(message, AIMessage):  # pragma: no cover - chat models answer AIMessage
         raise TypeError(f"unexpected answer {type(message).__name__}")
-    if request.is_sensitive:  # the chain's guard sums what it releases the same way
-        words = runtime.sensitive_words
-        chunks = guard_chunks(words, [message], replace=request.sensitive_replace)
-        message = reduce(operator.add, chunks)
+    if request.is_sensitive:
+        message = guard_message(runtime.sensitive_words, message, replace=request.sensitive_replace)
     if prepared.history is not None:
         await prepared.history.aadd_messages(turn(request.query, message.text))
     return message
@@ -259,7 +259,9 @@ async def astream_answer(
     request = prepared.request
     model_chunks = cast(
         AsyncGenerator[AIMessageChunk, None],
-        prepared.model.astream(prepared.messages, model_config(prepared, config)),
+        prepared.model.astream(
+            prepared.messages, model_config(prepared, config), **prepared.sampling
+        ),
     )
     stages = [model_chunks]
     if request.is_sensitive:
@@ -297,10 +299,8 @@ async def prepare_chat(runtime: Runtime, request: ChatInput, caller: str) -> Pre
     )
     if past:  # after the system message and the client's history, before this question
         messages = [*messages[:-1], *past, messages[-1]]
-    model = get_chat_model(
-        card.id, catalog=runtime.catalog, settings=runtime.settings, **_sampling(request)
-    )
-    return PreparedChat(request, card, model, messages, documents, history)
+    model = runtime.chat_model(card.id)
+    return PreparedChat(request, card, model, _sampling(request), messages, documents, history)
 
 
 def _sampling(request: ChatInput) -> dict[str, Any]:
@@ -413,6 +413,17 @@ def output_guard(
         return aguard_chunks(words, chunks, replace=replace)
 
     return RunnableGenerator(guarded, aguarded, name="sensitive_word_guard")
+
+
+def guard_message(words: SensitiveWords, message: AIMessage, *, replace: bool) -> AIMessage:
+    """A whole answer through the guard: what :func:`guard_chunks` releases for any cut of
+    the text is what the whole text gives, so the text is checked (or masked) at once."""
+    text = message.text
+    if not replace:
+        words.check(text)
+        return message
+    masked = words.mask(text)
+    return message if masked == text else message.model_copy(update={"content": masked})
 
 
 def guard_chunks(

@@ -92,8 +92,8 @@ def create_app(
     app.direct_route("/aigc/chat/", aigc_chat.direct_chat)
     app.direct_route("/aigc/local_chat/", aigc_chat.direct_local_chat)
     app.direct_route("/v1/chat/completions", openai_v1.chat_completions)
-    # The chat routes first (for requests off the direct lane): a request is matched against the routes in order, and the
-    # LangServe mount alone adds ~80, so every route ahead of the hot ones costs each call.
+    # The chat routes first (for requests off the direct lane): a request is matched against
+    # the routes in order, and the LangServe mount alone adds ~80.
     app.include_router(aigc_chat.router)
     app.include_router(openai_v1.router)
     app.include_router(aigc.router)

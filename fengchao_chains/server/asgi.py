@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -86,19 +87,21 @@ class GatewayApp(FastAPI):
                 handler = self._exception_handler(exc)
                 if handler is None:
                     raise
-                response = await handler(request, exc)
+                if asyncio.iscoroutinefunction(handler):
+                    response = await handler(request, exc)
+                else:  # as Starlette runs a plain function's handler
+                    response = await run_in_threadpool(handler, request, exc)
             await response(scope, receive, sending)
         except Exception:
             if not started:  # as Starlette's ServerErrorMiddleware answers
                 await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
             raise
 
-    def _exception_handler(self, exc: Exception) -> Callable[..., Awaitable[Response]] | None:
+    def _exception_handler(self, exc: Exception) -> Callable[..., Any] | None:
         """The handler the app registered for ``exc``'s class or its nearest base."""
         for cls in type(exc).__mro__:
-            handler = self.exception_handlers.get(cls)
-            if handler is not None:
-                return handler  # type: ignore[no-any-return]
+            if (handler := self.exception_handlers.get(cls)) is not None:
+                return handler
         return None
 
 

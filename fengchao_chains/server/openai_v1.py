@@ -30,7 +30,7 @@ from langchain_core.runnables import RunnableConfig
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
-from fengchao_chains.catalog import ModelCard, get_chat_model
+from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.chat import CALLER_KEY, json_answer
 from fengchao_chains.gateway.auth import Caller
 from fengchao_chains.gateway.sensitive import SensitiveContentError
@@ -40,7 +40,6 @@ from fengchao_chains.server.metering import Metering
 from fengchao_chains.server.openai_v1_errors import (
     as_openai_error,
     authenticate,
-    built_once,
     error_answer,
     invalid,
     runtime_of,
@@ -131,17 +130,6 @@ async def chat_completions(request: Request) -> Response:
         return error_answer(exc)
 
 
-def chat_model(request: Request, runtime: Runtime, card: ModelCard) -> BaseChatModel:
-    """The catalog model of ``card``, built once per app and runtime (building one costs
-    more than the rest of a request); each call passes the request's sampling instead."""
-    return built_once(
-        request,
-        "openai_v1_models",
-        card.id,
-        lambda: get_chat_model(card.id, catalog=runtime.catalog, settings=runtime.settings),
-    )
-
-
 async def prepare(
     request: Request, runtime: Runtime, caller: Caller, body: ChatCompletionRequest
 ) -> ChatCall:
@@ -158,7 +146,7 @@ async def prepare(
     documents = None
     if wants_extras(body):
         messages, documents = await apply_extras(runtime, body, card, messages)
-    model = chat_model(request, runtime, card)
+    model = runtime.chat_model(card.id)
     kwargs = sampling(body)
     fix_json = add_response_format(body, model, kwargs)
     if fix_json:
