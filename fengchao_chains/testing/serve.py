@@ -45,7 +45,10 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 
 
 def _run_child(factory: Callable[[], Any], sock: socket.socket) -> None:
-    config = uvicorn.Config(factory(), log_level="critical", lifespan="off")
+    # Idle connections kept as long as in serve_in_thread: with uvicorn's 5 s a client's
+    # pooled connection can be closed just as it is reused (a proxy under test then fails
+    # a request that no real vendor, with its minute-long keep-alive, would fail).
+    config = uvicorn.Config(factory(), log_level="critical", lifespan="off", timeout_keep_alive=30)
     uvicorn.Server(config).run(sockets=[sock])
 
 
