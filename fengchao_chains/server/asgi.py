@@ -35,7 +35,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 access_logger = logging.getLogger("fengchao_chains.access")
-logger = logging.getLogger(__name__)
 
 
 class GatewayApp(FastAPI):
@@ -60,8 +59,16 @@ class GatewayApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if self.access_log:
-            send = _AccessLog(scope, send)
+        if not self.access_log:
+            await self._route(scope, receive, send)
+            return
+        access = _AccessLog(scope, send)
+        try:
+            await self._route(scope, receive, access)
+        finally:
+            access.done()  # also a request that failed, or whose client left mid-answer
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._direct.get(scope["path"]) if scope["method"] == "POST" else None
         if endpoint is None or self.user_middleware:
             await super().__call__(scope, receive, send)
@@ -109,13 +116,14 @@ class _AccessLog:
     """``send`` that notes the status and, once the last body part is handed over, logs
     the request on the event loop's next turn (after the answer's bytes are written)."""
 
-    __slots__ = ("scope", "send", "started", "status")
+    __slots__ = ("logged", "scope", "send", "started", "status")
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope = scope
         self.send = send
         self.started = time.perf_counter()
         self.status = 0
+        self.logged = False
 
     async def __call__(self, message: Message) -> None:
         await self.send(message)
@@ -123,6 +131,12 @@ class _AccessLog:
         if kind == "http.response.start":
             self.status = message["status"]
         elif kind == "http.response.body" and not message.get("more_body", False):
+            self.done()
+
+    def done(self) -> None:
+        """Log the request on the loop's next turn (once)."""
+        if not self.logged:
+            self.logged = True
             asyncio.get_running_loop().call_soon(self.log, time.perf_counter())
 
     def log(self, ended: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from fengchao_chains.server.asgi import GatewayApp
 from fengchao_chains.settings import Settings
@@ -112,3 +113,34 @@ def test_the_access_log_is_the_apps_own_and_masks_the_secret(
         r'"GET /aigc/token\?api_key=fc-\w+&secret_key=\*\*\* HTTP/1.1" 200 [\d.]+ms$', token_line
     )
     assert any(re.search(r'"POST /aigc/chat/ HTTP/1.1" 401 [\d.]+ms$', line) for line in lines)
+
+
+def test_every_request_is_in_the_access_log_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Also one that failed, and one whose answer broke off after it began."""
+    caplog.set_level(logging.INFO, logger="fengchao_chains.access")
+    app = GatewayApp(access_log=True)
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("boom")
+
+    async def cut(request: Request) -> Response:
+        async def body() -> AsyncIterator[str]:
+            yield "part"
+            raise RuntimeError("cut")
+
+        return StreamingResponse(body())
+
+    app.direct_route("/broken", broken)
+    app.direct_route("/cut", cut)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.post("/broken")
+        assert client.post("/cut").text == "part"  # broken off after its first part
+        client.get("/missing")
+    lines = [r.getMessage() for r in caplog.records if r.name == "fengchao_chains.access"]
+    assert len(lines) == 3
+    for wanted in (
+        '"POST /broken HTTP/1.1" 500',
+        '"POST /cut HTTP/1.1" 200',
+        '"GET /missing HTTP/1.1" 404',
+    ):
+        assert sum(wanted in line for line in lines) == 1, (wanted, lines)
