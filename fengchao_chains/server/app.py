@@ -49,8 +49,8 @@ def create_app(
     catalog, models and libraries, which stalled every request in flight for ~80 ms each
     time it ran under load (docs/benchmarks.md).
 
-    ``access_log`` logs each request on ``uvicorn.access`` after its answer has left (for a
-    server that turns uvicorn's own access log off, as ``fengchao serve`` does).
+    ``access_log`` logs each request on ``fengchao_chains.access`` after its answer has left
+    (for a server that turns uvicorn's own access log off, as ``fengchao serve`` does).
     """
 
     @asynccontextmanager
