@@ -142,8 +142,21 @@ def _view(normal: str, *, before: str = "", final: bool = True) -> _View:
     """The view of a normalised text; ``before`` is the last significant normalised character
     before it (in a stream), and ``final=False`` leaves a whitespace run at the end
     unresolved, since the next chunk decides whether it is ignored."""
-    if _SKIPPABLE_RUN.search(normal) is None:  # most text: one segment, copied as it is
+    if _SKIPPABLE_RUN.search(normal) is None or _plain_ascii(normal, final=final):
+        # one segment, copied as it is: text without spaces (most Chinese), and ASCII text
+        # whose every space stays (one space between two characters that are not spaceless)
         return _View(normal, normal, [0] if normal else [], [0] if normal else [], None)
+    return _segmented_view(normal, before=before, final=final)
+
+
+def _plain_ascii(normal: str, *, final: bool) -> bool:
+    """ASCII with single spaces only (no run to shorten, no spaceless neighbours, nothing
+    ignored), and no trailing space left open in a stream."""
+    return normal.isascii() and "  " not in normal and (final or not normal.endswith(_SPACE))
+
+
+def _segmented_view(normal: str, *, before: str, final: bool) -> _View:
+    """:func:`_view` segment by segment."""
     pieces: list[str] = []
     cstarts: list[int] = []
     ostarts: list[int] = []

@@ -21,6 +21,9 @@ from fengchao_chains.gateway.sensitive import (
     SensitiveContentError,
     SensitiveWords,
     StreamGuard,
+    _normalise,
+    _segmented_view,
+    _view,
 )
 from fengchao_chains.settings import Settings
 
@@ -463,3 +466,19 @@ def test_a_chinese_answer_is_held_back_a_few_characters_at_most() -> None:
     one_by_one = held_after_each_delta(words.guard(replace=False), list(ANSWER))
     assert max(one_by_one) >= 1  # some prefixes were held: the test can see a hold
     assert sum(one_by_one) / len(one_by_one) < 0.5  # most characters go out at once
+
+
+def test_the_ascii_shortcut_gives_the_segmented_view() -> None:
+    """`_view`'s one-segment shortcut for plain ASCII (the common English answer) maps
+    every character as the segment-by-segment view does, in a stream and at its end."""
+    rng = random.Random(11)  # noqa: S311 - test data, not a secret
+    for _ in range(3000):
+        text = "".join(rng.choice("ab 1.\t") for _ in range(rng.randrange(0, 12)))
+        normal = _normalise(text)
+        for final, before in itertools.product((True, False), ("", "x", "中")):
+            fast = _view(normal, before=before, final=final)
+            slow = _segmented_view(normal, before=before, final=final)
+            assert (fast.compact, fast.tail) == (slow.compact, slow.tail), (text, final)
+            assert [fast.origin(i) for i in range(len(fast.compact))] == [
+                slow.origin(i) for i in range(len(slow.compact))
+            ], (text, final)
