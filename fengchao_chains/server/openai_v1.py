@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -42,6 +42,7 @@ from fengchao_chains.server.openai_v1_errors import (
     authenticate,
     error_answer,
     invalid,
+    json_answer_response,
     runtime_of,
 )
 from fengchao_chains.server.openai_v1_extras import (
@@ -123,7 +124,7 @@ async def chat_completions(request: Request) -> Response:
         if body.stream:
             return await _stream(runtime, call, include_usage=body.include_usage)
         try:
-            return JSONResponse(await _invoke(runtime, call))
+            return json_answer_response(await _invoke(runtime, call))
         finally:
             await call.metering.settle()
     except Exception as exc:
@@ -217,7 +218,7 @@ async def _events(
     writer: ChunkWriter,
     first: AIMessageChunk | None,
     rest: AsyncGenerator[AIMessageChunk, None],
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     guard = runtime.sensitive_words.guard(replace=False) if call.guard_output else None
     usage, finish = None, None
     yield writer.first(call.documents)

@@ -18,14 +18,14 @@ A route answers any failure with :func:`error_answer` (or, in a stream already b
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from fengchao_chains.catalog.loader import UnknownEmbeddingModelError
 from fengchao_chains.errors import (
@@ -94,9 +94,20 @@ class OpenAIError(Exception):
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
-    def event(self) -> str:
+    def event(self) -> bytes:
         """The ``data:`` event a stream that already began ends with."""
-        return f"data: {json.dumps(self.body(), ensure_ascii=False)}\n\n"
+        return sse_event(self.body())
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """One ``data:`` event of a /v1 stream: compact UTF-8 JSON, as OpenAI sends it (orjson:
+    a tenth of ``json.dumps``' time, for every chunk of every stream)."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def json_answer_response(payload: dict[str, Any]) -> Response:
+    """A 200 JSON answer, serialised by orjson (as :func:`sse_event`)."""
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> OpenAIError:

@@ -23,9 +23,9 @@ from langchain_core.messages.tool import ToolCallChunk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fengchao_chains.server.aigc_answer import knowledge_hit
-from fengchao_chains.server.openai_v1_errors import invalid
+from fengchao_chains.server.openai_v1_errors import invalid, sse_event
 
-DONE = "data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 _FINISH_ALIASES = {"sensitive": "content_filter", "max_tokens": "length", "max_length": "length"}
 
@@ -277,23 +277,23 @@ class ChunkWriter:
         }
         self.include_usage = include_usage
 
-    def event(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    def event(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         chunk = {**self.head, "choices": [choice], **extra}
         if self.include_usage:
             chunk["usage"] = None
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        return sse_event(chunk)
 
-    def first(self, documents: Sequence[Document] | None) -> str:
+    def first(self, documents: Sequence[Document] | None) -> bytes:
         extra: dict[str, Any] = {}
         if documents is not None:
             extra["knowledge"] = [knowledge_hit(document) for document in documents]
         return self.event({"role": "assistant", "content": "", "refusal": None}, **extra)
 
-    def text(self, text: str) -> str:
+    def text(self, text: str) -> bytes:
         return self.event({"content": text})
 
-    def tool_calls(self, chunks: Sequence[ToolCallChunk]) -> str:
+    def tool_calls(self, chunks: Sequence[ToolCallChunk]) -> bytes:
         calls = []
         for position, chunk in enumerate(chunks):
             call: dict[str, Any] = {"index": chunk.get("index", position)}
@@ -305,9 +305,8 @@ class ChunkWriter:
             calls.append(call | {"function": function})
         return self.event({"tool_calls": calls})
 
-    def finish(self, reason: str) -> str:
+    def finish(self, reason: str) -> bytes:
         return self.event({}, reason)
 
-    def usage(self, usage: UsageMetadata | None) -> str:
-        chunk = {**self.head, "choices": [], "usage": usage_dict(usage)}
-        return f"data: {json.dumps(chunk)}\n\n"
+    def usage(self, usage: UsageMetadata | None) -> bytes:
+        return sse_event({**self.head, "choices": [], "usage": usage_dict(usage)})

@@ -4,8 +4,10 @@ two API keys with their tokens."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,16 @@ def sdk_body(**fields: Any) -> dict[str, Any]:
         "search_param": None,
     }
     return body | fields
+
+
+@pytest.fixture
+def same_minute() -> None:
+    """Start a test well inside a minute: rate limits count in fixed one-minute windows, and
+    a test that crossed into the next one would read that window's (empty) count."""
+    now = datetime.now(UTC)
+    second = now.second + now.microsecond / 1e6
+    if second > 45:
+        time.sleep(60.5 - second)
 
 
 @pytest.fixture(scope="module")

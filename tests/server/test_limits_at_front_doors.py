@@ -22,6 +22,9 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"limits_cache_seconds": 0})
 
 
+pytestmark = pytest.mark.usefixtures("same_minute")
+
+
 def api_key(server: Server, name: str = "first") -> str:
     return next(info.api_key for info in server.runtime.keys.list() if info.name == name)
 

@@ -155,6 +155,7 @@ def test_refusals_before_the_call_are_not_rows(server: Server, fake: FakeOpenAIE
     assert fake.requests == [] and rows(server) == []
 
 
+@pytest.mark.usefixtures("same_minute")
 def test_limits_admit_on_the_estimate_and_settle_to_the_upstreams_count(
     server: Server, fake: FakeOpenAIEmbeddings
 ) -> None:
