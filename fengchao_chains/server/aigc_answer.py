@@ -23,6 +23,7 @@ from fengchao_chains.retrievers.pgvector import threshold_from_similarity
 from fengchao_chains.server.aigc import CREATED_FORMAT
 
 OK = "执行成功"
+_HEAD_AND_CHOICES = frozenset({"request_id", "created", "model", "choices"})
 
 
 def knowledge_hit(document: Document) -> dict[str, Any]:
@@ -49,6 +50,29 @@ class Answer:
     def __init__(self, card: ModelCard, request_id: str) -> None:
         self.card = card
         self.request_id = request_id
+        self._delta_head: tuple[str, str] = ("", "")  # (created, serialised head)
+        self._delta_tail: tuple[Sequence[Document] | None, str] = (None, "")
+
+    def delta_line(self, content: str, *, index: int, knowledge: Sequence[Document]) -> str:
+        """``event_line(self.payload(content, index=index, knowledge=knowledge))`` for a
+        stream's text chunk, byte for byte, with what stays the same from chunk to chunk
+        (the head, and the zero usage, the knowledge hits and the rest after ``choices``)
+        serialised once per stream instead of once per chunk."""
+        created = time.strftime(CREATED_FORMAT)
+        if self._delta_head[0] != created:
+            head = {"request_id": self.request_id, "created": created, "model": self.card.id}
+            self._delta_head = (created, json.dumps(head)[:-1])
+        if self._delta_tail[0] is not knowledge:
+            whole = self.payload("", knowledge=knowledge)
+            tail = {key: value for key, value in whole.items() if key not in _HEAD_AND_CHOICES}
+            self._delta_tail = (knowledge, json.dumps(tail)[1:])
+        choice = {
+            "index": index,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": None,
+        }
+        choices = json.dumps([choice])
+        return f'data: {self._delta_head[1]}, "choices": {choices}, {self._delta_tail[1]}\n\n'
 
     def payload(
         self,

@@ -300,7 +300,7 @@ async def _events(
         async for chunk in chunks:
             finish = chunk.response_metadata.get("finish_reason") or finish
             if chunk.text:
-                yield event_line(answer.payload(chunk.text, index=index, knowledge=documents))
+                yield answer.delta_line(chunk.text, index=index, knowledge=documents)
                 index += 1
     except FengchaoError as exc:
         yield event_line(_error_answer(answer, exc))
