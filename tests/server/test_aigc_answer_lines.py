@@ -10,7 +10,6 @@ import pytest
 from langchain_core.documents import Document
 
 from fengchao_chains.catalog import load_catalog
-from fengchao_chains.server import aigc_answer
 from fengchao_chains.server.aigc_answer import Answer, event_line
 
 HITS = [
@@ -30,7 +29,7 @@ def test_a_delta_line_is_the_payloads_event_line(
     answer = Answer(load_catalog()["gpt-3.5-turbo"], 'req-"1"')
     clock = itertools.cycle(["2026-11-22 10:00:00", "2026-11-22 10:00:00", "2026-11-22 10:00:01"])
     now = next(clock)
-    monkeypatch.setattr(aigc_answer.time, "strftime", lambda _format: now)
+    monkeypatch.setattr("fengchao_chains.server.aigc_answer.time.strftime", lambda _f: now)
     for index, text in enumerate(TEXTS * 2):
         line = answer.delta_line(text, index=index, knowledge=knowledge)
         assert line == event_line(answer.payload(text, index=index, knowledge=knowledge))
