@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fengchao_chains.catalog import Catalog, get_catalog, get_chat_model
 from fengchao_chains.db import Database
@@ -21,6 +22,8 @@ from fengchao_chains.settings import Settings
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+    from fengchao_chains.catalog.cards import EmbeddingCard
+    from fengchao_chains.embeddings import CatalogEmbeddings
     from fengchao_chains.gateway.auth import TokenVerifier
     from fengchao_chains.gateway.conversations import ConversationStore
     from fengchao_chains.gateway.keys import KeyStore
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from fengchao_chains.ingest.sample import SampleNewsLoader
 
 logger = logging.getLogger(__name__)
+_Model = TypeVar("_Model")
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Runtime:
     prompts: PromptLibrary
     database: Database
     sample_news: SampleNewsLoader | None = None
-    _chat_models: dict[str, BaseChatModel] = field(default_factory=dict, init=False, repr=False)
+    _models: dict[tuple[str, str], Any] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -67,11 +71,26 @@ class Runtime:
         request: building one (settings, credentials, validation, and LangChain's per-object
         caches that a new object fills again) costs more than the rest of a request, so
         each call passes its own sampling (``temperature``, ``max_tokens``, ...) instead."""
-        model = self._chat_models.get(model_id)
+        return self._built_once(
+            "chat",
+            model_id,
+            lambda: get_chat_model(model_id, catalog=self.catalog, settings=self.settings),
+        )
+
+    def embeddings_model(self, card: EmbeddingCard) -> CatalogEmbeddings:
+        """The embedding model of ``card``, built once per runtime and shared by every
+        request (a local one loads its weights when built)."""
+        from fengchao_chains.embeddings import embeddings_for_card
+
+        return self._built_once("embeddings", card.id, lambda: embeddings_for_card(card))
+
+    def _built_once(self, kind: str, model_id: str, build: Callable[[], _Model]) -> _Model:
+        """``build()`` the first time ``kind`` / ``model_id`` is asked for, then the same object
+        (two first callers at once may both build; one object is kept)."""
+        model = self._models.get((kind, model_id))
         if model is None:
-            built = get_chat_model(model_id, catalog=self.catalog, settings=self.settings)
-            model = self._chat_models.setdefault(model_id, built)
-        return model
+            model = self._models.setdefault((kind, model_id), build())
+        return cast(_Model, model)
 
     # The gateway's services, built on first use (a CLI command needs none of them).
 

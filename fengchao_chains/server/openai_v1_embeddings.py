@@ -33,12 +33,11 @@ from fengchao_chains.callbacks.token_estimate import estimate_tokens
 from fengchao_chains.callbacks.usage import ABORTS, FrontDoor, Status, UsageRecord, UsageRecorder
 from fengchao_chains.catalog import Catalog
 from fengchao_chains.catalog.cards import EmbeddingCard
-from fengchao_chains.embeddings import CatalogEmbeddings, embeddings_for_card
+from fengchao_chains.embeddings import CatalogEmbeddings
 from fengchao_chains.embeddings.usage import VendorBatch, collect_vendor_batches
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.server.openai_v1_errors import (
     authenticate,
-    built_once,
     error_answer,
     invalid,
     model_not_found,
@@ -117,7 +116,7 @@ async def create_embeddings(request: Request) -> Response:
         caller = await authenticate(request)
         body = parse(EmbeddingsRequest, await request.body())
         card = embedding_card(runtime.catalog, body)
-        embeddings = catalog_embeddings(request, card)
+        embeddings = runtime.embeddings_model(card)
         metering = Metering(runtime, caller.api_key, FRONT_DOOR, None)
         await metering.admit_texts(card, body.texts)
         call = EmbeddingCall(card, body.texts, metering.recorder)
@@ -151,11 +150,6 @@ def embedding_card(catalog: Catalog, body: EmbeddingsRequest) -> EmbeddingCard:
             param="dimensions",
         )
     return card
-
-
-def catalog_embeddings(request: Request, card: EmbeddingCard) -> CatalogEmbeddings:
-    """The card's embeddings object, built once per app and runtime."""
-    return built_once(request, "openai_v1_embeddings", card.id, lambda: embeddings_for_card(card))
 
 
 def _answer(

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import HTTPException, Request
@@ -57,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
-_Built = TypeVar("_Built")
 
 
 class OpenAIError(Exception):
@@ -221,21 +219,6 @@ def runtime_of(request: Request) -> Runtime:
     runs those in a worker thread, a thread hop on every request)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
-
-
-def built_once(request: Request, slot: str, key: str, build: Callable[[], _Built]) -> _Built:
-    """``build()`` made once per app, runtime and ``key`` and kept in the app's state under
-    ``slot`` (building a catalog model costs more than the rest of a request); a new runtime
-    (tests swap it) starts afresh."""
-    runtime = runtime_of(request)
-    cached: tuple[Runtime, dict[str, _Built]] | None = getattr(request.app.state, slot, None)
-    if cached is None or cached[0] is not runtime:
-        cached = (runtime, {})
-        setattr(request.app.state, slot, cached)
-    built = cached[1]
-    if key not in built:
-        built[key] = build()
-    return built[key]
 
 
 async def authenticate(request: Request) -> Caller:
