@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from fengchao_chains.logging_setup import log_after_turn
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 access_logger = logging.getLogger("fengchao_chains.access")
 
@@ -134,23 +136,24 @@ class _AccessLog:
             self.done()
 
     def done(self) -> None:
-        """Log the request on the loop's next turn (once)."""
-        if not self.logged:
-            self.logged = True
-            asyncio.get_running_loop().call_soon(self.log, time.perf_counter())
-
-    def log(self, ended: float) -> None:
+        """Log the request (once), on the loop's next turn: uvicorn's line, plus the time to
+        the answer's last byte."""
+        if self.logged:
+            return
+        self.logged = True
         scope = self.scope
         client = scope.get("client")
         path = quote(scope["path"])
         if query := scope.get("query_string"):
             path = f"{path}?{query.decode('latin-1')}"
-        access_logger.info(  # uvicorn's line, plus the time to the answer's last byte
+        log_after_turn(
+            access_logger,
+            logging.INFO,
             '%s - "%s %s HTTP/%s" %d %.1fms',
             f"{client[0]}:{client[1]}" if client else "",
             scope["method"],
             path,
             scope.get("http_version", "1.1"),
             self.status,
-            (ended - self.started) * 1000,
+            (time.perf_counter() - self.started) * 1000,
         )
