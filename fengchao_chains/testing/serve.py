@@ -24,23 +24,32 @@ def _bound_socket(host: str) -> socket.socket:
 
 
 @contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` on a free port for the duration of the block; yields its base URL."""
+def serve_in_thread(
+    app: Any, host: str = "127.0.0.1", *, start_seconds: float = 15, **options: Any
+) -> Iterator[str]:
+    """Serve ``app`` on a free port for the duration of the block; yields its base URL.
+    ``options`` go to ``uvicorn.Config`` over these defaults: no lifespan, only critical
+    logs (a test of the app itself turns its lifespan and logs on)."""
     sock = _bound_socket(host)
-    config = uvicorn.Config(app, log_level="critical", lifespan="off", timeout_keep_alive=30)
-    server = uvicorn.Server(config)
+    defaults: dict[str, Any] = {
+        "log_level": "critical",
+        "lifespan": "off",
+        "timeout_keep_alive": 30,
+    }
+    settings = defaults | options
+    server = uvicorn.Server(uvicorn.Config(app, **settings))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + start_seconds
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("fake server did not start")
+            raise RuntimeError("server did not start")
         time.sleep(0.01)
     try:
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=30)
         sock.close()
 
 

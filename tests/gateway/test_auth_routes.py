@@ -5,22 +5,19 @@ secret kept out of responses and uvicorn's access log (served for real on loopba
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import jwt
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fengchao_chains.gateway.auth import AUTH_COOKIE
 from fengchao_chains.gateway.keys import IssuedKey, KeyStore
 from fengchao_chains.server.auth_routes import SecretQueryFilter, local_path
 from fengchao_chains.settings import Settings
+from fengchao_chains.testing.serve import serve_in_thread
 from tests.gateway.test_auth import protected_app
 
 
@@ -178,34 +175,15 @@ def test_next_may_also_come_in_the_query(client: TestClient, issued: IssuedKey) 
 
 
 # --------------------------------------------------------------------------- access log --
-@contextmanager
-def served(app: FastAPI, *, access_log: bool = True) -> Iterator[str]:
-    """``app`` under a real uvicorn on loopback, with its lifespan and (unless told not to)
-    uvicorn's access log on."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, log_level="info", access_log=access_log
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_the_access_log_never_shows_the_secret(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     app = protected_app(settings)
-    with served(app) as base_url:
+    served = serve_in_thread(
+        app, lifespan="on", start_seconds=60, log_config=None, log_level="info", access_log=True
+    )
+    with served as base_url:
         runtime = app.state.runtime
         issued = KeyStore(runtime.database, settings).create()
         response = httpx.get(

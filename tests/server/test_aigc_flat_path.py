@@ -13,7 +13,6 @@ from uuid import UUID
 
 import httpx
 import pytest
-import uvicorn
 from langchain_core.messages import BaseMessage
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -201,22 +200,11 @@ def gateway(settings: Settings, upstream: tuple[FakeOpenAI, OpenCalls, str]) -> 
         update={"openai_base_url": f"{upstream_url}/v1", "openai_api_key": SecretStr("sk-test")}
     )
     app = create_app(settings=configured)
-    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="critical", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.02)
-    try:
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with serve_in_thread(app, lifespan="on", start_seconds=60) as base_url:
         runtime: Runtime = app.state.runtime
         key = runtime.keys.create("leaver")
         token = issue_token(key.api_key, key.secret_key, 600)
-        yield Gateway(f"http://127.0.0.1:{port}", runtime, token)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        yield Gateway(base_url, runtime, token)
 
 
 def test_a_client_leaving_a_stream_ends_the_upstream_call_at_once(

@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from fengchao_chains.server.asgi import GatewayApp
 from fengchao_chains.settings import Settings
-from tests.gateway.test_auth_routes import served
+from fengchao_chains.testing.serve import serve_in_thread
 from tests.server.conftest import Server, sdk_body
 
 CHAT = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}
@@ -100,7 +100,10 @@ def test_the_access_log_is_the_apps_own_and_masks_the_secret(
 
     caplog.set_level(logging.INFO)
     app = create_app(settings=settings, access_log=True)
-    with served(app, access_log=False) as base_url, httpx.Client(base_url=base_url) as client:
+    served = serve_in_thread(  # uvicorn's access log off, as in fengchao serve
+        app, lifespan="on", start_seconds=60, log_config=None, log_level="info", access_log=False
+    )
+    with served as base_url, httpx.Client(base_url=base_url) as client:
         key = app.state.runtime.keys.create("log")
         query = {"api_key": key.api_key, "secret_key": key.secret_key}
         assert client.get("/aigc/token", params=query).status_code == 200
