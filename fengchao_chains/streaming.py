@@ -18,9 +18,15 @@ streams (docs/benchmarks.md):
   everything that came in one read goes out in one write, and nothing is ever held back to
   wait for more. A slow client bounds the buffer (:data:`BUFFER_LIMIT`): the producer waits
   until the writer has drained it.
+- **The head goes out with the first piece.** Starlette writes the status line and headers
+  before the body starts, a whole upstream call ahead of the first piece, and so wakes the
+  client twice. Here they are written right before the first piece: the client sees the
+  same first byte time for the data it waits for, with one wake-up fewer per stream (on
+  this machine a write that wakes an idle reader costs 25-90 us of the writer's CPU).
 
 A body that fails midway has what it yielded before the failure written first, then the
-error propagates (the server closes the connection), as with Starlette's response.
+error propagates (the server closes the connection), as with Starlette's response. One that
+fails before its first piece leaves the response unstarted, so the server answers 500.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections.abc import AsyncIterable
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 BUFFER_LIMIT = 64 * 1024
 """Bytes the body may run ahead of a slow client before it waits."""
@@ -42,14 +48,16 @@ class HangUpAwareStreamingResponse(StreamingResponse):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
+        head = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
         pipe = _Pipe(self.charset)
         producer = asyncio.create_task(pipe.fill(self.body_iterator))
         listener = asyncio.create_task(_cancel_on_disconnect(receive, producer, pipe))
         try:
-            await pipe.drain(send)
+            await pipe.drain(send, head)
         except OSError as exc:  # what servers other than uvicorn raise on a dead socket
             raise ClientDisconnect() from exc
         finally:
@@ -95,8 +103,10 @@ class _Pipe:
             self.finished = True
             self.ready.set()
 
-    async def drain(self, send: Send) -> None:
-        """Write what has collected each time there is some, until the body ends."""
+    async def drain(self, send: Send, head: Message) -> None:
+        """Write what has collected each time there is some, until the body ends; ``head``
+        (the response's start) goes right before the first write."""
+        unsent: Message | None = head
         while True:
             await self.ready.wait()
             self.ready.clear()
@@ -107,6 +117,9 @@ class _Pipe:
                 return
             last = finished and not self.failed
             if pieces or last:
+                if unsent is not None:
+                    await send(unsent)
+                    unsent = None
                 body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 await send({"type": "http.response.body", "body": body, "more_body": not last})
             if finished:

@@ -1,6 +1,6 @@
 """The gateway's streaming response, driven through its ASGI interface: what is ready goes out
-in one write, nothing waits for more, a hang-up cancels the body, a failing body has its
-earlier pieces written first, and a slow client holds the body back."""
+in one write, the head with the first, nothing waits for more, a hang-up cancels the body, a
+failing body has its earlier pieces written first, and a slow client holds the body back."""
 
 from __future__ import annotations
 
@@ -72,6 +72,46 @@ async def test_a_piece_is_written_as_soon_as_the_body_waits() -> None:
     assert [m["body"] for m in pieces] == [f"data: {i}\n\n".encode() for i in range(5)]
     delays = [sent - made for sent, made in zip(client.sent_at[1:], yielded, strict=False)]
     assert max(delays) < 0.02, delays  # each went out before the next was made
+
+
+async def test_the_head_goes_out_with_the_first_piece() -> None:
+    made: list[float] = []
+
+    async def late() -> AsyncIterator[str]:
+        await asyncio.sleep(0.05)  # the upstream call
+        made.append(time.perf_counter())
+        yield "data: first\n\n"
+
+    client = Client()
+    await respond(late(), client)
+    head, first = client.messages[0], client.messages[1]
+    assert head["type"] == "http.response.start" and head["status"] == 200
+    assert first["body"] == b"data: first\n\n"
+    assert client.sent_at[0] >= made[0]  # not sent while the body was still waiting
+    assert client.sent_at[1] - client.sent_at[0] < 0.01
+
+
+async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstarted() -> None:
+    async def refused() -> AsyncIterator[str]:
+        await asyncio.sleep(0)
+        raise RuntimeError("no connection")
+        yield "never"
+
+    client = Client()
+    with pytest.raises(RuntimeError, match="no connection"):
+        await respond(refused(), client)
+    assert client.messages == []  # so the server can still answer 500
+
+
+async def test_an_empty_body_is_a_complete_response() -> None:
+    async def empty() -> AsyncIterator[str]:
+        return
+        yield "never"
+
+    client = Client()
+    await respond(empty(), client)
+    assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
+    assert client.bodies == [{"type": "http.response.body", "body": b"", "more_body": False}]
 
 
 async def test_a_hang_up_cancels_the_body_at_once() -> None:
