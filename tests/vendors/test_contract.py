@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.exceptions import ContextOverflowError, ModelAuthenticationError
 from langchain_core.messages import AIMessageChunk
 from langchain_core.prompts import ChatPromptTemplate
@@ -112,6 +115,36 @@ def test_max_tokens_and_stop_reach_the_vendor(harness: VendorHarness, url: str) 
     stopped = model.invoke("alpha beta gamma", stop=["beta"])
     assert stopped.content == harness.stopped_text
     assert stopped.response_metadata["finish_reason"] == harness.stop_reason
+
+
+def test_a_call_reports_its_parameters_and_leaves_warning_filters_alone(
+    harness: VendorHarness, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run's ``invocation_params`` are the model's own plus the call's, and a call does
+    not swap the process's warning filters (which other threads share) to get them."""
+    seen: list[dict[str, Any]] = []
+
+    class Params(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            seen.append(kwargs["invocation_params"])
+
+    swaps = 0
+    real_enter = warnings.catch_warnings.__enter__
+
+    def counted_enter(self: warnings.catch_warnings) -> Any:
+        nonlocal swaps
+        swaps += 1
+        return real_enter(self)
+
+    model = harness.model(url)
+    model.invoke("warm up")  # imports and first-use set-up may warn, once
+    monkeypatch.setattr(warnings.catch_warnings, "__enter__", counted_enter)
+    model.invoke("hi", config={"callbacks": [Params()]}, max_tokens=7)
+    asyncio.run(model.ainvoke("hi", config={"callbacks": [Params()]}, max_tokens=7))
+    assert swaps == 0
+    expected = {**model.asdict(), "stop": None, "max_tokens": 7}
+    assert seen == [expected, expected]
+    assert expected["_type"] == f"fengchao-{harness.vendor}"
 
 
 def test_stream_carries_usage_exactly_once(harness: VendorHarness, url: str) -> None:
