@@ -93,9 +93,12 @@ async def test_the_head_goes_out_with_the_first_piece() -> None:
 
 async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstarted() -> None:
     async def refused() -> AsyncIterator[str]:
+        pieces: list[str] = []  # the upstream call fails before any
         await asyncio.sleep(0)
-        raise RuntimeError("no connection")
-        yield "never"
+        if not pieces:
+            raise RuntimeError("no connection")
+        for piece in pieces:
+            yield piece
 
     client = Client()
     with pytest.raises(RuntimeError, match="no connection"):
@@ -105,8 +108,9 @@ async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstart
 
 async def test_an_empty_body_is_a_complete_response() -> None:
     async def empty() -> AsyncIterator[str]:
-        return
-        yield "never"
+        pieces: list[str] = []
+        for piece in pieces:
+            yield piece
 
     client = Client()
     await respond(empty(), client)
