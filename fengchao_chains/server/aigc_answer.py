@@ -66,12 +66,10 @@ class Answer:
             whole = self.payload("", knowledge=knowledge)
             tail = {key: value for key, value in whole.items() if key not in _HEAD_AND_CHOICES}
             self._delta_tail = (knowledge, json.dumps(tail)[1:])
-        choice = {
-            "index": index,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": None,
-        }
-        choices = json.dumps([choice])
+        choices = (
+            f'[{{"index": {index:d}, "message": {{"role": "assistant", "content": '
+            f'{json.dumps(content)}}}, "finish_reason": null}}]'
+        )  # json.dumps of the one choice, with only the text to encode
         return f'data: {self._delta_head[1]}, "choices": {choices}, {self._delta_tail[1]}\n\n'
 
     def payload(
