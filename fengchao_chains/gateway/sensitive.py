@@ -142,17 +142,27 @@ def _view(normal: str, *, before: str = "", final: bool = True) -> _View:
     """The view of a normalised text; ``before`` is the last significant normalised character
     before it (in a stream), and ``final=False`` leaves a whitespace run at the end
     unresolved, since the next chunk decides whether it is ignored."""
-    if _SKIPPABLE_RUN.search(normal) is None or _plain_ascii(normal, final=final):
-        # one segment, copied as it is: text without spaces (most Chinese), and ASCII text
-        # whose every space stays (one space between two characters that are not spaceless)
-        return _View(normal, normal, [0] if normal else [], [0] if normal else [], None)
+    if _SKIPPABLE_RUN.search(normal) is None:  # no spaces: most Chinese
+        return _one_segment(normal, None)
+    if _plain_ascii(normal):  # every space stays, but one left open at a stream's end
+        if final or not normal.endswith(_SPACE):
+            return _one_segment(normal, None)
+        return _one_segment(normal, len(normal) - 1)
     return _segmented_view(normal, before=before, final=final)
 
 
-def _plain_ascii(normal: str, *, final: bool) -> bool:
-    """ASCII with single spaces only (no run to shorten, no spaceless neighbours, nothing
-    ignored), and no trailing space left open in a stream."""
-    return normal.isascii() and "  " not in normal and (final or not normal.endswith(_SPACE))
+def _plain_ascii(normal: str) -> bool:
+    """ASCII with single spaces only: no run to shorten, no spaceless neighbours, nothing
+    ignored, so the view is the text itself (less a space still open at its end)."""
+    return normal.isascii() and "  " not in normal
+
+
+def _one_segment(normal: str, tail: int | None) -> _View:
+    """The view of a text copied as it is, up to ``tail`` (a space whose fate the next chunk
+    decides), or all of it."""
+    compact = normal if tail is None else normal[:tail]
+    starts = [0] if compact else []
+    return _View(normal, compact, starts, list(starts), tail)
 
 
 def _segmented_view(normal: str, *, before: str, final: bool) -> _View:
@@ -238,13 +248,16 @@ class SensitiveWords:
         # must hold back (StreamGuard)
         self._stems = ahocorasick.Automaton(ahocorasick.STORE_LENGTH, ahocorasick.KEY_STRING)
         self._longest = 0
+        firsts: set[str] = set()  # where a stem can start: a cheap test before _stems.match
         for word in words:
             pattern = _pattern(word)
             if pattern and pattern not in self._automaton:  # the first spelling is kept
                 self._automaton.add_word(pattern, (len(pattern), word.strip()))
                 if len(pattern) > 1:
                     self._stems.add_word(pattern[:-1])
+                    firsts.add(pattern[0])
                 self._longest = max(self._longest, len(pattern))
+        self._stem_firsts = frozenset(firsts)
         self._count = len(self._automaton)
         if self._count:
             self._automaton.make_automaton()
@@ -281,8 +294,9 @@ class SensitiveWords:
         begins (``len(compact)`` when there is none): a later character can complete a word
         that starts there, and none that starts earlier."""
         size = len(compact)
+        firsts = self._stem_firsts
         for start in range(max(size - self._longest + 1, 0), size):
-            if self._stems.match(compact[start:]):
+            if compact[start] in firsts and self._stems.match(compact[start:]):
                 return start
         return size
 
