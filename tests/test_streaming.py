@@ -91,6 +91,26 @@ async def test_the_head_goes_out_with_the_first_piece() -> None:
     assert client.sent_at[1] - client.sent_at[0] < 0.01
 
 
+async def test_the_head_waits_for_a_slow_first_piece_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("fengchao_chains.streaming.HEAD_HOLD_SECONDS", 0.05)
+
+    async def slow() -> AsyncIterator[str]:
+        await asyncio.sleep(0.4)  # a model slow to its first token
+        yield "data: first\n\n"
+
+    client = Client()
+    started = time.perf_counter()
+    await respond(slow(), client)
+    assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
+    assert client.sent_at[0] - started < 0.3  # the head did not wait for the piece
+    assert client.sent_at[1] - started >= 0.4
+    assert client.bodies == [
+        {"type": "http.response.body", "body": b"data: first\n\n", "more_body": False}
+    ]
+
+
 async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstarted() -> None:
     async def refused() -> AsyncIterator[str]:
         pieces: list[str] = []  # the upstream call fails before any
