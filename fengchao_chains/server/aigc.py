@@ -38,7 +38,7 @@ def model_card_payload(card: ModelCard) -> dict[str, Any]:
 
 
 @router.get("/models/")
-def list_models(catalog: CatalogDep) -> dict[str, Any]:
+async def list_models(catalog: CatalogDep) -> dict[str, Any]:
     """Every enabled catalog model; unauthenticated, as the SDK calls it without a token."""
     return {
         "status": 200,
@@ -48,7 +48,7 @@ def list_models(catalog: CatalogDep) -> dict[str, Any]:
 
 
 @router.get("/prompts/")
-def list_prompts(prompts: PromptsDep) -> dict[str, Any]:
+async def list_prompts(prompts: PromptsDep) -> dict[str, Any]:
     """Every instruction as a prompt card; unauthenticated, like the model list."""
     return {"status": 200, "msg": "执行成功", "data": prompts.cards()}
 
