@@ -46,7 +46,7 @@ from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.gateway.tasks import Task
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
-from fengchao_chains.server.deps import RuntimeDep, app_runtime
+from fengchao_chains.server.deps import app_runtime
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
 from fengchao_chains.streaming import HangUpAwareStreamingResponse
@@ -121,24 +121,15 @@ class RouteError(Exception):
 
 
 @router.post("/chat/", response_model=None)
-async def chat(request: Request, runtime: RuntimeDep) -> JSONResponse | StreamingResponse:
-    """Online models (channel 在线模型)."""
-    return await _serve(request, runtime, local=False)
-
-
-@router.post("/local_chat/", response_model=None)
-async def local_chat(request: Request, runtime: RuntimeDep) -> JSONResponse | StreamingResponse:
-    """Local models (channel 本地模型)."""
-    return await _serve(request, runtime, local=True)
-
-
-async def direct_chat(request: Request) -> Response:
-    """:func:`chat` for the app's direct lane (:class:`~fengchao_chains.server.asgi.GatewayApp`)."""
+async def chat(request: Request) -> Response:
+    """Online models (channel 在线模型). Also the app's direct lane for this path
+    (:class:`~fengchao_chains.server.asgi.GatewayApp`), so it takes only the request."""
     return await _serve(request, app_runtime(request), local=False)
 
 
-async def direct_local_chat(request: Request) -> Response:
-    """:func:`local_chat` for the app's direct lane."""
+@router.post("/local_chat/", response_model=None)
+async def local_chat(request: Request) -> Response:
+    """Local models (channel 本地模型); the direct lane's too, as :func:`chat`."""
     return await _serve(request, app_runtime(request), local=True)
 
 

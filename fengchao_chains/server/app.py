@@ -89,8 +89,8 @@ def create_app(
         lifespan=lifespan,
         access_log=access_log,
     )
-    app.direct_route("/aigc/chat/", aigc_chat.direct_chat)
-    app.direct_route("/aigc/local_chat/", aigc_chat.direct_local_chat)
+    app.direct_route("/aigc/chat/", aigc_chat.chat)
+    app.direct_route("/aigc/local_chat/", aigc_chat.local_chat)
     app.direct_route("/v1/chat/completions", openai_v1.chat_completions)
     # The chat routes first (for requests off the direct lane): a request is matched against
     # the routes in order, and the LangServe mount alone adds ~80.
