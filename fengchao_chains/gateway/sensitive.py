@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import ahocorasick  # type: ignore[import-not-found]  # a C extension without type hints
 
@@ -110,9 +110,8 @@ def _spaceless(char: str) -> bool:
     return bool(char) and _SPACELESS.match(char) is not None
 
 
-@dataclass(frozen=True)
-class _View:
-    """A text as the automaton scans it.
+class _View(NamedTuple):
+    """A text as the automaton scans it (a tuple: a stream makes one per delta).
 
     ``compact`` is the normalised text with ignored characters and ignored whitespace runs
     taken out and every other whitespace run reduced to one space.  It is made of segments:
@@ -142,13 +141,20 @@ def _view(normal: str, *, before: str = "", final: bool = True) -> _View:
     """The view of a normalised text; ``before`` is the last significant normalised character
     before it (in a stream), and ``final=False`` leaves a whitespace run at the end
     unresolved, since the next chunk decides whether it is ignored."""
-    if _SKIPPABLE_RUN.search(normal) is None:  # no spaces: most Chinese
-        return _one_segment(normal, None)
-    if _plain_ascii(normal):  # every space stays, but one left open at a stream's end
-        if final or not normal.endswith(_SPACE):
-            return _one_segment(normal, None)
-        return _one_segment(normal, len(normal) - 1)
+    if (copied := _copied_view(normal, final=final)) is not None:
+        return _one_segment(normal, copied)
     return _segmented_view(normal, before=before, final=final)
+
+
+def _copied_view(normal: str, *, final: bool) -> int | None:
+    """When the view of ``normal`` is the text as it is, how much of it (all of it, or all
+    but a space left open at a stream's end); None when it must be built segment by
+    segment."""
+    if _SKIPPABLE_RUN.search(normal) is None:  # no spaces: most Chinese
+        return len(normal)
+    if _plain_ascii(normal):  # every space stays, but one left open at a stream's end
+        return len(normal) - 1 if not final and normal.endswith(_SPACE) else len(normal)
+    return None
 
 
 def _plain_ascii(normal: str) -> bool:
@@ -157,12 +163,12 @@ def _plain_ascii(normal: str) -> bool:
     return normal.isascii() and "  " not in normal
 
 
-def _one_segment(normal: str, tail: int | None) -> _View:
-    """The view of a text copied as it is, up to ``tail`` (a space whose fate the next chunk
-    decides), or all of it."""
-    compact = normal if tail is None else normal[:tail]
+def _one_segment(normal: str, size: int) -> _View:
+    """The view of the first ``size`` characters of a text copied as they are (the rest, if
+    any, is a space whose fate the next chunk decides)."""
+    compact = normal if size == len(normal) else normal[:size]
     starts = [0] if compact else []
-    return _View(normal, compact, starts, list(starts), tail)
+    return _View(normal, compact, starts, list(starts), None if size == len(normal) else size)
 
 
 def _segmented_view(normal: str, *, before: str, final: bool) -> _View:
@@ -300,13 +306,20 @@ class SensitiveWords:
                 return start
         return size
 
-    def _occurrences(self, view: _View) -> Iterator[tuple[int, int, str]]:
+    def _hits_any(self, compact: str) -> bool:
+        """Whether any word occurs in ``compact`` (a view's text)."""
+        if not self._count or not compact:
+            return False
+        return next(self._automaton.iter(compact), None) is not None
+
+    def _occurrences(self, view: _View) -> list[tuple[int, int, str]]:
         """Every occurrence, overlapping ones too, as original ``(start, end, word)``.  A
         pattern never starts or ends with a space, so both ends map one for one."""
         if not self._count or not view.compact:
-            return
-        for last, (length, word) in self._automaton.iter(view.compact):
-            yield view.origin(last - length + 1), view.origin(last) + 1, word
+            return []
+        found = list(self._automaton.iter(view.compact))  # mostly none: one C call
+        origin = view.origin
+        return [(origin(last - size + 1), origin(last) + 1, word) for last, (size, word) in found]
 
     def find(self, text: str) -> list[Hit]:
         """The hits in ``text``, leftmost first, longest at each place, none overlapping."""
@@ -386,8 +399,13 @@ class StreamGuard:
             raise self._error
         if self._flushed:
             raise RuntimeError("this stream was already flushed; use a new guard")
+        if not self._replace and (size := _copied_view(self._normal, final=final)) is not None:
+            # the view is the text itself, so its indices are the text's (see _boundary)
+            compact = self._normal[:size]
+            if not self._words._hits_any(compact):  # the usual delta: nothing to refuse
+                return self._cut(size if final else self._words._open_start(compact))
         view = _view(self._normal, before=self._before, final=final)
-        spans = [(s, e, w) for s, e, w in self._words._occurrences(view)]
+        spans = self._words._occurrences(view)
         if spans and not self._replace:
             self._pending = self._normal = ""
             self._error = SensitiveContentError(w for _, _, w in sorted(spans))
@@ -399,7 +417,13 @@ class StreamGuard:
             released = _masked(released, view.normal, masking, self._masked_upto)
             self._masked_upto = max([self._masked_upto, *(e for _, e in masking)]) - boundary
             self._masked_upto = max(self._masked_upto, 0)
-        significant = view.normal[:boundary].rstrip(_SPACE + _IGNORED)
+        self._cut(boundary)
+        return released
+
+    def _cut(self, boundary: int) -> str:
+        """Release the pending text up to ``boundary``; returns it as it came."""
+        released = self._pending[:boundary]
+        significant = self._normal[:boundary].rstrip(_SPACE + _IGNORED)
         if significant:
             self._before = significant[-1]
         self._pending = self._pending[boundary:]

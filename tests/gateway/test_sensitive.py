@@ -482,3 +482,31 @@ def test_the_ascii_shortcut_gives_the_segmented_view() -> None:
             assert [fast.origin(i) for i in range(len(fast.compact))] == [
                 slow.origin(i) for i in range(len(slow.compact))
             ], (text, final)
+
+
+@pytest.mark.parametrize("alphabet", [PLAIN_ALPHABET, SPACED_ALPHABET, list("ab cd.")])
+def test_the_refusing_guard_releases_what_the_masking_guard_does_until_a_hit(
+    alphabet: list[str],
+) -> None:
+    """A refusing guard takes a shortcut for a delta whose view is the text itself and has no
+    hit; delta by delta it must release exactly what the masking guard (which never takes
+    it) releases, up to the delta that completes a word, which it refuses."""
+    rng = random.Random(5)  # noqa: S311 - test data, not a secret
+    words = SensitiveWords(WORDS)
+    compared = refused = 0
+    for _ in range(1500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        for deltas in random_splits(rng, text):
+            refusing, masking = words.guard(replace=False), words.guard(replace=True)
+            for delta in [*deltas, None]:
+                expected = masking.feed(delta) if delta is not None else masking.flush()
+                try:
+                    released = refusing.feed(delta) if delta is not None else refusing.flush()
+                except SensitiveContentError:
+                    assert ref_spans(WORDS, text), deltas
+                    refused += 1
+                    break
+                assert released == expected, deltas
+                compared += 1
+    assert compared > 20_000
+    assert refused > 500
