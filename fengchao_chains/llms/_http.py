@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
+import orjson
 import urllib3
 import yarl
 from tenacity import (
@@ -390,9 +391,20 @@ async def _arefreshing(model: Retriable, attempt: Callable[[], Awaitable[_T]]) -
 # --------------------------------------------------------------------------- errors
 
 
+def loads_json(raw: str | bytes) -> Any:
+    """JSON text as Python: orjson, three times as fast (every stream event is parsed here),
+    else the standard library, which also reads what orjson refuses (``NaN``, UTF-16, lone
+    surrogates). Integers beyond 64 bits come back as floats. Raises ``ValueError`` for
+    what neither reads."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw) if raw.strip() else None
+        return loads_json(raw) if raw.strip() else None
     except ValueError:
         return raw.decode(errors="replace")[:500]
 

@@ -10,7 +10,6 @@ drops mid-stream into the project's error.
 from __future__ import annotations
 
 import codecs
-import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from httpx_sse import ServerSentEvent
 # pinned).
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
-from fengchao_chains.llms._http import TRANSPORT_ERRORS, Exchange, transport_error
+from fengchao_chains.llms._http import TRANSPORT_ERRORS, Exchange, loads_json, transport_error
 from fengchao_chains.llms.errors import UpstreamError
 
 __all__ = ["ServerSentEvent", "aiter_events", "event_json", "iter_events"]
@@ -80,7 +79,7 @@ async def aiter_events(
 def event_json(model: Exchange, event: ServerSentEvent) -> Any:
     """An event's data as JSON, or an :class:`UpstreamError` naming what arrived."""
     try:
-        return json.loads(event.data)
+        return loads_json(event.data)
     except ValueError:
         raise UpstreamError(
             f"unreadable stream event: {event.data[:200]!r}", vendor=model.vendor_name
