@@ -457,17 +457,16 @@ async def aguard_chunks(
 
 def _rechunk(chunk: BaseMessage, text: str) -> AIMessageChunk | None:
     """``chunk`` with the released text, or None when it would carry nothing (the text is
-    held back and there is no usage or finish reason to pass on). A chunk whose text is
-    released as it came, most of them, passes as it is: no new message object per chunk."""
+    held back and there is no usage or finish reason to pass on). A text chunk whose text
+    is released as it came, most of them, passes as it is: no new message object per chunk.
+    One carrying tool calls or extra fields comes out as a plain text chunk."""
     usage = chunk.usage_metadata if isinstance(chunk, AIMessage) else None
     if not text and not usage and not chunk.response_metadata.get("finish_reason"):
         return None
-    if (
-        isinstance(chunk, AIMessageChunk)
-        and text == chunk.content
-        and not (chunk.tool_call_chunks or chunk.additional_kwargs)
-    ):
-        return chunk
+    if isinstance(chunk, AIMessageChunk) and not (
+        chunk.tool_call_chunks or chunk.additional_kwargs
+    ):  # a text chunk: as it is, or a copy with the released text (half a new one's cost)
+        return chunk if text == chunk.content else chunk.model_copy(update={"content": text})
     return AIMessageChunk(
         content=text, id=chunk.id, usage_metadata=usage, response_metadata=chunk.response_metadata
     )

@@ -290,8 +290,8 @@ async def _events(
     try:
         async for chunk in chunks:
             finish = chunk.response_metadata.get("finish_reason") or finish
-            if chunk.text:
-                yield answer.delta_line(chunk.text, index=index, knowledge=documents)
+            if text := chunk.text:
+                yield answer.delta_line(text, index=index, knowledge=documents)
                 index += 1
     except FengchaoError as exc:
         yield event_line(_error_answer(answer, exc))
