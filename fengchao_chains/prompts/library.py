@@ -55,6 +55,7 @@ DEFAULT_ID = "默认"
 CUSTOM_ID = "custom"
 SAMPLE_QUERY = "示例问题"  # what the start-up trial render asks
 CREATED_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""The fengchao SDK's timestamps (every ``created`` of the /aigc API), local time."""
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from fengchao_chains.catalog import ModelCard
+from fengchao_chains.prompts.library import CREATED_FORMAT
 from fengchao_chains.retrievers import KnowledgeBaseRegistry
 from fengchao_chains.server.deps import CatalogDep, PromptsDep, RuntimeDep
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
-
-CREATED_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def model_card_payload(card: ModelCard) -> dict[str, Any]:

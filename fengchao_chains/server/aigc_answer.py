@@ -19,8 +19,8 @@ from fengchao_chains.callbacks import UsageRecorder
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.llms.errors import VendorError, VendorTimeoutError
+from fengchao_chains.prompts.library import CREATED_FORMAT
 from fengchao_chains.retrievers.pgvector import threshold_from_similarity
-from fengchao_chains.server.aigc import CREATED_FORMAT
 
 OK = "执行成功"
 _HEAD_AND_CHOICES = frozenset({"request_id", "created", "model", "choices"})
