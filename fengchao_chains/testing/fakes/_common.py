@@ -11,6 +11,7 @@ vendor's own error format.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from fengchao_chains.streaming import HangUpAwareStreamingResponse
@@ -155,6 +157,20 @@ class FakeVendor:
     def record(self, **request: Any) -> None:
         with self._lock:
             self.requests.append(request)
+
+    async def record_request(self, request: Request) -> Any:
+        """Record ``request`` as it came (route, method, headers, and its body as JSON, or as
+        text when it is not JSON) and return the body: for servers that answer a body that
+        is not JSON themselves, after recording it."""
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        path = request.url.path
+        headers = dict(request.headers)
+        self.record(route=path, path=path, method=request.method, body=body, headers=headers)
+        return body
 
     def account(self, served: Served) -> None:
         with self._lock:

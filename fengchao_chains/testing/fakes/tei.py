@@ -27,7 +27,6 @@ waits first. Every request is recorded (``requests``: route, body, headers).
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,13 +120,7 @@ class FakeTEI(FakeVendor):
         return self.api_key is None or bearer(request.headers) == self.api_key
 
     async def embed(self, request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        path = request.url.path
-        self.record(route=path, path=path, body=body, headers=dict(request.headers))
+        body = await self.record_request(request)
         fault = self.next_fault()
         await paced(fault)
         kind = fault.fault if fault else None

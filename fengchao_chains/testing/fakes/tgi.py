@@ -205,14 +205,7 @@ class FakeTGI(FakeVendor):
     ) -> tuple[Any, Response | None, FaultSpec | None]:
         """Record the request; its body, the refusal it gets (if any) and its scripted fault
         (only ``generation`` routes take one; a route that does not ``exist`` is a 404)."""
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        path = request.url.path
-        headers = dict(request.headers)
-        self.record(route=path, path=path, method=request.method, body=body, headers=headers)
+        body = await self.record_request(request)
         if not exists:
             return body, Response(status_code=404), None
         fault = self.next_fault() if generation else None
