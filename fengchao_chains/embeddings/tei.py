@@ -8,8 +8,8 @@ the server instead of refused. TEI itself adds no instruction prefix, so a model
 with them (e5: ``query: `` / ``passage: ``) gets them from the card's ``query_prefix`` and
 ``document_prefix``.
 
-Errors are mapped by the TGI chat model's mapping (same client, same ``{"error",
-"error_type"}`` bodies): TEI's own error types are first renamed to TGI's, and retries are
+Errors are mapped as TGI's are (same client, same ``{"error", "error_type"}`` bodies;
+``llms/_hf_errors.py``): TEI's own error types are first renamed to TGI's, and retries are
 the shared HTTP layer's (429 and 5xx, honouring ``Retry-After``).
 """
 
@@ -22,10 +22,10 @@ from pydantic import Field, PrivateAttr, SecretStr
 
 from fengchao_chains.embeddings._base import CatalogEmbeddings
 from fengchao_chains.llms import _http
-from fengchao_chains.llms._http import ResponseMeta
-from fengchao_chains.llms.errors import UpstreamError, VendorError
-from fengchao_chains.llms.tgi import ChatTGI
+from fengchao_chains.llms._hf_errors import HuggingFaceErrors
+from fengchao_chains.llms.errors import UpstreamError
 
+VENDOR = "tei"
 _TGI_ERROR_TYPES = {
     "validation": "validation",  # 413: batch too large, input too long (truncate=false)
     "tokenizer": "validation",  # 422
@@ -35,18 +35,6 @@ _TGI_ERROR_TYPES = {
     "unhealthy": "generation",  # 503
 }
 """TEI's ``error_type`` (spelled ``Validation``, ``Backend``, ...) -> TGI's name for it."""
-
-
-class _TEIErrors(ChatTGI):
-    """The TGI chat model's error mapping, for TEI's error types. Used only to map errors."""
-
-    vendor_name = "tei"
-
-    def _tgi_error(
-        self, status: int | None, message: str, code: Any, meta: ResponseMeta | None = None
-    ) -> VendorError:
-        name = str(code).lower() if code else None
-        return super()._tgi_error(status, message, _TGI_ERROR_TYPES.get(name or "", name), meta)
 
 
 class TEIEmbeddings(CatalogEmbeddings):
@@ -65,12 +53,10 @@ class TEIEmbeddings(CatalogEmbeddings):
     query_prefix: str = ""
     document_prefix: str = ""
 
-    _errors: _TEIErrors = PrivateAttr()
+    _errors: HuggingFaceErrors = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        self._errors = _TEIErrors(
-            model=self.model, base_url=self.base_url, request_timeout=self.timeout
-        )
+        self._errors = HuggingFaceErrors(VENDOR, self.timeout, rename=_TGI_ERROR_TYPES)
 
     def _forget_credentials(self) -> None:
         """Nothing to forget: the key is static (part of the shared retry protocol)."""
@@ -92,9 +78,7 @@ class TEIEmbeddings(CatalogEmbeddings):
 
     def _answer(self, vectors: Any, sent: int) -> list[list[float]]:
         if len(vectors) != sent:
-            raise UpstreamError(
-                f"answered {len(vectors)} vectors for {sent} inputs", vendor=_TEIErrors.vendor_name
-            )
+            raise UpstreamError(f"answered {len(vectors)} vectors for {sent} inputs", vendor=VENDOR)
         return self._checked(vectors)
 
     # ------------------------------------------------------------------ sync
@@ -107,7 +91,7 @@ class TEIEmbeddings(CatalogEmbeddings):
             for batch in self._batches(self._inputs(texts, query=query)):
 
                 def attempt(batch: list[str] = batch) -> Any:
-                    with self._errors._mapped():
+                    with self._errors.mapped():
                         return client.feature_extraction(batch, **self._options())
 
                 vectors.extend(self._answer(_http._with_retries(self, attempt), len(batch)))
@@ -123,7 +107,7 @@ class TEIEmbeddings(CatalogEmbeddings):
             for batch in self._batches(self._inputs(texts, query=query)):
 
                 async def attempt(batch: list[str] = batch) -> Any:
-                    with self._errors._mapped():
+                    with self._errors.mapped():
                         return await client.feature_extraction(batch, **self._options())
 
                 answer = await _http._awith_retries(self, attempt)

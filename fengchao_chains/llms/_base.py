@@ -203,17 +203,7 @@ class RemoteChatModel(StandardChatModel):
         kind: type[VendorError] | None = None,
     ) -> VendorError:
         """The project error for an HTTP status (or an explicit ``kind``)."""
-        fields: dict[str, Any] = {
-            "vendor": self.vendor_name,
-            "status_code": status,
-            "code": code,
-            "request_id": meta.request_id if meta else None,
-        }
-        if kind is None:
-            kind = _kind_for_status(status, message)
-        if issubclass(kind, RateLimitError):
-            return kind(message, retry_after=_retry_after(meta), **fields)
-        return kind(message, **fields)
+        return vendor_error(self.vendor_name, status, message, code=code, meta=meta, kind=kind)
 
     def _as_kind(
         self, error: VendorError, kind: type[VendorError] | None, meta: ResponseMeta | None
@@ -468,6 +458,30 @@ def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:
     )
     chunks.append(ChatGenerationChunk(message=closing, generation_info=generation.generation_info))
     return chunks
+
+
+def vendor_error(
+    vendor: str,
+    status: int | None,
+    message: str,
+    *,
+    code: str | int | None = None,
+    meta: ResponseMeta | None = None,
+    kind: type[VendorError] | None = None,
+) -> VendorError:
+    """``vendor``'s error for an HTTP status (or an explicit ``kind``), with the answer's
+    request id and, for a rate limit, its ``Retry-After``."""
+    fields: dict[str, Any] = {
+        "vendor": vendor,
+        "status_code": status,
+        "code": code,
+        "request_id": meta.request_id if meta else None,
+    }
+    if kind is None:
+        kind = _kind_for_status(status, message)
+    if issubclass(kind, RateLimitError):
+        return kind(message, retry_after=_retry_after(meta), **fields)
+    return kind(message, **fields)
 
 
 def _kind_for_status(status: int | None, message: str) -> type[VendorError]:

@@ -26,22 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
-import httpx
-import httpx2
 from huggingface_hub import AsyncInferenceClient, InferenceClient
-from huggingface_hub.errors import (
-    GenerationError,
-    HfHubHTTPError,
-    IncompleteGenerationError,
-    InferenceTimeoutError,
-    OverloadedError,
-    TextGenerationError,
-    ValidationError,
-)
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import BaseMessage
@@ -59,39 +47,17 @@ from fengchao_chains.llms._chat_template import (
     render_chat_template,
 )
 from fengchao_chains.llms._factory import card_kwargs
-from fengchao_chains.llms._http import ResponseMeta
+from fengchao_chains.llms._hf_errors import HuggingFaceErrors
 from fengchao_chains.llms._messages import openai_messages
 from fengchao_chains.llms._tgi_stream import FINISH_REASONS, StreamDecoder, before_stop
 from fengchao_chains.llms.errors import (
-    ContextTooLongError,
     InvalidRequestError,
-    RateLimitError,
-    UpstreamError,
-    VendorConnectionError,
     VendorError,
-    VendorTimeoutError,
 )
 from fengchao_chains.settings import Settings
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 
-_ERROR_TYPES: dict[str, type[VendorError]] = {
-    "validation": InvalidRequestError,
-    "overloaded": RateLimitError,
-    "generation": UpstreamError,
-    "incomplete_generation": UpstreamError,
-}
-_STATUS_CODES = {422: "validation", 424: "generation", 429: "overloaded"}
-"""TGI's error type for a status, when an error event names only the status."""
-_EXCEPTION_CODES: dict[type[TextGenerationError], str] = {
-    ValidationError: "validation",
-    GenerationError: "generation",
-    OverloadedError: "overloaded",
-    IncompleteGenerationError: "incomplete_generation",
-}
-_PROMPT_TOO_LONG = re.compile(
-    r"`inputs` tokens \+ `max_new_tokens` must be|`inputs` must have less"
-)
 _CHAT_PARAMS = set(inspect.signature(InferenceClient.chat_completion).parameters) - {
     "self",
     "messages",
@@ -220,63 +186,9 @@ class ChatTGI(RemoteChatModel):
 
     # ------------------------------------------------------------------ errors
 
-    @contextlib.contextmanager
-    def _mapped(self) -> Iterator[None]:
+    def _mapped(self) -> contextlib.AbstractContextManager[None]:
         """Raise huggingface_hub's and the transport's errors as the project's."""
-        try:
-            yield
-        except VendorError:
-            raise
-        except (InferenceTimeoutError, httpx2.TimeoutException) as exc:
-            raise VendorTimeoutError(
-                f"no answer within {self.timeout} s", vendor=self.vendor_name
-            ) from exc
-        except TextGenerationError as exc:
-            raise self._generation_error(exc) from None
-        except HfHubHTTPError as exc:
-            raise self._http_error(exc) from None
-        except httpx2.HTTPError as exc:
-            raise VendorConnectionError(
-                f"connection failed: {type(exc).__name__}", vendor=self.vendor_name
-            ) from None
-
-    def _http_error(self, exc: HfHubHTTPError) -> VendorError:
-        """An error answer: TGI's ``{"error", "error_type"}``, or an OpenAI-style body from
-        another server or a proxy."""
-        response = exc.response
-        try:
-            body = response.json()
-        except (ValueError, httpx2.ResponseNotRead):
-            body = None
-        meta = ResponseMeta(response.status_code, httpx.Headers(dict(response.headers)), None)
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):
-            error, code = error.get("message") or error, error.get("code") or error.get("type")
-        else:
-            code = body.get("error_type") if isinstance(body, dict) else None
-        message = str(error or httpx.codes.get_reason_phrase(response.status_code) or "error")
-        return self._tgi_error(response.status_code, message, code, meta)
-
-    def _generation_error(self, exc: TextGenerationError) -> VendorError:
-        """An error huggingface_hub parsed: from an error answer (its cause), or an error
-        event in a stream (the Messages API's carries ``http_status_code``)."""
-        if isinstance(exc.__cause__, HfHubHTTPError):
-            return self._http_error(exc.__cause__)
-        detail = exc.args[0] if exc.args else str(exc)
-        if isinstance(detail, dict):
-            status = detail.get("http_status_code")
-            return self._tgi_error(status, str(detail.get("message") or detail), None)
-        return self._tgi_error(None, str(detail), _EXCEPTION_CODES.get(type(exc)))
-
-    def _tgi_error(
-        self, status: int | None, message: str, code: Any, meta: ResponseMeta | None = None
-    ) -> VendorError:
-        """The project error for a TGI error type (or, without one, its HTTP status)."""
-        code = code or _STATUS_CODES.get(status or 0)
-        kind = _ERROR_TYPES.get(str(code))
-        if code == "validation" and _PROMPT_TOO_LONG.search(message):
-            kind = ContextTooLongError
-        return self._error(status, message, code=code, meta=meta, kind=kind)
+        return HuggingFaceErrors(self.vendor_name, self.timeout).mapped()
 
     # ------------------------------------------------------------------ routes
 
