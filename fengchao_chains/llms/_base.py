@@ -20,7 +20,7 @@ import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import aiohttp
 import httpx
@@ -194,16 +194,10 @@ class RemoteChatModel(StandardChatModel):
         return {**super()._identifying_params, "base_url": self._url("")}
 
     def _error(
-        self,
-        status: int | None,
-        message: str,
-        *,
-        code: str | int | None = None,
-        meta: ResponseMeta | None = None,
-        kind: type[VendorError] | None = None,
+        self, status: int | None, message: str, **details: Unpack[ErrorDetails]
     ) -> VendorError:
         """The project error for an HTTP status (or an explicit ``kind``)."""
-        return vendor_error(self.vendor_name, status, message, code=code, meta=meta, kind=kind)
+        return vendor_error(self.vendor_name, status, message, **details)
 
     def _as_kind(
         self, error: VendorError, kind: type[VendorError] | None, meta: ResponseMeta | None
@@ -460,25 +454,30 @@ def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:
     return chunks
 
 
+class ErrorDetails(TypedDict, total=False):
+    """What a vendor error may say beyond its status and message."""
+
+    code: str | int | None
+    """The vendor's own error code or type."""
+    meta: ResponseMeta | None
+    """The answer it came in (its request id, its ``Retry-After``)."""
+    kind: type[VendorError] | None
+    """The error class, when the vendor's code says more than the HTTP status."""
+
+
 def vendor_error(
-    vendor: str,
-    status: int | None,
-    message: str,
-    *,
-    code: str | int | None = None,
-    meta: ResponseMeta | None = None,
-    kind: type[VendorError] | None = None,
+    vendor: str, status: int | None, message: str, **details: Unpack[ErrorDetails]
 ) -> VendorError:
     """``vendor``'s error for an HTTP status (or an explicit ``kind``), with the answer's
     request id and, for a rate limit, its ``Retry-After``."""
+    meta = details.get("meta")
     fields: dict[str, Any] = {
         "vendor": vendor,
         "status_code": status,
-        "code": code,
+        "code": details.get("code"),
         "request_id": meta.request_id if meta else None,
     }
-    if kind is None:
-        kind = _kind_for_status(status, message)
+    kind = details.get("kind") or _kind_for_status(status, message)
     if issubclass(kind, RateLimitError):
         return kind(message, retry_after=_retry_after(meta), **fields)
     return kind(message, **fields)
