@@ -2,15 +2,15 @@
 
 It answers every conversation with the same 20-token reply (so a stream is 20 content
 chunks, plus OpenAI's role and finish chunks) after a fixed ``latency``, the stand-in for a
-vendor's time to first token. ``chunk_interval`` spaces a stream's chunks out (the soak uses
-it to hold streams open). Requests are not recorded: the tests' fake keeps every request in a
-list, which would grow for the whole run.
+vendor's time to first token. ``chunk_interval`` spaces a stream's chunks out (the fake's
+``event_interval``; the soak uses it to hold streams open). Requests are not recorded: the
+tests' fake keeps every request in a list, which would grow for the whole run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,6 @@ class BenchUpstream(FakeOpenAI):
     """The fake OpenAI with a fixed latency before each answer and no request log."""
 
     latency: float = 0.05
-    chunk_interval: float = 0.0
 
     def record(self, **request: Any) -> None:
         """Keep nothing: a benchmark sends hundreds of thousands of requests."""
@@ -44,15 +43,6 @@ class BenchUpstream(FakeOpenAI):
     async def chat(self, request: Request) -> Response:
         await asyncio.sleep(self.latency)
         return await super().chat(request)
-
-    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[str]:
-        """The fake's stream (whatever its arguments), its chunks ``chunk_interval`` apart."""
-        first = True
-        async for event in super().stream(*args, **kwargs):
-            if self.chunk_interval and not first:
-                await asyncio.sleep(self.chunk_interval)
-            first = False
-            yield event
 
 
 def upstream_factory(latency: float, chunk_interval: float = 0.0) -> Callable[[], Any]:
@@ -63,7 +53,7 @@ def upstream_factory(latency: float, chunk_interval: float = 0.0) -> Callable[[]
             api_keys={API_KEY},
             reply=lambda _text: REPLY,
             latency=latency,
-            chunk_interval=chunk_interval,
+            event_interval=chunk_interval,
         )
         return upstream.app
 

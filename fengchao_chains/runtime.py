@@ -71,11 +71,17 @@ class Runtime:
         request: building one (settings, credentials, validation, and LangChain's per-object
         caches that a new object fills again) costs more than the rest of a request, so
         each call passes its own sampling (``temperature``, ``max_tokens``, ...) instead."""
-        return self._built_once(
-            "chat",
-            model_id,
-            lambda: get_chat_model(model_id, catalog=self.catalog, settings=self.settings),
-        )
+        return self._built_once("chat", model_id, lambda: self._gateway_chat_model(model_id))
+
+    def _gateway_chat_model(self, model_id: str) -> BaseChatModel:
+        """The catalog's model, set up for relaying: text that arrives together leaves
+        together (``stream_coalescing``, for the vendors that stream over our SSE layer)."""
+        from fengchao_chains.llms._base import VendorChatModel
+
+        model = get_chat_model(model_id, catalog=self.catalog, settings=self.settings)
+        if self.settings.stream_coalescing and isinstance(model, VendorChatModel):
+            model.coalesce_stream_text = True
+        return model
 
     def embeddings_model(self, card: EmbeddingCard) -> CatalogEmbeddings:
         """The embedding model of ``card``, built once per runtime and shared by every

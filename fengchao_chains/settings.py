@@ -214,6 +214,11 @@ class Settings(BaseSettings):
         le=100_000,
         description="Connections to vendors one process may hold open (a stream holds one).",
     )
+    stream_coalescing: bool = Field(
+        default=True,
+        description="Relay a vendor's text deltas that arrive in one network read as one"
+        " delta (off: one delta per vendor event).",
+    )
 
     # --- vendor credentials (standard env var names, no FENGCHAO_ prefix) ------------------
     openai_api_key: SecretStr | None = _vendor_env("OPENAI_API_KEY")

@@ -29,6 +29,9 @@ from fengchao_chains.testing.serve import serve_in_thread
 from tests.processes import ServeProcess, run_cli
 
 ONLINE_MODEL = "gpt-3.5-turbo"
+PACED = 0.005
+"""Seconds between the fake's stream events, so that each arrives in a read of its own (a
+test that wants one burst sets the fake's ``event_interval`` to 0)."""
 LOCAL_MODEL = "SmolLM2-135M-Instruct"
 FAST_EMBEDDINGS = "use-multilingual-v3"
 NEWS_STORE = "news_vector_store"
@@ -92,7 +95,7 @@ def running_gateway(postgres_url: str, work_dir: Path, **settings_env: str) -> I
     ``settings_env`` adds or overrides FENGCHAO_* variables. Everything is stopped, and the
     server's schema dropped, on exit."""
     schema = f"t_clients_{uuid.uuid4().hex[:12]}"
-    openai = FakeOpenAI()
+    openai = FakeOpenAI(event_interval=PACED)  # a token per read, as a vendor streams
     with serve_in_thread(openai.app) as openai_url:
         env = scrubbed_environ(
             FENGCHAO_DATABASE_URL=postgres_url,

@@ -91,3 +91,16 @@ def test_the_chat_routes_run_no_work_in_a_worker_thread() -> None:
         found[route.path] = sync
     assert found == {path: [] for path in found}
     assert {"/aigc/chat/", "/aigc/models/", "/aigc/prompts/", "/v1/chat/completions"} <= set(found)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_gateway_coalesces_its_vendor_streams_unless_told_not_to(
+    settings: Settings, on: bool
+) -> None:
+    runtime = Runtime.start(settings.model_copy(update={"stream_coalescing": on}))
+    try:
+        model = runtime.chat_model("gpt-3.5-turbo")
+        assert model.coalesce_stream_text is on  # type: ignore[attr-defined]
+        assert runtime.chat_model("gpt-3.5-turbo") is model
+    finally:
+        runtime.close()

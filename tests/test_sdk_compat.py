@@ -21,7 +21,14 @@ import jwt
 import pytest
 
 from fengchao_chains.testing.fakes._common import echo, split_tokens
-from tests.clients import LOCAL_MODEL, NEWS_STORE, ONLINE_MODEL, Gateway, running_gateway
+from tests.clients import (
+    LOCAL_MODEL,
+    NEWS_STORE,
+    ONLINE_MODEL,
+    PACED,
+    Gateway,
+    running_gateway,
+)
 from tests.loopback import LoopbackServer
 from tests.sdk import run_sdk
 
@@ -61,11 +68,12 @@ def gateway(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(autouse=True)
 def plain_echo(gateway: Gateway) -> Iterator[None]:
-    """Every test starts with the fake echoing and no scripted faults."""
+    """Every test starts with the fake echoing, pacing its streams and no scripted faults."""
     gateway.openai.reply = echo
     gateway.openai.clear_faults()
     yield
     gateway.openai.reply = echo
+    gateway.openai.event_interval = PACED
     gateway.openai.clear_faults()
 
 
@@ -149,6 +157,22 @@ def test_stream_delivers_chinese_text_in_order(gateway: Gateway) -> None:
     assert closing["usage"]["completion_tokens"] == len(split_tokens(f"Echo: {query}"))
     assert [c["data"]["choices"][0]["index"] for c in result] == list(range(len(result)))
     assert all(c["data"]["choices"][0]["finish_reason"] is None for c in result[:-1])
+
+
+def test_a_burst_reaches_the_sdk_as_one_line_of_text(gateway: Gateway) -> None:
+    gateway.openai.event_interval = 0.0  # the whole stream in one write
+    query = "请讲一讲长城的历史"
+    result = sdk(
+        gateway,
+        f"chunks = client.chat({ONLINE_MODEL!r}, query={query!r}, mode='stream')\n"
+        "result = [dump(chunk) for chunk in chunks]",
+    )
+    assert [chunk["status"] for chunk in result] == [200, 200], result
+    assert [chunk["data"]["choices"][0]["message"]["content"] for chunk in result] == [
+        f"Echo: {query}",
+        "",
+    ]
+    assert result[-1]["data"]["usage"]["completion_tokens"] == len(split_tokens(f"Echo: {query}"))
 
 
 def test_async_then_async_result_until_ready(gateway: Gateway) -> None:

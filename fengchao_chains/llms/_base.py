@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypedDict, Unpack
@@ -32,8 +32,14 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import Field
 
 from fengchao_chains.llms import _http
+from fengchao_chains.llms._coalesce import coalesced
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
-from fengchao_chains.llms._sse import ServerSentEvent, aiter_events, event_json, iter_events
+from fengchao_chains.llms._sse import (
+    ServerSentEvent,
+    aiter_event_batches,
+    event_json,
+    iter_event_batches,
+)
 from fengchao_chains.llms._standard import StandardChatModel
 from fengchao_chains.llms.errors import (
     AuthenticationError,
@@ -217,6 +223,10 @@ class VendorChatModel(RemoteChatModel):
     ``ssl_context=`` for certificates); default: the shared pool."""
     http_async_client: aiohttp.ClientSession | None = Field(default=None, exclude=True)
     """An aiohttp session of your own for async calls; default: the shared pool."""
+    coalesce_stream_text: bool = False
+    """Stream the text deltas that arrive in one network read as one chunk (same text, same
+    moment, fewer chunks: :mod:`._coalesce`). Off by default, so a stream has one chunk per
+    vendor event; the gateway turns it on for its own calls (``FENGCHAO_STREAM_COALESCING``)."""
 
     # ------------------------------------------------------------------ vendor hooks
 
@@ -333,18 +343,16 @@ class VendorChatModel(RemoteChatModel):
         request, asked = self._request(self._prepare(messages), stop, kwargs, stream=True)
         with _http.open_stream(self, request, self.http_client) as opened:
             opened.meta.model = asked
-            chunks: Iterable[ChatGenerationChunk]
+            batches: Iterable[list[ChatGenerationChunk]]
             if not opened.is_sse:
-                chunks = _whole(self._parse_response(opened.whole_body, opened.meta))
+                batches = [_whole(self._parse_response(opened.whole_body, opened.meta))]
             else:
-                chunks = self._decode(iter_events(self, opened.response), opened.meta)
-            for raw in chunks:
-                chunk = answer.chunk(raw)
-                if chunk is None:
-                    continue
-                if run_manager and chunk.text:
-                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
+                batches = self._decode(iter_event_batches(self, opened.response), opened.meta)
+            for batch in batches:
+                for chunk in self._passed_on(answer, batch):
+                    if run_manager and chunk.text:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
 
     async def _astream(
         self,
@@ -358,18 +366,24 @@ class VendorChatModel(RemoteChatModel):
         request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=True)
         async with _http.aopen_stream(self, request, self.http_async_client) as opened:
             opened.meta.model = asked
-            chunks: AsyncIterator[ChatGenerationChunk]
+            batches: AsyncIterator[list[ChatGenerationChunk]]
             if not opened.is_sse:
-                chunks = _aiter(_whole(self._parse_response(opened.whole_body, opened.meta)))
+                batches = _aiter(_whole(self._parse_response(opened.whole_body, opened.meta)))
             else:
-                chunks = self._adecode(aiter_events(self, opened.response), opened.meta)
-            async for raw in chunks:
-                chunk = answer.chunk(raw)
-                if chunk is None:
-                    continue
-                if run_manager and chunk.text:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
+                batches = self._adecode(aiter_event_batches(self, opened.response), opened.meta)
+            async for batch in batches:
+                for chunk in self._passed_on(answer, batch):
+                    if run_manager and chunk.text:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+
+    def _passed_on(
+        self, answer: AnswerFilter, batch: list[ChatGenerationChunk]
+    ) -> list[ChatGenerationChunk]:
+        """The chunks of one network read that the answer filter lets through, their text
+        merged if ``coalesce_stream_text`` is set."""
+        kept = [chunk for raw in batch if (chunk := answer.chunk(raw)) is not None]
+        return coalesced(kept) if self.coalesce_stream_text else kept
 
     def _request(
         self,
@@ -385,55 +399,77 @@ class VendorChatModel(RemoteChatModel):
         return self._chat_request(messages, params, stream=stream), asked
 
     def _decode(
-        self, events: Iterator[ServerSentEvent], meta: ResponseMeta
-    ) -> Iterator[ChatGenerationChunk]:
+        self, batches: Iterator[list[ServerSentEvent]], meta: ResponseMeta
+    ) -> Iterator[list[ChatGenerationChunk]]:
+        """Each batch of events as the chunks it makes (events after the end are dropped),
+        then the closing chunk."""
         decoder = self._stream_decoder(meta)
-        for event in events:
-            yield from decoder.feed(event)
+        for events in batches:
+            chunks, error = self._fed(decoder, events)
+            yield chunks
+            if error is not None:
+                raise error
             if decoder.done:
                 with contextlib.suppress(VendorError):  # the answer is complete
-                    for _ in itertools.islice(events, AFTER_END_EVENTS):
+                    for _ in itertools.islice(batches, AFTER_END_READS):
                         pass
                 break
-        yield from decoder.finish()
+        yield decoder.finish()
 
     async def _adecode(
-        self, events: AsyncIterator[ServerSentEvent], meta: ResponseMeta
-    ) -> AsyncIterator[ChatGenerationChunk]:
+        self, batches: AsyncIterator[list[ServerSentEvent]], meta: ResponseMeta
+    ) -> AsyncIterator[list[ChatGenerationChunk]]:
         decoder = self._stream_decoder(meta)
-        async for event in events:
-            for chunk in decoder.feed(event):
-                yield chunk
+        async for events in batches:
+            chunks, error = self._fed(decoder, events)
+            yield chunks
+            if error is not None:
+                raise error
             if decoder.done:
                 with contextlib.suppress(VendorError):  # the answer is complete
-                    async for _ in _after_end(events):
+                    async for _ in _after_end(batches):
                         pass
                 break
-        for chunk in decoder.finish():
-            yield chunk
+        yield decoder.finish()
+
+    @staticmethod
+    def _fed(
+        decoder: StreamDecoder, events: list[ServerSentEvent]
+    ) -> tuple[list[ChatGenerationChunk], VendorError | None]:
+        """The chunks of a batch of events, and the error one of them carried (a vendor's
+        error mid-stream), which the caller raises after passing the chunks before it on,
+        as it would have had the events arrived one read apart."""
+        chunks: list[ChatGenerationChunk] = []
+        for event in events:
+            try:
+                chunks += decoder.feed(event)
+            except VendorError as error:
+                return chunks, error
+            if decoder.done:
+                break
+        return chunks, None
 
 
-AFTER_END_EVENTS = 16
-"""Events read (and ignored) after a stream's end event, so the response is read to its end
-and its connection goes back to the pool; a vendor that keeps talking past that many gets
-its connection closed instead."""
+AFTER_END_READS = 16
+"""Network reads taken (and their events ignored) after a stream's end event, so the
+response is read to its end and its connection goes back to the pool; a vendor that keeps
+talking past that many gets its connection closed instead."""
 
 
-async def _after_end(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+async def _after_end(batches: AsyncIterator[list[ServerSentEvent]]) -> AsyncIterator[None]:
     count = 0
-    async for event in events:
+    async for _ in batches:
         count += 1
-        if count >= AFTER_END_EVENTS:
+        if count >= AFTER_END_READS:
             return
-        yield event
+        yield None
 
 
-async def _aiter(chunks: Iterable[ChatGenerationChunk]) -> AsyncIterator[ChatGenerationChunk]:
-    for chunk in chunks:
-        yield chunk
+async def _aiter(batch: list[ChatGenerationChunk]) -> AsyncIterator[list[ChatGenerationChunk]]:
+    yield batch
 
 
-def _whole(chat_result: ChatResult) -> Sequence[ChatGenerationChunk]:
+def _whole(chat_result: ChatResult) -> list[ChatGenerationChunk]:
     """A complete answer to a stream request, as a stream would carry it: the text, then
     the closing chunk with usage and the response metadata."""
     generation = chat_result.generations[0]

@@ -25,7 +25,7 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from fengchao_chains.llms._http import TRANSPORT_ERRORS, Exchange, loads_json, transport_error
 from fengchao_chains.llms.errors import UpstreamError
 
-__all__ = ["ServerSentEvent", "aiter_events", "event_json", "iter_events"]
+__all__ = ["ServerSentEvent", "aiter_event_batches", "event_json", "iter_event_batches"]
 
 READ_SIZE = 65536
 """The most bytes one sync read returns; a read returns whatever has arrived."""
@@ -52,28 +52,37 @@ class _EventReader:
                 yield event
 
 
-def iter_events(model: Exchange, response: urllib3.BaseHTTPResponse) -> Iterator[ServerSentEvent]:
+def iter_event_batches(
+    model: Exchange, response: urllib3.BaseHTTPResponse
+) -> Iterator[list[ServerSentEvent]]:
+    """The stream's events, grouped by the network read that completed them (a read that
+    completes none yields nothing): a caller may treat the events of one read as arrived
+    together."""
     reader = _EventReader()
     try:
         while raw := response.read1(READ_SIZE):
-            yield from reader.feed(raw)
+            if events := list(reader.feed(raw)):
+                yield events
     except TRANSPORT_ERRORS as exc:
         raise transport_error(model, exc, during="stream broke off") from None
-    yield from reader.end()
+    if events := list(reader.end()):
+        yield events
 
 
-async def aiter_events(
+async def aiter_event_batches(
     model: Exchange, response: aiohttp.ClientResponse
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[list[ServerSentEvent]]:
+    """As :func:`iter_event_batches`; a read returns everything that has arrived since the
+    last one, so a vendor's burst (or a backlog while the loop was busy) is one batch."""
     reader = _EventReader()
     try:
         async for raw in response.content.iter_any():
-            for event in reader.feed(raw):
-                yield event
+            if events := list(reader.feed(raw)):
+                yield events
     except TRANSPORT_ERRORS as exc:
         raise transport_error(model, exc, during="stream broke off") from None
-    for event in reader.end():
-        yield event
+    if events := list(reader.end()):
+        yield events
 
 
 def event_json(model: Exchange, event: ServerSentEvent) -> Any:

@@ -26,6 +26,8 @@ from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from fengchao_chains.testing.serve import serve_in_thread
 
 ONLINE = "gpt-3.5-turbo"
+PACED = 0.005
+"""Seconds between a paced fake stream's events: each arrives in a read of its own."""
 LOCAL = "SmolLM2-135M-Instruct"
 
 
@@ -115,6 +117,7 @@ def server(
 ) -> Iterator[Server]:
     openai, openai_url, moonshot, moonshot_url = fakes
     openai.reply = lambda text: f"Echo: {text}"
+    openai.event_interval = 0.0  # each stream in one burst (a test may pace it)
     openai.requests.clear()
     configured = settings.model_copy(
         update={

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from fengchao_chains.gateway.auth import issue_token
 from fengchao_chains.server import create_app
 from fengchao_chains.settings import Settings
-from tests.server.conftest import LOCAL, ONLINE, Server, sdk_body
+from tests.server.conftest import LOCAL, ONLINE, PACED, Server, sdk_body
 
 SDK_KEYS = {
     "request_id",
@@ -190,7 +190,9 @@ def test_sensitive_output_is_6601_or_masked(server: Server) -> None:
 
 
 def test_a_sensitive_word_split_across_stream_chunks_ends_the_stream(server: Server) -> None:
-    # the fake streams one token per chunk: the word arrives in pieces
+    # the fake streams one token per event, paced as a vendor paces them, so the word
+    # arrives in pieces, in reads of their own
+    server.openai.event_interval = PACED
     server.openai.reply = lambda text: f"first words then {WORD[:2]}{WORD[2:]} and more text"
     chunks = server.stream(query="推荐")
     assert chunks[-1]["status"] == 6601 and chunks[-1]["choices"] == []
@@ -201,6 +203,17 @@ def test_a_sensitive_word_split_across_stream_chunks_ends_the_stream(server: Ser
     masked = server.stream(query="推荐", sensitive_replace=True)
     text = "".join(c["choices"][0]["message"]["content"] for c in masked)
     assert text == "first words then " + "*" * len(WORD) + " and more text"
+
+
+def test_a_burst_is_one_line_and_a_paced_stream_a_line_per_token(server: Server) -> None:
+    burst = server.stream(query="长城有多长")
+    assert [c["choices"][0]["message"]["content"] for c in burst] == ["Echo: 长城有多长", ""]
+    server.openai.event_interval = PACED
+    paced = server.stream(query="长城有多长")
+    pieces = [c["choices"][0]["message"]["content"] for c in paced]
+    assert "".join(pieces) == "Echo: 长城有多长" and pieces[-1] == ""
+    assert len(pieces) >= 7  # a line per token, as the guard's held-back window lets them out
+    assert paced[-1]["usage"] == burst[-1]["usage"]
 
 
 # --- async mode ---------------------------------------------------------------------------

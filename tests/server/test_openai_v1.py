@@ -15,7 +15,7 @@ from fengchao_chains.chains.chat import JSON_INSTRUCTION
 from fengchao_chains.server.openai_v1_extras import add_response_format, with_json_instruction
 from fengchao_chains.server.openai_v1_wire import ChatCompletionRequest
 from fengchao_chains.testing.fakes._common import Fault, count_tokens
-from tests.server.conftest import ONLINE, Server
+from tests.server.conftest import ONLINE, PACED, Server
 
 WORD = "赌博网站"  # in the packaged sensitive-word list
 WEATHER = {
@@ -123,7 +123,7 @@ def test_stream_with_usage_is_framed_as_openai_frames_it(server: Server) -> None
     assert raw.endswith("data: [DONE]\n\n")
     first, *deltas, finish, usage = events
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
-    assert [d["choices"][0]["delta"]["content"] for d in deltas] == ["Echo", ":", " hi"]
+    assert [d["choices"][0]["delta"]["content"] for d in deltas] == ["Echo: hi"]  # one burst
     assert finish["choices"] == [
         {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
     ]
@@ -135,6 +135,13 @@ def test_stream_with_usage_is_framed_as_openai_frames_it(server: Server) -> None
     assert all(e["usage"] is None for e in events[:-1])
     assert {e["id"] for e in events} == {first["id"]} and first["id"].startswith("chatcmpl-")
     assert all(e["object"] == "chat.completion.chunk" and e["model"] == ONLINE for e in events)
+
+
+def test_a_paced_stream_is_relayed_delta_by_delta(server: Server) -> None:
+    server.openai.event_interval = PACED
+    events, _ = stream(server, is_sensitive=False)
+    deltas = [e["choices"][0]["delta"].get("content") for e in events[1:-1]]
+    assert deltas == ["Echo", ":", " hi"]
 
 
 def test_stream_without_usage_option_has_no_usage(server: Server) -> None:
@@ -271,11 +278,15 @@ def test_a_sensitive_answer_is_withheld_as_content_filter(server: Server) -> Non
     body = post(server).json()
     assert body["choices"][0]["message"]["content"] == ""
     assert body["choices"][0]["finish_reason"] == "content_filter"
-    events, raw = stream(server)
-    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
-    assert WORD not in text and "推荐一个" in text
-    assert events[-1]["choices"][0]["finish_reason"] == "content_filter"
-    assert raw.endswith("data: [DONE]\n\n")
+    for interval, before_the_word in [(PACED, "推荐一个"), (0.0, "")]:
+        # paced, the text before the word gets out; in one burst, the word's delta holds
+        # all of it, and a delta with a hit is withheld whole
+        server.openai.event_interval = interval
+        events, raw = stream(server)
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+        assert WORD not in text and text == before_the_word
+        assert events[-1]["choices"][0]["finish_reason"] == "content_filter"
+        assert raw.endswith("data: [DONE]\n\n")
 
 
 # --- vendor failures ---------------------------------------------------------------------

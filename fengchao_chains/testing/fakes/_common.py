@@ -216,6 +216,16 @@ def sse_response(
     return HangUpAwareStreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
+async def spaced(events: AsyncIterator[str], interval: float) -> AsyncIterator[str]:
+    """``events`` with ``interval`` seconds before each but the first."""
+    first = True
+    async for event in events:
+        if interval and not first:
+            await asyncio.sleep(interval)
+        first = False
+        yield event
+
+
 async def paced(fault: FaultSpec | None) -> None:
     """Apply a SLOW fault's delay."""
     if fault is not None and fault.fault is Fault.SLOW and fault.delay:

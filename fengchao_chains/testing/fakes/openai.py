@@ -48,6 +48,7 @@ from fengchao_chains.testing.fakes._common import (
     new_id,
     paced,
     retry_after,
+    spaced,
     split_tokens,
     sse_response,
     stream_error_at,
@@ -106,6 +107,9 @@ class FakeOpenAI(FakeVendor):
 
     api_keys: set[str] = field(default_factory=lambda: {"sk-test"})
     prefix: str = "/v1"
+    event_interval: float = 0.0
+    """Seconds between a stream's events, as a vendor paces tokens; 0 sends each stream in
+    one go, so the client reads it in one burst."""
 
     id_prefix: ClassVar[str] = "chatcmpl-"
     request_id_header: ClassVar[str] = "x-request-id"
@@ -245,7 +249,7 @@ class FakeOpenAI(FakeVendor):
         completion_id = new_id(self.id_prefix)
         if body.get("stream"):
             events = self.stream(completion_id, body, reply, fault, call)
-            return sse_response(events, headers=headers)
+            return sse_response(spaced(events, self.event_interval), headers=headers)
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}
         if call is not None:
             function = {"name": call.name, "arguments": call.arguments}
