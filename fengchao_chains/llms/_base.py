@@ -32,7 +32,6 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import Field
 
 from fengchao_chains.llms import _http
-from fengchao_chains.llms._coalesce import coalesced
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._sse import (
     ServerSentEvent,
@@ -102,6 +101,11 @@ class StreamDecoder:
     ``feed`` updates the state below and returns text chunks; ``done`` stops reading early
     (at ``[DONE]`` or the vendor's end event). :meth:`finish` then emits the one closing
     chunk that carries usage and the response metadata.
+
+    With the model's ``coalesce_stream_text``, :meth:`text` holds the text back instead of
+    making a chunk of each piece, and the caller takes what was held with :meth:`held_text`
+    after each batch of events (one network read) and before any other chunk: the text that
+    arrived together becomes one chunk, and the pieces never become chunks of their own.
     """
 
     end_event: ClassVar[str | None] = None
@@ -118,6 +122,8 @@ class StreamDecoder:
         self.message_id: str | None = None
         self.usage: UsageMetadata | None = None
         self.extra: dict[str, Any] = {}
+        self.coalesce = model.coalesce_stream_text
+        self._held: list[str] = []
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
         raise NotImplementedError
@@ -136,9 +142,21 @@ class StreamDecoder:
         return data
 
     def text(self, text: str) -> list[ChatGenerationChunk]:
-        """A content chunk (none for empty text)."""
+        """A content chunk (none for empty text), or none and the text held back when
+        coalescing."""
         if not text:
             return []
+        if self.coalesce:
+            self._held.append(text)
+            return []
+        return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
+
+    def held_text(self) -> list[ChatGenerationChunk]:
+        """The text :meth:`text` held back, as one chunk (none if none)."""
+        if not self._held:
+            return []
+        text = "".join(self._held)
+        self._held.clear()
         return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
 
     def finish(self) -> list[ChatGenerationChunk]:
@@ -162,7 +180,7 @@ class StreamDecoder:
             chunk_position="last",
         )
         info = {"finish_reason": self.finish_reason}
-        return [ChatGenerationChunk(message=message, generation_info=info)]
+        return [*self.held_text(), ChatGenerationChunk(message=message, generation_info=info)]
 
 
 class AnswerFilter:
@@ -224,9 +242,15 @@ class VendorChatModel(RemoteChatModel):
     http_async_client: aiohttp.ClientSession | None = Field(default=None, exclude=True)
     """An aiohttp session of your own for async calls; default: the shared pool."""
     coalesce_stream_text: bool = False
-    """Stream the text deltas that arrive in one network read as one chunk (same text, same
-    moment, fewer chunks: :mod:`._coalesce`). Off by default, so a stream has one chunk per
-    vendor event; the gateway turns it on for its own calls (``FENGCHAO_STREAM_COALESCING``)."""
+    """Stream the text deltas that arrive in one network read as one chunk: the same text at
+    the same moment, in fewer chunks (:class:`StreamDecoder`). A vendor streams a token per
+    event, usually spaced by its own generation time, so a read holds one; several arrive
+    together from a vendor or proxy that sends in bursts, or as a backlog while a busy
+    server was working on other streams. Handing those on one by one gains the reader
+    nothing and costs per chunk (LangChain's callback dispatch, and in the gateway the
+    guard and the client's line), the cost that grows with load. Off by default, so a
+    stream has one chunk per vendor event; the gateway turns it on for its own calls
+    (``FENGCHAO_STREAM_COALESCING``)."""
 
     # ------------------------------------------------------------------ vendor hooks
 
@@ -377,13 +401,12 @@ class VendorChatModel(RemoteChatModel):
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
 
+    @staticmethod
     def _passed_on(
-        self, answer: AnswerFilter, batch: list[ChatGenerationChunk]
+        answer: AnswerFilter, batch: list[ChatGenerationChunk]
     ) -> list[ChatGenerationChunk]:
-        """The chunks of one network read that the answer filter lets through, their text
-        merged if ``coalesce_stream_text`` is set."""
-        kept = [chunk for raw in batch if (chunk := answer.chunk(raw)) is not None]
-        return coalesced(kept) if self.coalesce_stream_text else kept
+        """The chunks of one network read that the answer filter lets through."""
+        return [chunk for raw in batch if (chunk := answer.chunk(raw)) is not None]
 
     def _request(
         self,
@@ -438,16 +461,19 @@ class VendorChatModel(RemoteChatModel):
     ) -> tuple[list[ChatGenerationChunk], VendorError | None]:
         """The chunks of a batch of events, and the error one of them carried (a vendor's
         error mid-stream), which the caller raises after passing the chunks before it on,
-        as it would have had the events arrived one read apart."""
+        as it would have had the events arrived one read apart. Text the decoder held
+        back (coalescing) goes before any other chunk and at the batch's end."""
         chunks: list[ChatGenerationChunk] = []
         for event in events:
             try:
-                chunks += decoder.feed(event)
+                made = decoder.feed(event)
             except VendorError as error:
-                return chunks, error
+                return chunks + decoder.held_text(), error
+            if made:
+                chunks += decoder.held_text() + made
             if decoder.done:
                 break
-        return chunks, None
+        return chunks + decoder.held_text(), None
 
 
 AFTER_END_READS = 16

@@ -8,15 +8,18 @@ nothing is held back when events arrive apart.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk
 
 from fengchao_chains.llms._base import VendorChatModel
-from fengchao_chains.llms._coalesce import coalesced
+from fengchao_chains.llms._http import ResponseMeta
+from fengchao_chains.llms._sse import ServerSentEvent
 from fengchao_chains.llms.errors import UpstreamError
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.testing.fakes._common import FakeVendor, Fault
@@ -96,57 +99,52 @@ async def test_events_that_arrive_apart_leave_apart_and_at_once(paced_url: str) 
     assert all(gap > INTERVAL / 2 for gap in gaps), gaps
 
 
-def plain(text: str, id_: str | None = "run-1") -> ChatGenerationChunk:
-    return ChatGenerationChunk(message=AIMessageChunk(content=text, id=id_))
+def openai_event(data: dict[str, Any] | str) -> ServerSentEvent:
+    return ServerSentEvent(data=data if isinstance(data, str) else json.dumps(data))
 
 
-def test_only_adjacent_plain_text_of_one_message_is_merged() -> None:
-    closing = ChatGenerationChunk(
-        message=AIMessageChunk(
-            content="",
-            id="run-1",
-            usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
-            response_metadata={"finish_reason": "stop"},
-            chunk_position="last",
-        ),
-        generation_info={"finish_reason": "stop"},
-    )
-    tool = ChatGenerationChunk(
-        message=AIMessageChunk(
-            content="",
-            id="run-1",
-            tool_call_chunks=[{"name": "f", "args": "{", "id": "c1", "index": 0}],
-        )
-    )
-    reasoning = ChatGenerationChunk(
-        message=AIMessageChunk(
-            content="", id="run-1", additional_kwargs={"reasoning_content": "hm"}
-        )
-    )
-    chunks = [
-        plain("a"),
-        plain("b"),
-        reasoning,
-        plain("c"),
-        plain("d", "run-2"),
-        plain("e", "run-2"),
-        tool,
-        plain("f"),
-        closing,
+def delta(**fields: Any) -> ServerSentEvent:
+    return openai_event({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": fields}]})
+
+
+def decoded(coalesce: bool, *reads: list[ServerSentEvent]) -> list[list[ChatGenerationChunk]]:
+    """What the OpenAI decoder makes of each read, then its closing chunk."""
+    model = ChatOpenAICompatible(model="m", api_key="k", coalesce_stream_text=coalesce)
+    decoder = model._stream_decoder(ResponseMeta(200, {}, None))
+    batches = []
+    for events in reads:
+        chunks, error = VendorChatModel._fed(decoder, events)
+        assert error is None
+        batches.append(chunks)
+    return [*batches, decoder.finish()]
+
+
+def test_text_is_merged_up_to_the_next_other_chunk_and_the_end_of_the_read() -> None:
+    call = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{"}}
+    first = [delta(role="assistant", content=""), delta(content="a"), delta(content="b")]
+    first += [delta(tool_calls=[call]), delta(content="c"), delta(content="d")]
+    second = [delta(content="e"), delta(content="f"), openai_event("[DONE]"), delta(content="g")]
+
+    merged = decoded(True, first, second)
+    one_by_one = decoded(False, first, second)
+
+    assert [[c.text for c in batch] for batch in merged] == [["ab", "", "cd"], ["ef"], [""]]
+    assert [[c.text for c in batch] for batch in one_by_one][:2] == [
+        ["a", "b", "", "c", "d"],
+        ["e", "f"],
     ]
-
-    merged = coalesced(chunks)
-
-    assert [c.text for c in merged] == ["ab", "", "c", "de", "", "f", ""]
-    assert [c.message.id for c in merged][:4] == ["run-1", "run-1", "run-1", "run-2"]
-    assert merged[1] is reasoning and merged[4] is tool and merged[6] is closing
-    assert merged[5] is chunks[7]  # a run of one is the chunk itself
+    assert [c.message.id for batch in merged for c in batch] == ["chatcmpl-1"] * 5
+    tool = merged[0][1].message
+    assert isinstance(tool, AIMessageChunk) and tool.tool_call_chunks[0]["name"] == "f"
+    closing = merged[-1][0]
+    assert closing.message.response_metadata == one_by_one[-1][0].message.response_metadata
 
 
 def test_a_merged_chunk_is_a_plain_text_chunk() -> None:
-    (merged,) = coalesced([plain("你"), plain("好"), plain("！")])
-    assert merged.text == merged.message.content == "你好！"
-    assert merged.generation_info is None
-    assert isinstance(merged.message, AIMessageChunk)
-    assert merged.message.response_metadata == {}
-    assert merged.message.usage_metadata is None
+    reads = [delta(content="你"), delta(content="好"), delta(content="！")]
+    ((chunk,), _closing) = decoded(True, reads)
+    assert chunk.text == chunk.message.content == "你好！"
+    assert chunk.generation_info is None
+    assert isinstance(chunk.message, AIMessageChunk)
+    assert chunk.message.response_metadata == {}
+    assert chunk.message.usage_metadata is None
