@@ -112,6 +112,7 @@ class Options:
     soak_streams: int
     soak_seconds: float
     soak_chunk_interval: float
+    relay_each_event: bool
     profile: bool
     profile_seconds: float
     source: Path | None
@@ -182,6 +183,7 @@ def gateway_env(opts: Options, database_url: str, upstream_url: str) -> dict[str
             "OPENAI_BASE_URL": f"{upstream_url}/v1",
             "OPENAI_API_KEY": API_KEY,
         }
+        | ({"FENGCHAO_STREAM_COALESCING": "false"} if opts.relay_each_event else {})
         | ({"PYTHONPATH": str(opts.source)} if opts.source else {})
     )
 
@@ -271,6 +273,8 @@ def bench(opts: Options) -> Results:
         base_groups: dict[str, list[int]] = {"loadgen": [os.getpid()], "upstream": [up_pid]}
         print(f"upstream {up_url} (latency {opts.latency * 1000:.0f} ms, {REPLY_CHUNKS} chunks)")
         results.notes.append(_load_note("at the start"))
+        if opts.relay_each_event:
+            results.notes.append("the gateway relayed one delta per upstream event")
 
         if "direct" in opts.targets:
             direct = openai_target("direct", up_url, API_KEY)
@@ -394,6 +398,12 @@ def parse(argv: list[str] | None) -> Options:
         default=0.5,
         help="seconds between the upstream's chunks in the soak (a stream lasts ~21x that)",
     )
+    parser.add_argument(
+        "--relay-each-event",
+        action="store_true",
+        help="run the gateway with FENGCHAO_STREAM_COALESCING=false: one delta per upstream"
+        " event even when the upstream's events arrive together",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
     parser.add_argument("--profile-seconds", type=float, default=20.0)
     parser.add_argument(
@@ -438,6 +448,7 @@ def parse(argv: list[str] | None) -> Options:
         soak_streams=args.soak_streams,
         soak_seconds=args.soak_seconds,
         soak_chunk_interval=args.soak_chunk_interval,
+        relay_each_event=args.relay_each_event,
         profile=args.profile,
         profile_seconds=args.profile_seconds,
         source=args.source.resolve() if args.source else None,
