@@ -29,7 +29,7 @@ from fengchao_chains.testing.serve import serve_in_thread
 from tests.processes import ServeProcess, run_cli
 
 ONLINE_MODEL = "gpt-3.5-turbo"
-PACED = 0.005
+PACED = 0.01
 """Seconds between the fake's stream events, so that each arrives in a read of its own (a
 test that wants one burst sets the fake's ``event_interval`` to 0)."""
 LOCAL_MODEL = "SmolLM2-135M-Instruct"

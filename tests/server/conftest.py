@@ -26,8 +26,10 @@ from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from fengchao_chains.testing.serve import serve_in_thread
 
 ONLINE = "gpt-3.5-turbo"
-PACED = 0.005
-"""Seconds between a paced fake stream's events: each arrives in a read of its own."""
+PACED = 0.02
+"""Seconds between a paced fake stream's events: each arrives in a read of its own (well
+over the interpreter's 5 ms thread switch interval: the app, the fake and the test share
+one process here)."""
 LOCAL = "SmolLM2-135M-Instruct"
 
 
