@@ -102,10 +102,11 @@ class StreamDecoder:
     (at ``[DONE]`` or the vendor's end event). :meth:`finish` then emits the one closing
     chunk that carries usage and the response metadata.
 
-    With the model's ``coalesce_stream_text``, :meth:`text` holds the text back instead of
-    making a chunk of each piece, and the caller takes what was held with :meth:`held_text`
-    after each batch of events (one network read) and before any other chunk: the text that
-    arrived together becomes one chunk, and the pieces never become chunks of their own.
+    The model feeds the events of one network read at a time (:meth:`feed_read`). With its
+    ``coalesce_stream_text``, :meth:`text` holds the text back instead of making a chunk of
+    each piece, and the read's text goes out as one chunk before any other chunk and at the
+    read's end: the text that arrived together becomes one chunk, and the pieces never
+    become chunks of their own.
     """
 
     end_event: ClassVar[str | None] = None
@@ -122,11 +123,29 @@ class StreamDecoder:
         self.message_id: str | None = None
         self.usage: UsageMetadata | None = None
         self.extra: dict[str, Any] = {}
-        self.coalesce = model.coalesce_stream_text
         self._held: list[str] = []
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
         raise NotImplementedError
+
+    def feed_read(
+        self, events: list[ServerSentEvent]
+    ) -> tuple[list[ChatGenerationChunk], VendorError | None]:
+        """The chunks of one read's events, and the error one of them carried (a vendor's
+        error mid-stream), which the caller raises after passing the chunks before it on,
+        as it would have had the events arrived one read apart. Events after the end are
+        dropped."""
+        chunks: list[ChatGenerationChunk] = []
+        for event in events:
+            try:
+                made = self.feed(event)
+            except VendorError as error:
+                return chunks + self._held_text(), error
+            if made:
+                chunks += self._held_text() + made
+            if self.done:
+                break
+        return chunks + self._held_text(), None
 
     def data(self, event: ServerSentEvent) -> dict[str, Any] | None:
         """An event's JSON object, or None for ``data: [DONE]``, which ends the stream
@@ -146,12 +165,10 @@ class StreamDecoder:
         coalescing."""
         if not text:
             return []
-        if self.coalesce:
-            self._held.append(text)
-            return []
-        return [ChatGenerationChunk(message=AIMessageChunk(content=text, id=self.message_id))]
+        self._held.append(text)
+        return [] if self.model.coalesce_stream_text else self._held_text()
 
-    def held_text(self) -> list[ChatGenerationChunk]:
+    def _held_text(self) -> list[ChatGenerationChunk]:
         """The text :meth:`text` held back, as one chunk (none if none)."""
         if not self._held:
             return []
@@ -180,7 +197,7 @@ class StreamDecoder:
             chunk_position="last",
         )
         info = {"finish_reason": self.finish_reason}
-        return [*self.held_text(), ChatGenerationChunk(message=message, generation_info=info)]
+        return [*self._held_text(), ChatGenerationChunk(message=message, generation_info=info)]
 
 
 class AnswerFilter:
@@ -193,6 +210,10 @@ class AnswerFilter:
 
     def chunk(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk | None:
         return chunk
+
+    def chunks(self, batch: list[ChatGenerationChunk]) -> list[ChatGenerationChunk]:
+        """The chunks of one read that :meth:`chunk` lets through."""
+        return [kept for raw in batch if (kept := self.chunk(raw)) is not None]
 
 
 class RemoteChatModel(StandardChatModel):
@@ -373,7 +394,7 @@ class VendorChatModel(RemoteChatModel):
             else:
                 batches = self._decode(iter_event_batches(self, opened.response), opened.meta)
             for batch in batches:
-                for chunk in self._passed_on(answer, batch):
+                for chunk in answer.chunks(batch):
                     if run_manager and chunk.text:
                         run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
@@ -396,17 +417,10 @@ class VendorChatModel(RemoteChatModel):
             else:
                 batches = self._adecode(aiter_event_batches(self, opened.response), opened.meta)
             async for batch in batches:
-                for chunk in self._passed_on(answer, batch):
+                for chunk in answer.chunks(batch):
                     if run_manager and chunk.text:
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
-
-    @staticmethod
-    def _passed_on(
-        answer: AnswerFilter, batch: list[ChatGenerationChunk]
-    ) -> list[ChatGenerationChunk]:
-        """The chunks of one network read that the answer filter lets through."""
-        return [chunk for raw in batch if (chunk := answer.chunk(raw)) is not None]
 
     def _request(
         self,
@@ -428,7 +442,7 @@ class VendorChatModel(RemoteChatModel):
         then the closing chunk."""
         decoder = self._stream_decoder(meta)
         for events in batches:
-            chunks, error = self._fed(decoder, events)
+            chunks, error = decoder.feed_read(events)
             yield chunks
             if error is not None:
                 raise error
@@ -444,7 +458,7 @@ class VendorChatModel(RemoteChatModel):
     ) -> AsyncIterator[list[ChatGenerationChunk]]:
         decoder = self._stream_decoder(meta)
         async for events in batches:
-            chunks, error = self._fed(decoder, events)
+            chunks, error = decoder.feed_read(events)
             yield chunks
             if error is not None:
                 raise error
@@ -454,26 +468,6 @@ class VendorChatModel(RemoteChatModel):
                         pass
                 break
         yield decoder.finish()
-
-    @staticmethod
-    def _fed(
-        decoder: StreamDecoder, events: list[ServerSentEvent]
-    ) -> tuple[list[ChatGenerationChunk], VendorError | None]:
-        """The chunks of a batch of events, and the error one of them carried (a vendor's
-        error mid-stream), which the caller raises after passing the chunks before it on,
-        as it would have had the events arrived one read apart. Text the decoder held
-        back (coalescing) goes before any other chunk and at the batch's end."""
-        chunks: list[ChatGenerationChunk] = []
-        for event in events:
-            try:
-                made = decoder.feed(event)
-            except VendorError as error:
-                return chunks + decoder.held_text(), error
-            if made:
-                chunks += decoder.held_text() + made
-            if decoder.done:
-                break
-        return chunks + decoder.held_text(), None
 
 
 AFTER_END_READS = 16

@@ -113,7 +113,7 @@ def decoded(coalesce: bool, *reads: list[ServerSentEvent]) -> list[list[ChatGene
     decoder = model._stream_decoder(ResponseMeta(200, {}, None))
     batches = []
     for events in reads:
-        chunks, error = VendorChatModel._fed(decoder, events)
+        chunks, error = decoder.feed_read(events)
         assert error is None
         batches.append(chunks)
     return [*batches, decoder.finish()]
