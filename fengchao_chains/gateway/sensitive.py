@@ -137,20 +137,23 @@ def _normalise(text: str) -> str:
     return text.translate(_TABLE)
 
 
-def _view(normal: str, *, before: str = "", final: bool = True) -> _View:
+def _view(
+    normal: str, *, before: str = "", final: bool = True, run_from: int | None = None
+) -> _View:
     """The view of a normalised text; ``before`` is the last significant normalised character
     before it (in a stream), and ``final=False`` leaves a whitespace run at the end
-    unresolved, since the next chunk decides whether it is ignored."""
+    unresolved, since the next chunk decides whether it is ignored. ``run_from``: where the
+    run of spaces and ignored characters at the end starts, if the caller knows."""
     if (copied := _copied_view(normal, final=final)) is not None:
         return _one_segment(normal, copied)
-    return _segmented_view(normal, before=before, final=final)
+    return _segmented_view(normal, before=before, final=final, run_from=run_from)
 
 
 def _copied_view(normal: str, *, final: bool) -> int | None:
     """When the view of ``normal`` is the text as it is, how much of it (all of it, or all
     but a space left open at a stream's end); None when it must be built segment by
     segment."""
-    if _SKIPPABLE_RUN.search(normal) is None:  # no spaces: most Chinese
+    if _SPACE not in normal and _IGNORED not in normal:  # no spaces: most Chinese
         return len(normal)
     if _plain_ascii(normal):  # every space stays, but one left open at a stream's end
         return len(normal) - 1 if not final and normal.endswith(_SPACE) else len(normal)
@@ -171,7 +174,7 @@ def _one_segment(normal: str, size: int) -> _View:
     return _View(normal, compact, starts, list(starts), None if size == len(normal) else size)
 
 
-def _segmented_view(normal: str, *, before: str, final: bool) -> _View:
+def _segmented_view(normal: str, *, before: str, final: bool, run_from: int | None = None) -> _View:
     """:func:`_view` segment by segment."""
     pieces: list[str] = []
     cstarts: list[int] = []
@@ -179,8 +182,13 @@ def _segmented_view(normal: str, *, before: str, final: bool) -> _View:
     size = 0
     position = 0
     tail: int | None = None
-    for run in _SKIPPABLE_RUN.finditer(normal):
-        start, end = run.span()
+    # The run at the end is not scanned again: a stream held back behind a long one (a model
+    # printing newlines) would rescan all of it on every delta (StreamGuard knows its start).
+    cut = len(normal.rstrip(_SPACE + _IGNORED)) if run_from is None else run_from
+    runs = [run.span() for run in _SKIPPABLE_RUN.finditer(normal, 0, cut)]
+    if cut < len(normal):
+        runs.append((cut, len(normal)))
+    for start, end in runs:
         if start > position:
             pieces.append(normal[position:start])
             cstarts.append(size)
@@ -377,6 +385,7 @@ class StreamGuard:
         self._replace = replace
         self._pending = ""  # received, not yet released
         self._normal = ""  # its normal form, kept so each delta is normalised only once
+        self._run_from = 0  # where the run of spaces and ignored characters ending it starts
         self._before = ""  # the last significant normalised character released
         self._masked_upto = 0  # the start of _pending is inside a hit found earlier
         self._error: SensitiveContentError | None = None
@@ -384,8 +393,11 @@ class StreamGuard:
 
     def feed(self, delta: str) -> str:
         """Take the next delta; return the text now safe to emit (maybe empty)."""
+        normal = _normalise(delta)
+        if significant := len(normal.rstrip(_SPACE + _IGNORED)):
+            self._run_from = len(self._normal) + significant
         self._pending += delta
-        self._normal += _normalise(delta)
+        self._normal += normal
         return self._release(final=False)
 
     def flush(self) -> str:
@@ -404,10 +416,11 @@ class StreamGuard:
             compact = self._normal[:size]
             if not self._words._hits_any(compact):  # the usual delta: nothing to refuse
                 return self._cut(size if final else self._words._open_start(compact))
-        view = _view(self._normal, before=self._before, final=final)
+        view = _view(self._normal, before=self._before, final=final, run_from=self._run_from)
         spans = self._words._occurrences(view)
         if spans and not self._replace:
             self._pending = self._normal = ""
+            self._run_from = 0
             self._error = SensitiveContentError(w for _, _, w in sorted(spans))
             raise self._error
         boundary = self._boundary(view, final=final)
@@ -428,6 +441,7 @@ class StreamGuard:
             self._before = significant[-1]
         self._pending = self._pending[boundary:]
         self._normal = self._normal[boundary:]
+        self._run_from = max(0, self._run_from - boundary)
         return released
 
     def _boundary(self, view: _View, *, final: bool) -> int:
