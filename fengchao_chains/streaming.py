@@ -1,8 +1,8 @@
 """A streaming response that notices at once when its client hangs up and writes what is
 ready in one piece.
 
-Two things Starlette's ``StreamingResponse`` does not do, both measured on the gateway's
-streams (docs/benchmarks.md):
+What Starlette's ``StreamingResponse`` does not do (the first three measured on the
+gateway's streams, docs/benchmarks.md):
 
 - **Hang-ups.** Under an ASGI 2.4 server (uvicorn) Starlette learns of a disconnect only
   when its next write fails. A model that is slow to send its next piece (or a vendor that
@@ -26,6 +26,9 @@ streams (docs/benchmarks.md):
   CPU). The hold is short because some clients time the head: the fengchao SDK retries a
   request whose head does not come within its timeout, and a retried stream is another
   upstream call.
+- **The background task runs however the stream ended.** Starlette's is skipped when a
+  write fails; the gateway's finishes the model's run and settles the request's limits
+  there, which a client that left must not skip.
 
 A body that fails midway has what it yielded before the failure written first, then the
 error propagates (the server closes the connection), as with Starlette's response. One that
@@ -72,8 +75,8 @@ class HangUpAwareStreamingResponse(StreamingResponse):
                 producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-        if self.background is not None:
-            await self.background()
+            if self.background is not None:  # the request's bookkeeping: however it ended
+                await self.background()
 
 
 class _Pipe:

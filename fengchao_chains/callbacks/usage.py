@@ -32,6 +32,7 @@ from uuid import UUID, uuid4
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, GenerationChunk, LLMResult
 
 from fengchao_chains.callbacks.token_estimate import estimate_prompt_tokens, estimate_tokens
@@ -74,6 +75,15 @@ class UsageRecord:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What a request's answer reports it used: tokens, and their cost in one unit."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
 
 
 class UsageSink(Protocol):
@@ -129,6 +139,20 @@ class UsageRecorder(BaseCallbackHandler):
     def cost(self, unit: str) -> float:
         """What the request's calls cost in ``unit`` (calls priced in another unit apart)."""
         return sum(record.cost for record in self.records if record.unit == unit)
+
+    def bill(self, unit: str, *, ending: tuple[UUID, str, UsageMetadata] | None = None) -> Bill:
+        """The request's tokens and cost in ``unit``. ``ending``: a call whose answer is out
+        and whose run may not have ended yet (its run id, catalog id, and the vendor's usage
+        in the answer), counted as its record will count it until the record has landed
+        (:mod:`fengchao_chains.llms.answer_first`)."""
+        prompt, completion, cost = self.prompt_tokens, self.completion_tokens, self.cost(unit)
+        if ending is not None and all(record.run_id != ending[0] for record in self.records):
+            _, model, usage = ending
+            prompt += usage["input_tokens"]
+            completion += usage["output_tokens"]
+            priced, priced_unit = self._price(model, usage["input_tokens"], usage["output_tokens"])
+            cost += priced if priced_unit == unit else 0.0
+        return Bill(prompt, completion, cost)
 
     # ------------------------------------------------------------------ callbacks -------
     def on_chat_model_start(

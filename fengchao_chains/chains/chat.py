@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.knowledge import KNOWLEDGE_PROMPT, document_chunks
+from fengchao_chains.llms.answer_first import RunTail, ainvoke_first
 from fengchao_chains.retrievers import NEWS_STORE, aget_retriever
 
 if TYPE_CHECKING:
@@ -227,16 +228,24 @@ def model_config(prepared: PreparedChat, config: RunnableConfig | None) -> Runna
 
 
 async def answer_chat(
-    runtime: Runtime, prepared: PreparedChat, config: RunnableConfig | None = None
+    runtime: Runtime,
+    prepared: PreparedChat,
+    config: RunnableConfig | None = None,
+    tail: RunTail | None = None,
 ) -> AIMessage:
     """The whole answer as a plain call: one model ``ainvoke`` with ``config`` (the only
     LangChain run), the guard over the whole text, the turn remembered. Raises the model's
     errors and :class:`~fengchao_chains.gateway.sensitive.SensitiveContentError` (nothing is
-    stored then)."""
+    stored then). With ``tail`` the answer comes as soon as the model has it, and the run
+    ends when the caller finishes the tail (:mod:`fengchao_chains.llms.answer_first`)."""
     request = prepared.request
-    message = await prepared.model.ainvoke(
-        prepared.messages, model_config(prepared, config), **prepared.sampling
-    )
+    config = model_config(prepared, config)
+    if tail is None:
+        message = await prepared.model.ainvoke(prepared.messages, config, **prepared.sampling)
+    else:
+        message = await ainvoke_first(
+            prepared.model, prepared.messages, config, tail, **prepared.sampling
+        )
     if not isinstance(message, AIMessage):  # pragma: no cover - chat models answer AIMessage
         raise TypeError(f"unexpected answer {type(message).__name__}")
     if request.is_sensitive:
@@ -247,23 +256,30 @@ async def answer_chat(
 
 
 async def astream_answer(
-    runtime: Runtime, prepared: PreparedChat, config: RunnableConfig | None = None
+    runtime: Runtime,
+    prepared: PreparedChat,
+    config: RunnableConfig | None = None,
+    tail: RunTail | None = None,
 ) -> AsyncIterator[AIMessageChunk]:
     """The answer's chunks as a plain call: the model's ``astream`` with ``config`` (the
     only LangChain run) through the sliding-window guard, the turn remembered at the end.
+    With ``tail`` the chunks end with the model's last one, and the run ends when the
+    caller finishes the tail (:meth:`RunTail.astream`).
 
     When the consumer stops early (a client hanging up closes this generator, or cancels
     the task iterating it) the model's stream is closed here at once, so the upstream
     connection ends and the call is recorded as aborted, rather than whenever the garbage
     collector gets to it."""
     request = prepared.request
-    model_chunks = cast(
-        AsyncGenerator[AIMessageChunk, None],
-        prepared.model.astream(
-            prepared.messages, model_config(prepared, config), **prepared.sampling
-        ),
-    )
-    stages = [model_chunks]
+    config = model_config(prepared, config)
+    stages = [
+        cast(
+            AsyncGenerator[AIMessageChunk, None],
+            prepared.model.astream(prepared.messages, config, **prepared.sampling),
+        )
+        if tail is None
+        else tail.astream(prepared.model, prepared.messages, config, **prepared.sampling)
+    ]
     if request.is_sensitive:
         words = runtime.sensitive_words
         stages.append(aguard_chunks(words, stages[-1], replace=request.sensitive_replace))

@@ -40,6 +40,7 @@ from fengchao_chains.llms._sse import (
     iter_event_batches,
 )
 from fengchao_chains.llms._standard import StandardChatModel
+from fengchao_chains.llms.answer_first import hand_over
 from fengchao_chains.llms.errors import (
     AuthenticationError,
     ContextTooLongError,
@@ -374,7 +375,9 @@ class VendorChatModel(RemoteChatModel):
         request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=False)
         body, meta = await _http.asend(self, request, self.http_async_client)
         meta.model = asked
-        return answer.whole(self._parse_response(body, meta))
+        chat_result = answer.whole(self._parse_response(body, meta))
+        await hand_over(self, chat_result)  # a gateway answers before LangChain's run ends
+        return chat_result
 
     def _stream(
         self,

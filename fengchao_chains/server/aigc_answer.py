@@ -15,7 +15,7 @@ from typing import Any
 
 from langchain_core.documents import Document
 
-from fengchao_chains.callbacks import UsageRecorder
+from fengchao_chains.callbacks import Bill
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.llms.errors import VendorError, VendorTimeoutError
@@ -78,14 +78,13 @@ class Answer:
         *,
         index: int = 0,
         finish_reason: str | None = None,
-        usage: UsageRecorder | None = None,
+        usage: Bill | None = None,
         status: int = 200,
         msg: str = OK,
         knowledge: Sequence[Document] = (),
     ) -> dict[str, Any]:
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        cost = usage.cost(self.card.unit) if usage else 0.0
+        usage = usage or Bill(0, 0, 0.0)
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         choices = []
         if content is not None:
             choices.append(
@@ -104,7 +103,7 @@ class Answer:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
-                "cost": round(cost, 8),
+                "cost": round(usage.cost, 8),
             },
             "msg": msg,
             "knowledge": [knowledge_hit(doc) for doc in knowledge],

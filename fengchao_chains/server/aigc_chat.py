@@ -28,8 +28,9 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 
-from fengchao_chains.callbacks import UsageRecorder
+from fengchao_chains.callbacks import Bill
 from fengchao_chains.catalog import LOCAL, ModelCard
 from fengchao_chains.chains.chat import (
     CALLER_KEY,
@@ -44,6 +45,7 @@ from fengchao_chains.gateway.auth import require_caller
 from fengchao_chains.gateway.limits import RateLimitExceeded, aigc_rate_limit_response
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.gateway.tasks import Task
+from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
 from fengchao_chains.server.deps import app_runtime
@@ -154,10 +156,13 @@ async def _serve(
             return JSONResponse(await _submit(runtime, metering, body, chat_input, answer))
         if body.mode == "stream":
             return await _stream(runtime, metering, chat_input, answer)
+        tail = RunTail()  # the answer leaves first; the model's run ends after, then settling
         try:
-            return JSONResponse(await run_invoke(runtime, metering, chat_input, answer))
-        finally:
-            await metering.settle()
+            payload = await run_invoke(runtime, metering, chat_input, answer, tail)
+        except BaseException:
+            await metering.finish(tail)
+            raise
+        return JSONResponse(payload, background=BackgroundTask(metering.finish, tail))
     except RouteError as exc:
         return JSONResponse({"status": exc.status, "msg": exc.msg}, status_code=exc.status)
     except RateLimitExceeded as exc:
@@ -221,12 +226,18 @@ def _mapped(exc: FengchaoError) -> RouteError | None:
 
 
 async def run_invoke(
-    runtime: Runtime, metering: Metering, chat_input: ChatInput, answer: Answer
+    runtime: Runtime,
+    metering: Metering,
+    chat_input: ChatInput,
+    answer: Answer,
+    tail: RunTail | None = None,
 ) -> dict[str, Any]:
-    """One whole answer in the SDK's shape (also what an async task stores)."""
+    """One whole answer in the SDK's shape (also what an async task stores). With ``tail``
+    it is made as soon as the model has answered, before the model's run has ended
+    (:mod:`fengchao_chains.llms.answer_first`): the caller finishes the tail after."""
     try:
         prepared = await prepare_chat(runtime, chat_input, metering.caller)
-        message = await answer_chat(runtime, prepared, run_config(metering))
+        message = await answer_chat(runtime, prepared, run_config(metering), tail)
     except FengchaoError as exc:
         if (route := _mapped(exc)) is not None:
             raise route from None
@@ -237,9 +248,22 @@ async def run_invoke(
     return answer.payload(
         content,
         finish_reason=message.response_metadata.get("finish_reason") or "stop",
-        usage=metering.recorder,
+        usage=await answer_bill(metering, answer.card, tail),
         knowledge=prepared.documents,
     )
+
+
+async def answer_bill(metering: Metering, card: ModelCard, tail: RunTail | None) -> Bill:
+    """The usage an answer reports: the recorder's, with a call whose record may not have
+    landed yet counted from the vendor's usage in the answer; a call without that usage
+    is ended first, so the recorder has counted (estimated) it."""
+    recorder = metering.recorder
+    if tail is None:
+        return recorder.bill(card.unit)
+    if tail.usage is None:
+        await tail.finish()
+        return recorder.bill(card.unit)
+    return recorder.bill(card.unit, ending=(tail.run_id, card.id, tail.usage))
 
 
 async def _stream(
@@ -247,7 +271,8 @@ async def _stream(
 ) -> StreamingResponse:
     """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
     stream: delta chunks, then a closing chunk with the finish reason and the real usage.
-    The request is settled when the stream ends, the client's leaving included."""
+    The model's run ends after the closing chunk has left, and the request is settled
+    then, whatever way the stream ended (the client's leaving included)."""
     try:
         prepared = await prepare_chat(runtime, chat_input, metering.caller)
     except FengchaoError as exc:
@@ -258,9 +283,10 @@ async def _stream(
     except BaseException:
         await metering.settle()
         raise
-    chunks = astream_answer(runtime, prepared, run_config(metering))
-    events = _events(chunks, prepared.documents, answer, metering.recorder)
-    return _event_stream(_settled(events, metering))
+    tail = RunTail()
+    chunks = astream_answer(runtime, prepared, run_config(metering), tail)
+    events = _events(chunks, prepared.documents, answer, metering, tail)
+    return _event_stream(events, BackgroundTask(metering.finish, tail))
 
 
 def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
@@ -271,19 +297,12 @@ def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
     return answer.payload(None, status=failure_status(exc), msg=f"模型调用异常: {exc}")
 
 
-async def _settled(lines: AsyncIterator[str], metering: Metering) -> AsyncIterator[str]:
-    try:
-        async for line in lines:
-            yield line
-    finally:
-        await metering.settle()
-
-
 async def _events(
     chunks: AsyncIterator[AIMessageChunk],
     documents: list[Document],
     answer: Answer,
-    recorder: UsageRecorder,
+    metering: Metering,
+    tail: RunTail,
 ) -> AsyncIterator[str]:
     finish: str | None = None
     index = 0
@@ -296,8 +315,9 @@ async def _events(
     except FengchaoError as exc:
         yield event_line(_error_answer(answer, exc))
         return
+    bill = await answer_bill(metering, answer.card, tail)
     closing = answer.payload(
-        "", index=index, finish_reason=finish or "stop", usage=recorder, knowledge=documents
+        "", index=index, finish_reason=finish or "stop", usage=bill, knowledge=documents
     )
     yield event_line(closing)
 
@@ -306,8 +326,12 @@ async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
     yield event_line(payload)
 
 
-def _event_stream(lines: AsyncIterator[str]) -> StreamingResponse:
-    return HangUpAwareStreamingResponse(lines, media_type="text/event-stream; charset=utf-8")
+def _event_stream(
+    lines: AsyncIterator[str], background: BackgroundTask | None = None
+) -> StreamingResponse:
+    return HangUpAwareStreamingResponse(
+        lines, media_type="text/event-stream; charset=utf-8", background=background
+    )
 
 
 # --- async mode --------------------------------------------------------------------------

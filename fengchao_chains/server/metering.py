@@ -22,6 +22,7 @@ from fengchao_chains.catalog import ModelCard
 from fengchao_chains.catalog.cards import EmbeddingCard
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.gateway.limits import Reservation
+from fengchao_chains.llms.answer_first import RunTail
 
 if TYPE_CHECKING:
     from fengchao_chains.runtime import Runtime
@@ -126,6 +127,14 @@ class Metering:
         """One of the request's runs ended; the last one settles."""
         self.runs -= 1
         if self.runs <= 0:
+            await self.settle()
+
+    async def finish(self, tail: RunTail) -> None:
+        """End the request's model call (``tail``: what was left of its run once the answer
+        was out, so its usage is recorded), then settle."""
+        try:
+            await tail.finish()
+        finally:
             await self.settle()
 
     async def settle(self) -> None:

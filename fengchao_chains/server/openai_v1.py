@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableConfig
+from starlette.background import BackgroundTask
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
 from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
@@ -34,6 +35,7 @@ from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.chat import CALLER_KEY, json_answer
 from fengchao_chains.gateway.auth import Caller
 from fengchao_chains.gateway.sensitive import SensitiveContentError
+from fengchao_chains.llms.answer_first import RunTail, ainvoke_first
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import openai_v1_embeddings, openai_v1_models
 from fengchao_chains.server.metering import Metering
@@ -111,6 +113,9 @@ class ChatCall:
     documents: list[Document] | None = None
     guard_output: bool = True
     fix_json: bool = False
+    tail: RunTail = field(default_factory=RunTail)
+    """The model's run once its answer is out: ended, then the request settled, after the
+    answer has left (:mod:`fengchao_chains.llms.answer_first`)."""
 
 
 @router.post("/chat/completions", response_model=None)
@@ -124,9 +129,11 @@ async def chat_completions(request: Request) -> Response:
         if body.stream:
             return await _stream(runtime, call, include_usage=body.include_usage)
         try:
-            return json_answer_response(await _invoke(runtime, call))
-        finally:
-            await call.metering.settle()
+            payload = await _invoke(runtime, call)
+        except BaseException:
+            await call.metering.finish(call.tail)
+            raise
+        return json_answer_response(payload, BackgroundTask(call.metering.finish, call.tail))
     except Exception as exc:
         return error_answer(exc)
 
@@ -171,9 +178,8 @@ async def prepare(
 
 
 async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
-    message = await call.model.ainvoke(call.messages, call.config, **call.kwargs)
-    if not isinstance(message, AIMessage):  # pragma: no cover - chat models answer AIMessage
-        raise TypeError(f"unexpected answer {type(message).__name__}")
+    tail = call.tail
+    message = await ainvoke_first(call.model, call.messages, call.config, tail, **call.kwargs)
     content: str = message.text
     finish = finish_reason(message.response_metadata.get("finish_reason"))
     if call.fix_json:
@@ -190,17 +196,15 @@ async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
         message,
         content=content,
         finish=finish,
-        usage=answer_usage(message.usage_metadata, call.metering.recorder),
+        usage=await answer_usage(message.usage_metadata, call.metering.recorder, tail),
         documents=call.documents,
     )
 
 
 async def _stream(runtime: Runtime, call: ChatCall, *, include_usage: bool) -> Response:
-    """Open the model's stream first, so a refusal before any text is still an HTTP status."""
-    chunks = cast(
-        AsyncGenerator[AIMessageChunk, None],
-        call.model.astream(call.messages, call.config, **call.kwargs),
-    )
+    """Open the model's stream first, so a refusal before any text is still an HTTP status.
+    The model's run ends after the last event has left, and the request is settled then."""
+    chunks = call.tail.astream(call.model, call.messages, call.config, **call.kwargs)
     try:
         first = await anext(chunks, None)
     except BaseException:
@@ -209,7 +213,8 @@ async def _stream(runtime: Runtime, call: ChatCall, *, include_usage: bool) -> R
         raise
     writer = ChunkWriter(call.completion_id, call.card.id, include_usage=include_usage)
     events = _events(runtime, call, writer, first, chunks)
-    return HangUpAwareStreamingResponse(events, media_type="text/event-stream")
+    finish = BackgroundTask(call.metering.finish, call.tail)
+    return HangUpAwareStreamingResponse(events, media_type="text/event-stream", background=finish)
 
 
 async def _events(
@@ -233,8 +238,8 @@ async def _events(
                 yield writer.tool_calls(chunk.tool_call_chunks)
             usage = chunk.usage_metadata or usage
             finish = chunk.response_metadata.get("finish_reason") or finish
-        if guard is not None and (tail := guard.flush()):
-            yield writer.text(tail)
+        if guard is not None and (tail_text := guard.flush()):
+            yield writer.text(tail_text)
     except SensitiveContentError as exc:
         logger.info("/v1 stream cut: %s", exc)
         finish = "content_filter"
@@ -242,19 +247,21 @@ async def _events(
         yield as_openai_error(exc).event()
         return
     finally:
-        await rest.aclose()
-        await call.metering.settle()
+        await rest.aclose()  # a stream cut short ends the model's run as aborted
     yield writer.finish(finish_reason(finish))
     if writer.include_usage:
-        yield writer.usage(answer_usage(usage, call.metering.recorder))
+        yield writer.usage(await answer_usage(usage, call.metering.recorder, call.tail))
     yield DONE
 
 
-def answer_usage(reported: UsageMetadata | None, recorder: UsageRecorder) -> UsageMetadata:
-    """The vendor's usage, else what the recorder counted (its estimate): the answer shows
-    the figures the call is billed by."""
+async def answer_usage(
+    reported: UsageMetadata | None, recorder: UsageRecorder, tail: RunTail
+) -> UsageMetadata:
+    """The vendor's usage, else what the recorder counted (its estimate, once the model's
+    run has ended): the answer shows the figures the call is billed by."""
     if reported:
         return reported
+    await tail.finish()
     prompt, completion = recorder.prompt_tokens, recorder.completion_tokens
     return UsageMetadata(
         input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion

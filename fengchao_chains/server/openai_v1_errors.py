@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 
 from fengchao_chains.catalog.loader import UnknownEmbeddingModelError
 from fengchao_chains.errors import (
@@ -103,9 +104,11 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def json_answer_response(payload: dict[str, Any]) -> Response:
+def json_answer_response(
+    payload: dict[str, Any], background: BackgroundTask | None = None
+) -> Response:
     """A 200 JSON answer, serialised by orjson (as :func:`sse_event`)."""
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return Response(orjson.dumps(payload), media_type="application/json", background=background)
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> OpenAIError:
