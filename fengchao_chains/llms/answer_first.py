@@ -60,7 +60,7 @@ class RunTail:
 
     @property
     def pending(self) -> bool:
-        """Whether the run has not ended yet: its usage is not recorded."""
+        """Whether :meth:`finish` has a run to end (which may have ended on its own)."""
         return self._run is not None or self._stream is not None
 
     async def finish(self) -> None:
@@ -71,6 +71,7 @@ class RunTail:
             if run is not None:
                 await run
             if stream is not None:
+                await asyncio.sleep(0)  # the turn ends first: uvloop writes what was sent then
                 try:
                     async for _ in stream:
                         pass
