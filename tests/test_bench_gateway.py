@@ -66,3 +66,18 @@ def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -
         assert cells[(target, "invoke", 10)]["rate"] > cells[(target, "invoke", 1)]["rate"]
     assert "| aigc | stream | 10 |" in done.stdout
     assert "Load generator against the bare upstream" in done.stdout
+
+
+def test_the_ab_comparison_is_paired_cycle_by_cycle() -> None:
+    """bench/gateway_ab.py's figure: the median of b - a taken cycle by cycle, so a drift of
+    the machine that moves both alike cancels out; the interval brackets it."""
+    sys.path.insert(0, str(ROOT))
+    from bench.gateway_ab import paired
+
+    drifting = [50.0 + cycle for cycle in range(200)]  # the machine slows down as it goes
+    median, low, high = paired(drifting, [value - 0.3 for value in drifting])
+    assert median == pytest.approx(-0.3)
+    assert low <= median <= high
+    median, low, high = paired([50.0, 51.0, 52.0, 53.0], [51.0, 51.0, 54.0, 53.0])
+    assert median == pytest.approx(0.5)
+    assert low >= 0.0 and high <= 2.0

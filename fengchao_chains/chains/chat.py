@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fengchao_chains.callbacks import MODEL_METADATA_KEY
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.knowledge import KNOWLEDGE_PROMPT, document_chunks
-from fengchao_chains.llms.answer_first import RunTail, ainvoke_first
+from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.retrievers import NEWS_STORE, aget_retriever
 
 if TYPE_CHECKING:
@@ -243,9 +243,7 @@ async def answer_chat(
     if tail is None:
         message = await prepared.model.ainvoke(prepared.messages, config, **prepared.sampling)
     else:
-        message = await ainvoke_first(
-            prepared.model, prepared.messages, config, tail, **prepared.sampling
-        )
+        message = await tail.ainvoke(prepared.model, prepared.messages, config, **prepared.sampling)
     if not isinstance(message, AIMessage):  # pragma: no cover - chat models answer AIMessage
         raise TypeError(f"unexpected answer {type(message).__name__}")
     if request.is_sensitive:

@@ -4,12 +4,12 @@ LangChain has finished the call.
 Once a model has its answer, LangChain still post-processes the result, ends the run on
 every callback (the gateway's usage recorder among them) and returns through ``ainvoke``'s
 batch machinery, or through ``astream``'s last iteration. None of that changes the answer,
-and at concurrency 1 it is 0.4-0.7 ms of the gateway's time per request (docs/benchmarks.md,
+and at concurrency 1 it is 0.3-0.5 ms of the gateway's time per request (docs/benchmarks.md,
 change 25). So the gateway's front doors write the answer first and let the run end while
 the client reads it:
 
-- :func:`ainvoke_first` runs ``model.ainvoke`` in a task of its own and returns the answer as
-  soon as the model has it. :class:`~fengchao_chains.llms._base.VendorChatModel` hands its
+- :meth:`RunTail.ainvoke` runs ``model.ainvoke`` in a task of its own and returns the answer
+  as soon as the model has it. :class:`~fengchao_chains.llms._base.VendorChatModel` hands its
   parsed result over (:func:`hand_over`, through a context variable the task inherits)
   before it returns the result to LangChain; any other chat model's answer comes when its
   run has ended, as with ``ainvoke``.
@@ -42,6 +42,18 @@ from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
 
 logger = logging.getLogger(__name__)
+
+ANSWER_FIRST_UP_TO = 4
+"""Model calls in flight in this process (started, not yet answered) up to which a call's
+answer goes first. Above it the server is busy, and the run ends before the answer as with
+plain ``ainvoke`` and ``astream``: splitting each request's work in two slices cost a
+saturated server about a tenth of its throughput (docs/benchmarks.md, change 25), while the
+latency it hides matters only on an idle core."""
+
+
+class _Load:
+    calls = 0  # in flight in this process: the event loop's thread only
+
 
 _Waiting = tuple[BaseChatModel, "asyncio.Future[ChatResult | None]"]
 _waiting: ContextVar[_Waiting | None] = ContextVar("fengchao_answer_first", default=None)
@@ -80,6 +92,58 @@ class RunTail:
         except Exception:
             logger.warning("a model call failed after its answer was sent", exc_info=True)
 
+    async def ainvoke(
+        self,
+        model: BaseChatModel,
+        messages: LanguageModelInput,
+        config: RunnableConfig | None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``model.ainvoke(messages, config, **kwargs)``'s answer as soon as the model has
+        it; the rest of the run is kept for :meth:`finish`. The model's errors are raised
+        as ``ainvoke`` raises them. A caller cancelled while waiting (its client left)
+        cancels the call and waits for it to end (LangChain records no end for a cancelled
+        ``ainvoke``, with or without this)."""
+        answer: BaseMessage
+        if _Load.calls >= ANSWER_FIRST_UP_TO:  # busy: the run ends first
+            answer = await model.ainvoke(messages, self._config(config), **kwargs)
+        else:
+            _Load.calls += 1
+            try:
+                answer = await self._answer_first(model, messages, config, **kwargs)
+            finally:
+                _Load.calls -= 1
+        if not isinstance(answer, AIMessage):  # pragma: no cover - chat models answer AIMessage
+            raise TypeError(f"unexpected answer {type(answer).__name__}")
+        self.usage = answer.usage_metadata
+        return answer
+
+    async def _answer_first(
+        self,
+        model: BaseChatModel,
+        messages: LanguageModelInput,
+        config: RunnableConfig | None,
+        **kwargs: Any,
+    ) -> BaseMessage:
+        loop = asyncio.get_running_loop()
+        handed: asyncio.Future[ChatResult | None] = loop.create_future()
+        token = _waiting.set((model, handed))
+        try:
+            run = loop.create_task(model.ainvoke(messages, self._config(config), **kwargs))
+        finally:
+            _waiting.reset(token)  # the task has its own copy of the context
+        run.add_done_callback(lambda _: _resolve(handed))
+        try:
+            result = await handed
+        except BaseException:
+            run.cancel()
+            await asyncio.wait([run])
+            raise
+        if result is None:  # the run ended first (any other model, or a failure)
+            return run.result()
+        self._run = run
+        return result.generations[0].message
+
     def astream(
         self,
         model: BaseChatModel,
@@ -100,56 +164,21 @@ class RunTail:
     async def _until_last(
         self, chunks: AsyncGenerator[AIMessageChunk, None]
     ) -> AsyncGenerator[AIMessageChunk, None]:
-        kept = False
+        kept, first = False, _Load.calls < ANSWER_FIRST_UP_TO  # else busy: the run ends first
+        _Load.calls += first
         try:
             async for chunk in chunks:
                 if chunk.usage_metadata:
                     self.usage = add_usage(self.usage, chunk.usage_metadata)
-                if chunk.chunk_position == "last":
+                if first and chunk.chunk_position == "last":
                     self._stream, kept = chunks, True
                     yield chunk
                     return
                 yield chunk
         finally:
+            _Load.calls -= first
             if not kept:
                 await chunks.aclose()
-
-
-async def ainvoke_first(
-    model: BaseChatModel,
-    messages: LanguageModelInput,
-    config: RunnableConfig | None,
-    tail: RunTail,
-    **kwargs: Any,
-) -> AIMessage:
-    """``model.ainvoke(messages, config, **kwargs)``'s answer as soon as the model has it;
-    the rest of the run goes to ``tail``. The model's errors are raised as ``ainvoke``
-    raises them; a caller cancelled while waiting (its client left) cancels the call and
-    returns once the call has ended (and been recorded as aborted)."""
-    loop = asyncio.get_running_loop()
-    handed: asyncio.Future[ChatResult | None] = loop.create_future()
-    token = _waiting.set((model, handed))
-    try:
-        run = loop.create_task(model.ainvoke(messages, tail._config(config), **kwargs))
-    finally:
-        _waiting.reset(token)  # the task has its own copy of the context
-    run.add_done_callback(lambda _: _resolve(handed))
-    try:
-        result = await handed
-    except BaseException:
-        run.cancel()
-        await asyncio.wait([run])
-        raise
-    answer: BaseMessage
-    if result is None:  # the run ended first (any other model, or a failure)
-        answer = run.result()
-    else:
-        tail._run = run
-        answer = result.generations[0].message
-    if not isinstance(answer, AIMessage):  # pragma: no cover - chat models answer AIMessage
-        raise TypeError(f"unexpected answer {type(answer).__name__}")
-    tail.usage = answer.usage_metadata
-    return answer
 
 
 def _resolve(handed: asyncio.Future[ChatResult | None]) -> None:
@@ -159,7 +188,7 @@ def _resolve(handed: asyncio.Future[ChatResult | None]) -> None:
 
 
 async def hand_over(model: BaseChatModel, result: ChatResult) -> None:
-    """Give ``result`` to the :func:`ainvoke_first` waiting for ``model`` (if one is), and let
+    """Give ``result`` to the :meth:`RunTail.ainvoke` waiting for ``model`` (if one is), and let
     it answer before LangChain goes on: two turns of the event loop, the caller's, and the
     one at whose end the loop writes what the caller sent (uvloop holds a turn's writes
     until then)."""

@@ -35,7 +35,7 @@ from fengchao_chains.catalog import ModelCard
 from fengchao_chains.chains.chat import CALLER_KEY, json_answer
 from fengchao_chains.gateway.auth import Caller
 from fengchao_chains.gateway.sensitive import SensitiveContentError
-from fengchao_chains.llms.answer_first import RunTail, ainvoke_first
+from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import openai_v1_embeddings, openai_v1_models
 from fengchao_chains.server.metering import Metering
@@ -179,7 +179,7 @@ async def prepare(
 
 async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
     tail = call.tail
-    message = await ainvoke_first(call.model, call.messages, call.config, tail, **call.kwargs)
+    message = await tail.ainvoke(call.model, call.messages, call.config, **call.kwargs)
     content: str = message.text
     finish = finish_reason(message.response_metadata.get("finish_reason"))
     if call.fix_json:

@@ -17,8 +17,9 @@ from langchain_core.runnables import RunnableConfig
 
 from fengchao_chains.callbacks import MODEL_METADATA_KEY, UsageRecorder
 from fengchao_chains.catalog import Catalog, load_catalog
+from fengchao_chains.llms import answer_first
 from fengchao_chains.llms._base import VendorChatModel
-from fengchao_chains.llms.answer_first import RunTail, ainvoke_first
+from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.llms.errors import VendorError
 from fengchao_chains.testing.fakes._common import FakeVendor, Fault
 from tests.vendors.checks import summed
@@ -49,7 +50,7 @@ async def test_the_answer_comes_before_the_run_ends_and_is_recorded_once_after(
     model = harness.model(url)
     tail = RunTail()
 
-    answer = await ainvoke_first(model, QUESTION, config, tail)
+    answer = await tail.ainvoke(model, QUESTION, config)
 
     hands_over = isinstance(model, VendorChatModel)  # any other model: when its run ends
     assert tail.pending is hands_over
@@ -115,7 +116,7 @@ async def test_a_failed_call_raises_as_ainvoke_does_and_leaves_no_tail(
     recorder, config = recorded(catalog, OPENAI_ID)
     tail = RunTail()
     with pytest.raises(VendorError):
-        await ainvoke_first(openai_model, QUESTION, config, tail)
+        await tail.ainvoke(openai_model, QUESTION, config)
     assert not tail.pending
     [record] = recorder.records
     assert record.status == "error"
@@ -126,7 +127,7 @@ async def test_a_caller_cancelled_while_waiting_cancels_the_call(
 ) -> None:
     openai_fake.inject(Fault.SLOW, delay=0.5)
     recorder, config = recorded(catalog, OPENAI_ID)
-    waiting = asyncio.ensure_future(ainvoke_first(openai_model, QUESTION, config, RunTail()))
+    waiting = asyncio.ensure_future(RunTail().ainvoke(openai_model, QUESTION, config))
     await asyncio.sleep(0.2)
 
     waiting.cancel()
@@ -143,7 +144,7 @@ async def test_a_bill_counts_the_ending_call_once_before_and_after_its_record(
     recorder, config = recorded(catalog, OPENAI_ID)
     unit = catalog[OPENAI_ID].unit
     tail = RunTail()
-    answer = await ainvoke_first(openai_model, QUESTION, config, tail)
+    answer = await tail.ainvoke(openai_model, QUESTION, config)
     assert tail.usage is not None
     ending = (tail.run_id, OPENAI_ID, tail.usage)
 
@@ -184,7 +185,7 @@ class AsksAnother(BaseChatModel):
 
 async def test_only_the_awaited_models_answer_is_handed_over(openai_model: BaseChatModel) -> None:
     tail = RunTail()
-    answer = await ainvoke_first(AsksAnother(inner=openai_model), QUESTION, None, tail)
+    answer = await tail.ainvoke(AsksAnother(inner=openai_model), QUESTION, None)
     assert answer.text.startswith("outer: ")
     assert not tail.pending
 
@@ -192,7 +193,47 @@ async def test_only_the_awaited_models_answer_is_handed_over(openai_model: BaseC
 async def test_a_model_that_does_not_hand_over_answers_when_its_run_ends() -> None:
     model = GenericFakeChatModel(messages=iter([AIMessage("plain")]))
     tail = RunTail()
-    answer = await ainvoke_first(model, "hi", None, tail)
+    answer = await tail.ainvoke(model, "hi", None)
     assert answer.text == "plain"
     assert not tail.pending
     assert isinstance(answer, AIMessage) and not isinstance(answer, AIMessageChunk)
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+async def test_a_busy_process_ends_the_run_before_the_answer(
+    openai_model: BaseChatModel,
+    catalog: Catalog,
+    monkeypatch: pytest.MonkeyPatch,
+    busy: bool,
+) -> None:
+    """Above ``ANSWER_FIRST_UP_TO`` calls in flight the run ends first, as with plain
+    ``ainvoke`` and ``astream`` (deferring costs a saturated server throughput)."""
+    if busy:
+        monkeypatch.setattr(answer_first, "ANSWER_FIRST_UP_TO", 0)
+    recorder, config = recorded(catalog, OPENAI_ID)
+    invoked, streamed = RunTail(), RunTail()
+
+    answer = await invoked.ainvoke(openai_model, QUESTION, config)
+    chunks = [c async for c in streamed.astream(openai_model, QUESTION, config)]
+
+    assert invoked.pending is streamed.pending is not busy
+    recorded_runs = {record.run_id for record in recorder.records}
+    assert (streamed.run_id in recorded_runs) is busy  # idle: not before finish()
+    assert invoked.usage == answer.usage_metadata
+    assert streamed.usage == summed(chunks).usage_metadata
+    await invoked.finish()
+    await streamed.finish()
+    assert [record.status for record in recorder.records] == ["ok", "ok"]
+
+
+async def test_the_calls_in_flight_are_counted_down_however_they_end(
+    openai_fake: FakeVendor, openai_model: BaseChatModel
+) -> None:
+    await RunTail().ainvoke(openai_model, QUESTION, None)
+    openai_fake.inject(Fault.SERVER_ERROR, times=3)
+    with pytest.raises(VendorError):
+        await RunTail().ainvoke(openai_model, QUESTION, None)
+    stream = RunTail().astream(openai_model, QUESTION, None)
+    await anext(stream)
+    await stream.aclose()
+    assert answer_first._Load.calls == 0

@@ -1,0 +1,121 @@
+"""Two versions of the gateway side by side at concurrency 1, requests interleaved one by one.
+
+``bench/gateway.py`` measures each target in a cell of its own, seconds apart; on a shared
+machine the c=1 cells move by 0.5-1 ms between runs of the same code, more than a change of
+0.3 ms. Here one client sends a request to each target in turn (``direct``, ``floor``, then
+the gateway started from ``--a`` and from ``--b``), shuffling the order every cycle, so
+every target meets the machine in the same state, and the difference of ``b`` against
+``a`` is taken cycle by cycle: its median, with a bootstrap 95% interval, is the anchor
+comparison. Both gateways share one upstream, one database and one core (CPU 1; the
+client, the upstream and the database on CPU 0), as in ``bench/gateway.py``.
+
+Absolute figures run higher than the bench's: a server idles through the other targets'
+requests, so the first half of its request runs cold too. Compare ``a`` with ``b``.
+
+    git worktree add /tmp/before <commit>   # or: git archive <commit> | tar -x -C /tmp/before
+    .venv/bin/python bench/gateway_ab.py --a /tmp/before --b . --door v1 --mode invoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import gateway
+from bench._gateway_load import Target, _one
+from bench._gateway_servers import fengchao_server, floor_server
+from bench._gateway_upstream import API_KEY
+
+WARMUP_CYCLES = 30
+
+
+async def interleave(targets: dict[str, Target], mode: str, cycles: int) -> dict[str, list[float]]:
+    """Each target's latencies (ms), one request per target per cycle, shuffled order."""
+    sessions = {name: aiohttp.ClientSession() for name in targets}
+    headers = {
+        name: {"content-type": "application/json", **target.headers()}
+        for name, target in targets.items()
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    order = list(targets)
+    rng = random.Random(7)  # noqa: S311 - an order, not a secret
+    try:
+        for cycle in range(WARMUP_CYCLES + cycles):
+            rng.shuffle(order)
+            for name in order:
+                sample = await _one(sessions[name], targets[name], mode, headers[name])
+                if cycle >= WARMUP_CYCLES:
+                    latencies[name].append(sample.total * 1000)
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return latencies
+
+
+def paired(before: list[float], after: list[float]) -> tuple[float, float, float]:
+    """The median of ``after - before`` cycle by cycle, and its bootstrap 95% interval."""
+    diffs = [b - a for a, b in zip(before, after, strict=True)]
+    rng = random.Random(11)  # noqa: S311 - resampling, not a secret
+    medians = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(1000))
+    return statistics.median(diffs), medians[25], medians[974]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", type=Path, required=True, help="source tree of the anchor")
+    parser.add_argument("--b", type=Path, required=True, help="source tree to compare")
+    parser.add_argument("--door", choices=["v1", "aigc"], default="v1")
+    parser.add_argument("--mode", choices=["invoke", "stream"], default="invoke")
+    parser.add_argument("--cycles", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.05, help="the upstream's wait, s")
+    opts = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="fc-bench-ab-"))
+    os.sched_setaffinity(0, gateway.LOADGEN_CPUS)  # the upstream and database inherit it
+    with (
+        gateway.bench_database(work / "db", None) as (db_url, _),
+        gateway.upstream(opts.latency) as (up_url, _),
+        ExitStack() as servers,
+    ):
+        auth = f"Bearer {API_KEY}"
+        floor = servers.enter_context(
+            floor_server(up_url, auth, work / "floor.log", gateway.SERVER_CPUS)
+        )
+        targets = {
+            "direct": gateway.openai_target("direct", up_url, API_KEY),
+            "floor": gateway.openai_target("floor", floor.base_url, "ignored"),
+        }
+        for name, source in (("a", opts.a), ("b", opts.b)):
+            settings = SimpleNamespace(
+                work_dir=work / name, relay_each_event=False, source=source.resolve()
+            )
+            env = gateway.gateway_env(settings, db_url, up_url)  # type: ignore[arg-type]
+            token = gateway.gateway_token(env)
+            server = servers.enter_context(
+                fengchao_server(env, work / f"{name}.log", gateway.SERVER_CPUS)
+            )
+            (target,) = gateway.gateway_targets(server, token, [opts.door])
+            targets[name] = Target(name, target.url, target.bodies, target.headers)
+        latencies = asyncio.run(interleave(targets, opts.mode, opts.cycles))
+    direct = statistics.median(latencies["direct"])
+    print(f"/{opts.door} {opts.mode}, c=1, {opts.cycles} cycles; direct p50 {direct:.2f} ms")
+    for name in ("floor", "a", "b"):
+        print(f"  {name}: +p50 {statistics.median(latencies[name]) - direct:.2f} ms")
+    median, low, high = paired(latencies["a"], latencies["b"])
+    print(f"  b - a, paired median: {median:+.3f} ms (95% {low:+.3f} .. {high:+.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
