@@ -24,6 +24,10 @@ has the tail's :attr:`~RunTail.run_id`, and :attr:`~RunTail.usage` is the usage 
 reported in the answer: what a caller reports before the call's record has landed
 (:meth:`~fengchao_chains.callbacks.usage.UsageRecorder.bill`). A caller that finds no usage
 there (the recorder will estimate it) finishes the tail first and asks the recorder.
+
+Only while the process is not busy (:data:`ANSWER_FIRST_UP_TO`): on a saturated server the
+split cost more throughput than the latency it hides is worth, so there the run ends before
+the answer and the tail has nothing left to do.
 """
 
 from __future__ import annotations
