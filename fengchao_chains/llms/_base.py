@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, TypedDict, Unpack
+from typing import Any, ClassVar, TypedDict, Unpack, cast
 
 import aiohttp
 import httpx
@@ -49,6 +50,7 @@ from fengchao_chains.llms.errors import (
     UpstreamError,
     VendorError,
 )
+from fengchao_chains.llms.request_first import claim
 
 REQUEST_ID_HEADERS = (
     "x-request-id",
@@ -255,6 +257,22 @@ class RemoteChatModel(StandardChatModel):
         return self._error(error.status_code, error.message, code=error.code, meta=meta, kind=kind)
 
 
+@dataclass
+class StartedCall:
+    """An async call whose request has been answered: its whole answer, or a stream's
+    head and the stream itself, which its holder must :meth:`close`."""
+
+    answer: AnswerFilter
+    meta: ResponseMeta
+    body: Any = None
+    opened: _http.OpenedStream | None = None
+
+    def close(self) -> None:
+        """Release the stream's connection (to the pool if it was read to its end)."""
+        if self.opened is not None:
+            _http.let_go(self.opened.response)
+
+
 class VendorChatModel(RemoteChatModel):
     """Base of the vendor chat models over the shared HTTP layer; not used directly."""
 
@@ -370,12 +388,9 @@ class VendorChatModel(RemoteChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        messages = self._call_messages(messages, kwargs)
-        answer = self._answer_filter(messages, stop, kwargs)
-        request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=False)
-        body, meta = await _http.asend(self, request, self.http_async_client)
-        meta.model = asked
-        chat_result = answer.whole(self._parse_response(body, meta))
+        # a gateway may have sent the request before LangChain started the run
+        call = await (claim(self) or self._astart_call(messages, stop, kwargs, stream=False))
+        chat_result = call.answer.whole(self._parse_response(call.body, call.meta))
         await hand_over(self, chat_result)  # a gateway answers before LangChain's run ends
         return chat_result
 
@@ -409,21 +424,43 @@ class VendorChatModel(RemoteChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        messages = self._call_messages(messages, kwargs)
-        answer = self._answer_filter(messages, stop, kwargs)
-        request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=True)
-        async with _http.aopen_stream(self, request, self.http_async_client) as opened:
-            opened.meta.model = asked
+        call = await (claim(self) or self._astart_call(messages, stop, kwargs, stream=True))
+        opened = cast(_http.OpenedStream, call.opened)  # a stream's first half opens it
+        try:
             batches: AsyncIterator[list[ChatGenerationChunk]]
             if not opened.is_sse:
                 batches = _aiter(_whole(self._parse_response(opened.whole_body, opened.meta)))
             else:
                 batches = self._adecode(aiter_event_batches(self, opened.response), opened.meta)
             async for batch in batches:
-                for chunk in answer.chunks(batch):
+                for chunk in call.answer.chunks(batch):
                     if run_manager and chunk.text:
                         await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                     yield chunk
+        finally:
+            call.close()
+
+    async def _astart_call(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> StartedCall:
+        """The async modes' first half: the call's request sent, and its answer read (or,
+        for a stream, its head). :mod:`~fengchao_chains.llms.request_first` runs it ahead of
+        LangChain's run, which then takes it up."""
+        messages = self._call_messages(messages, kwargs)
+        answer = self._answer_filter(messages, stop, kwargs)
+        request, asked = self._request(await self._aprepare(messages), stop, kwargs, stream=stream)
+        if stream:
+            opened = await _http.aopen(self, request, self.http_async_client)
+            opened.meta.model = asked
+            return StartedCall(answer, opened.meta, opened=opened)
+        body, meta = await _http.asend(self, request, self.http_async_client)
+        meta.model = asked
+        return StartedCall(answer, meta, body=body)
 
     def _request(
         self,

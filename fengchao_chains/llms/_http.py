@@ -27,7 +27,7 @@ import re
 import threading
 import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -618,7 +618,7 @@ def open_stream(
     model: Exchange, request: VendorRequest, client: urllib3.PoolManager | None = None
 ) -> Iterator[OpenedStream]:
     """Open a streaming request, retrying until the answer's headers say it is good.
-    Leaving it releases the connection as :func:`aopen_stream` does."""
+    Leaving it releases the connection as :func:`let_go` does."""
     pool = client or _shared_pool(request.url)
     request.stream = True
 
@@ -642,13 +642,12 @@ def open_stream(
         _let_go_sync(opened.response)
 
 
-@contextlib.asynccontextmanager
-async def aopen_stream(
+async def aopen(
     model: Exchange, request: VendorRequest, client: aiohttp.ClientSession | None = None
-) -> AsyncIterator[OpenedStream]:
-    """The async twin of :func:`open_stream`. Leaving it (the answer read, a failure, or a
-    consumer that stopped early) releases the connection at once: back to the pool when
-    the answer was read to its end, closed otherwise, so the vendor stops generating."""
+) -> OpenedStream:
+    """The async twin of :func:`open_stream`'s opening: a streaming request sent and
+    retried until the answer's headers say it is good. Whoever holds the stream must
+    :func:`let_go` of it however it ends."""
     session = client or async_client()
     proxy = None if client else _proxy_of(request.url)
     request.stream = True
@@ -670,16 +669,13 @@ async def aopen_stream(
         body, meta = _raise_for_answer(model, response.status, response.headers, raw)
         return OpenedStream(response, meta, whole_body=body)
 
-    opened = await _awith_retries(model, attempt)
-    try:
-        yield opened
-    finally:
-        _let_go(opened.response)
+    return await _awith_retries(model, attempt)
 
 
-def _let_go(response: aiohttp.ClientResponse) -> None:
-    """Back to the pool if the answer was read to its end; else the connection is closed
-    (the only way to tell a vendor mid-answer to stop)."""
+def let_go(response: aiohttp.ClientResponse) -> None:
+    """Release a stream :func:`aopen` opened: back to the pool if the answer was read to
+    its end, else the connection is closed at once (the only way to tell a vendor
+    mid-answer to stop)."""
     if response.content.at_eof():
         response.release()
     else:

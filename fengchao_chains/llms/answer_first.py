@@ -28,6 +28,10 @@ there (the recorder will estimate it) finishes the tail first and asks the recor
 Only while the process is not busy (:data:`ANSWER_FIRST_UP_TO`): on a saturated server the
 split cost more throughput than the latency it hides is worth, so there the run ends before
 the answer and the tail has nothing left to do.
+
+The same holds for the other end of the call: while not busy, a tail sends a vendor model's
+request before LangChain starts the run, which then takes its answer up
+(:mod:`fengchao_chains.llms.request_first`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from typing import Any, cast
 from uuid import uuid4
 
@@ -44,6 +48,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables import RunnableConfig
+
+from fengchao_chains.llms.request_first import SentAhead, send_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class _Load:
 
 
 _Waiting = tuple[BaseChatModel, "asyncio.Future[ChatResult | None]"]
+_Call = tuple[BaseChatModel, LanguageModelInput, RunnableConfig | None, dict[str, Any]]
 _waiting: ContextVar[_Waiting | None] = ContextVar("fengchao_answer_first", default=None)
 
 
@@ -131,18 +138,28 @@ class RunTail:
     ) -> BaseMessage:
         loop = asyncio.get_running_loop()
         handed: asyncio.Future[ChatResult | None] = loop.create_future()
-        token = _waiting.set((model, handed))
+        ahead = send_ahead(model, messages, config, kwargs, stream=False)
+        run: asyncio.Task[BaseMessage] | None = None
         try:
-            run = loop.create_task(model.ainvoke(messages, self._config(config), **kwargs))
-        finally:
-            _waiting.reset(token)  # the task has its own copy of the context
-        run.add_done_callback(lambda _: _resolve(handed))
-        try:
+            if ahead is not None:
+                await asyncio.sleep(0)  # the request's task writes it before the run starts
+            context = copy_context()  # the run's: where it hands over, and finds the request
+            context.run(_waiting.set, (model, handed))
+            if ahead is not None:
+                context.run(ahead.offer)
+            call = model.ainvoke(messages, self._config(config), **kwargs)
+            run = loop.create_task(call, context=context)
+            run.add_done_callback(lambda _: _resolve(handed))
             result = await handed
         except BaseException:
-            run.cancel()
-            await asyncio.wait([run])
+            if run is not None:
+                run.cancel()
+                await asyncio.wait([run])
+            if ahead is not None:
+                ahead.discard(cancelled=True)
             raise
+        if ahead is not None:
+            ahead.discard()
         if result is None:  # the run ended first (any other model, or a failure)
             return run.result()
         self._run = run
@@ -160,29 +177,57 @@ class RunTail:
         (a client that left), this closes the model's stream at once, so the call ends as
         aborted."""
         chunks = model.astream(messages, self._config(config), **kwargs)
-        return self._until_last(cast(AsyncGenerator[AIMessageChunk, None], chunks))
+        call = (model, messages, config, kwargs)
+        return self._until_last(cast(AsyncGenerator[AIMessageChunk, None], chunks), call)
 
     def _config(self, config: RunnableConfig | None) -> RunnableConfig:
         return {**(config or {}), "run_id": self.run_id}
 
     async def _until_last(
-        self, chunks: AsyncGenerator[AIMessageChunk, None]
+        self, chunks: AsyncGenerator[AIMessageChunk, None], call: _Call
     ) -> AsyncGenerator[AIMessageChunk, None]:
         kept, first = False, _Load.calls < ANSWER_FIRST_UP_TO  # else busy: the run ends first
         _Load.calls += first
+        ahead, left = None, False
         try:
-            async for chunk in chunks:
+            ahead = send_ahead(*call, stream=True) if first else None
+            chunk = await _first_chunk(chunks, ahead)
+            while chunk is not None:
                 if chunk.usage_metadata:
                     self.usage = add_usage(self.usage, chunk.usage_metadata)
-                if first and chunk.chunk_position == "last":
+                # (a model LangChain does not stream answers with one whole AIMessage)
+                if first and getattr(chunk, "chunk_position", None) == "last":
                     self._stream, kept = chunks, True
                     yield chunk
                     return
                 yield chunk
+                chunk = await anext(chunks, None)
+        except (asyncio.CancelledError, GeneratorExit):
+            left = True  # the caller stopped (its client left)
+            raise
         finally:
             _Load.calls -= first
+            if ahead is not None:
+                ahead.discard(cancelled=left)
             if not kept:
                 await chunks.aclose()
+
+
+async def _first_chunk(
+    chunks: AsyncGenerator[AIMessageChunk, None], ahead: SentAhead | None
+) -> AIMessageChunk | None:
+    """The stream's first chunk; with a request sent ahead, that is written first (two turns
+    of the loop: the request's task, then aiohttp's writer) and offered to the run, which
+    starts now."""
+    if ahead is None:
+        return await anext(chunks, None)
+    for _ in range(2):
+        await asyncio.sleep(0)
+    offered = ahead.offer()
+    try:
+        return await anext(chunks, None)
+    finally:
+        ahead.withdraw(offered)
 
 
 def _resolve(handed: asyncio.Future[ChatResult | None]) -> None:
