@@ -51,8 +51,12 @@ lint: $(STAMP)-dev
 typecheck: $(STAMP)-dev
 	$(BIN)/mypy
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time:
+# each worker has its own embedded PostgreSQL.  `make test TEST_WORKERS=0` runs it in one.
+TEST_WORKERS ?= 2
+
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)-dev
 	$(BIN)/pytest -m slow

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import venv
 from pathlib import Path
 from typing import Any
+
+from tests.venvs import built_venv
 
 SDK_REQUIREMENT = "fengchao==2.5.1"
 SDK_VENV = Path(sys.prefix) / "fengchao-sdk-2.5.1"
@@ -21,17 +22,7 @@ DEFAULT_SECRET_KEY = "sdk-test-secret"
 
 def sdk_python() -> Path:
     """The SDK venv's interpreter, creating the venv on first use."""
-    python = SDK_VENV / "bin" / "python"
-    marker = SDK_VENV / ".installed"
-    if not marker.exists():
-        venv.create(SDK_VENV, with_pip=True, clear=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", SDK_REQUIREMENT],
-            check=True,
-            timeout=600,
-        )
-        marker.touch()
-    return python
+    return built_venv(SDK_VENV, [SDK_REQUIREMENT], timeout=600)
 
 
 def run_sdk(

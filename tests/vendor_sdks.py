@@ -12,9 +12,10 @@ import hashlib
 import json
 import subprocess
 import sys
-import venv
 from pathlib import Path
 from typing import Any
+
+from tests.venvs import built_venv
 
 SDK_GROUPS: dict[str, tuple[str, ...]] = {
     "openai": ("openai==3.54.0",),
@@ -36,25 +37,7 @@ def sdk_python(group: str) -> Path:
     requirements = SDK_GROUPS[group]
     digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:10]
     root = Path(sys.prefix) / "vendor-sdks" / f"{group}-{digest}"
-    python = root / "bin" / "python"
-    marker = root / ".installed"
-    if not marker.exists():
-        venv.create(root, with_pip=True, clear=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                *requirements,
-            ],
-            check=True,
-            timeout=900,
-        )
-        marker.touch()
-    return python
+    return built_venv(root, requirements, timeout=900)
 
 
 def run_vendor_sdk(
