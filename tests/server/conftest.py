@@ -26,10 +26,10 @@ from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from fengchao_chains.testing.serve import serve_in_thread
 
 ONLINE = "gpt-3.5-turbo"
-PACED = 0.02
-"""Seconds between a paced fake stream's events: each arrives in a read of its own (well
-over the interpreter's 5 ms thread switch interval: the app, the fake and the test share
-one process here)."""
+PACED = 0.08
+"""Seconds between a paced fake stream's events: each arrives in a read of its own. The app,
+the fake and the test share one process here, and with two test workers on two cores a
+process can wait tens of milliseconds for a core: 20 ms once let two events meet in a read."""
 LOCAL = "SmolLM2-135M-Instruct"
 
 
