@@ -20,20 +20,10 @@ SCRIPT = ROOT / "bench" / "gateway.py"
 pytest.importorskip("aiohttp", reason="the bench's load generator needs aiohttp")
 
 
-def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -> None:
-    if not Path(sys.executable).with_name("fengchao").exists():
-        pytest.skip("the fengchao command is not installed in this venv")
-    figures = tmp_path / "figures.json"
+def run_bench(script: Path, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The bench script run as a user would, in a bare environment; it must succeed."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--quick",
-            "--database-url",
-            postgres_url,
-            "--json",
-            str(figures),
-        ],
+        [sys.executable, str(script), *args],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "HOME": str(tmp_path)},
         capture_output=True,
@@ -42,6 +32,16 @@ def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -> None:
+    if not Path(sys.executable).with_name("fengchao").exists():
+        pytest.skip("the fengchao command is not installed in this venv")
+    figures = tmp_path / "figures.json"
+    done = run_bench(
+        SCRIPT, ["--quick", "--database-url", postgres_url, "--json", str(figures)], tmp_path
+    )
 
     runs = json.loads(figures.read_text())["runs"]
     cells = {(r["target"], r["mode"], r["concurrency"]): r for r in runs}
@@ -81,3 +81,18 @@ def test_the_ab_comparison_is_paired_cycle_by_cycle() -> None:
     median, low, high = paired([50.0, 51.0, 52.0, 53.0], [51.0, 51.0, 54.0, 53.0])
     assert median == pytest.approx(0.5)
     assert low >= 0.0 and high <= 2.0
+
+
+def test_http_client_bench_compares_aiohttp_with_a_raw_stream(tmp_path: Path) -> None:
+    """bench/http_client_cold.py runs, and prints a row per client with plausible figures."""
+    script = ROOT / "bench" / "http_client_cold.py"
+    done = run_bench(script, ["--requests", "5", "--gap-ms", "1"], tmp_path)
+    rows = {
+        line.split("|")[1].strip(): [float(cell) for cell in line.split("|")[2:6]]
+        for line in done.stdout.splitlines()
+        if line.startswith(("| raw ", "| aiohttp "))
+    }
+    assert set(rows) == {"raw", "aiohttp"}
+    assert rows["raw"][1] == 1.0  # the anchor's own ratio
+    for cpu_ms, _ratio, wall_ms, _wall_ratio in rows.values():
+        assert 0 < cpu_ms <= wall_ms  # one thread's CPU cannot exceed the time it took
