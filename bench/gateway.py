@@ -4,6 +4,9 @@ One fake OpenAI upstream on loopback (``bench/_gateway_upstream.py``: a fixed la
 each answer, 20 tokens, streamed as 20 content chunks) is called, in turn, by:
 
 - **direct**: the load generator itself (the baseline, and the load generator's ceiling);
+- **direct-aigc**: the same, sending what /aigc sends the upstream for the bench's question
+  (the default instruction's system prompt, then the question): /aigc's baseline, so that
+  the upstream's own work on the longer prompt is not counted as the gateway's;
 - **floor**: a do-nothing Python proxy (``bench/_gateway_floor.py``: raw ASGI under the same
   uvicorn, aiohttp to the upstream), what the extra hop and the HTTP stack cost by themselves;
 - **aigc**: ``fengchao serve`` (one worker), ``POST /aigc/chat/`` with the SDK's body;
@@ -73,16 +76,28 @@ LOADGEN_CPUS = {0}
 SERVER_CPUS = {1}
 
 
-def openai_bodies(model: str = MODEL) -> dict[str, bytes]:
+def openai_bodies(
+    model: str = MODEL, messages: list[dict[str, Any]] | None = None
+) -> dict[str, bytes]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": QUESTION}],
+        "messages": messages or [{"role": "user", "content": QUESTION}],
         "max_tokens": 256,
     }
     return {
         "invoke": json.dumps(body).encode(),
         "stream": json.dumps({**body, "stream": True}).encode(),
     }
+
+
+def aigc_upstream_messages() -> list[dict[str, Any]]:
+    """The messages /aigc sends the upstream for :func:`aigc_bodies`: the packaged default
+    instruction rendered with the question (a test checks them against the gateway's)."""
+    from langchain_core.messages import convert_to_openai_messages
+
+    from fengchao_chains.prompts.library import PromptLibrary
+
+    return convert_to_openai_messages(PromptLibrary().messages(QUESTION))
 
 
 def aigc_bodies() -> dict[str, bytes]:
@@ -222,10 +237,14 @@ def gateway_targets(server: ServerProcess, token: str, wanted: list[str]) -> lis
     return targets
 
 
-def openai_target(name: str, base_url: str, api_key: str) -> Target:
-    """Chat completions at ``base_url`` in OpenAI's protocol, with ``api_key`` as Bearer."""
+def openai_target(
+    name: str, base_url: str, api_key: str, messages: list[dict[str, Any]] | None = None
+) -> Target:
+    """Chat completions at ``base_url`` in OpenAI's protocol, with ``api_key`` as Bearer
+    (``messages``: the bench's question by default)."""
     bearer = _fixed({"authorization": f"Bearer {api_key}"})
-    return Target(name, f"{base_url}/v1/chat/completions", openai_bodies(), bearer)
+    body = openai_bodies(messages=messages)
+    return Target(name, f"{base_url}/v1/chat/completions", body, bearer)
 
 
 def _fixed(headers: dict[str, str]) -> Any:
@@ -279,6 +298,11 @@ def bench(opts: Options) -> Results:
         if "direct" in opts.targets:
             direct = openai_target("direct", up_url, API_KEY)
             run_cells(opts, direct, CpuWatch(base_groups), results, list(base_groups))
+            if "aigc" in opts.targets:
+                like_aigc = openai_target(
+                    "direct-aigc", up_url, API_KEY, messages=aigc_upstream_messages()
+                )
+                run_cells(opts, like_aigc, CpuWatch(base_groups), results, list(base_groups))
 
         if "floor" in opts.targets:
             auth = f"Bearer {API_KEY}"

@@ -7,7 +7,9 @@ the gateway started from ``--a`` and from ``--b``), shuffling the order every cy
 every target meets the machine in the same state, and the difference of ``b`` against
 ``a`` is taken cycle by cycle: its median, with a bootstrap 95% interval, is the anchor
 comparison. Both gateways share one upstream, one database and one core (CPU 1; the
-client, the upstream and the database on CPU 0), as in ``bench/gateway.py``.
+client, the upstream and the database on CPU 0), as in ``bench/gateway.py``. For /aigc a
+``direct-aigc`` target sends the upstream what /aigc sends it (the default instruction's
+system prompt too), and the gateways' added figures are over that.
 
 Absolute figures run higher than the bench's: a server idles through the other targets'
 requests, so the first half of its request runs cold too. Compare ``a`` with ``b``.
@@ -96,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             "direct": gateway.openai_target("direct", up_url, API_KEY),
             "floor": gateway.openai_target("floor", floor.base_url, "ignored"),
         }
+        if opts.door == "aigc":  # what /aigc sends the upstream: its baseline
+            messages = gateway.aigc_upstream_messages()
+            targets["direct-aigc"] = gateway.openai_target(
+                "direct-aigc", up_url, API_KEY, messages=messages
+            )
         for name, source in (("a", opts.a), ("b", opts.b)):
             settings = SimpleNamespace(
                 work_dir=work / name, relay_each_event=False, source=source.resolve()
@@ -110,8 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         latencies = asyncio.run(interleave(targets, opts.mode, opts.cycles))
     direct = statistics.median(latencies["direct"])
     print(f"/{opts.door} {opts.mode}, c=1, {opts.cycles} cycles; direct p50 {direct:.2f} ms")
-    for name in ("floor", "a", "b"):
-        print(f"  {name}: +p50 {statistics.median(latencies[name]) - direct:.2f} ms")
+    print(f"  floor: +p50 {statistics.median(latencies['floor']) - direct:.2f} ms")
+    baseline = "direct-aigc" if "direct-aigc" in latencies else "direct"
+    if baseline != "direct":
+        own = statistics.median(latencies[baseline])
+        print(f"  {baseline}: +p50 {own - direct:.2f} ms (the upstream on /aigc's prompt)")
+        direct = own
+    for name in ("a", "b"):
+        added = statistics.median(latencies[name]) - direct
+        print(f"  {name}: +p50 {added:.2f} ms over {baseline}")
     median, low, high = paired(latencies["a"], latencies["b"])
     print(f"  b - a, paired median: {median:+.3f} ms (95% {low:+.3f} .. {high:+.3f})")
     return 0

@@ -47,7 +47,7 @@ def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -
     cells = {(r["target"], r["mode"], r["concurrency"]): r for r in runs}
     assert set(cells) == {
         (target, mode, concurrency)
-        for target in ("direct", "aigc")
+        for target in ("direct", "direct-aigc", "aigc")
         for mode in ("invoke", "stream")
         for concurrency in (1, 10)
     }
@@ -65,6 +65,7 @@ def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -
     for target in ("direct", "aigc"):
         assert cells[(target, "invoke", 10)]["rate"] > cells[(target, "invoke", 1)]["rate"]
     assert "| aigc | stream | 10 |" in done.stdout
+    assert "aigc invoke: +p50 at c=1 over direct-aigc (ms)" in done.stdout  # its own baseline
     assert "Load generator against the bare upstream" in done.stdout
 
 
