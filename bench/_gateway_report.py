@@ -145,15 +145,18 @@ def _row(
     baseline = _baseline(cells, run) if run is not None else None
     if run is None or baseline is None:
         return
+    direct = cells.get(("direct", mode, concurrency))
+    value = _added(run, baseline)[quantile]
+    measured = _f(value)
+    if baseline.target != "direct":  # the figure over plain direct, too
+        measured += f" ({_f(_added(run, direct)[quantile])} over direct)"
     over = "" if baseline.target == "direct" else f" over {baseline.target}"
     label = f"{gateway} {mode}: +{quantile} at c={concurrency}{over} (ms)"
-    value = _added(run, baseline)[quantile]
     litellm = cells.get(("litellm", mode, concurrency))
-    direct = cells.get(("direct", mode, concurrency))
     other = _added(litellm, direct)[quantile] if litellm else math.nan
     ratio = value / other if other and not math.isnan(other) else math.nan
     met = "yes" if value <= goal else "NO"
-    print(f"| {label} | {_f(value)} | <= {goal:g} | {met} | {_f(other)} | {_f(ratio)} |")
+    print(f"| {label} | {measured} | <= {goal:g} | {met} | {_f(other)} | {_f(ratio)} |")
 
 
 def _throughput(cells: dict[tuple[str, str, int], Run], gateway: str, mode: str, top: int) -> None:
