@@ -275,7 +275,7 @@ def run_cells(
                 f", {figures['errors']} errors ({figures['first_error']})" if run.errors else ""
             )
             print(
-                f"  {target.name:7} {mode:6} c={concurrency:<4} {figures['rate']:8.1f} req/s"
+                f"  {target.name:11} {mode:6} c={concurrency:<4} {figures['rate']:8.1f} req/s"
                 f"  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
                 f"  server {figures['cpu_ms'].get('server', math.nan):6.2f} cpu-ms/req{errors}",
                 flush=True,
