@@ -8,7 +8,7 @@ child process on CPU 0, answering at once) sends the same chat request through
 
 - ``raw``, the anchor: one kept-alive ``asyncio`` stream, the request's bytes written and the
   answer read by its ``Content-Length``, no HTTP library at all;
-- ``aiohttp``, the gateway's client, with the session settings ``llms/_http.py`` uses;
+- ``aiohttp``, the gateway's client, with the session settings ``llms/_http_clients.py`` uses;
 - ``aiosonic`` and ``pyreqwest``, if importable (not dependencies: ``pip install`` them to
   compare),
 

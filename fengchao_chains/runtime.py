@@ -58,7 +58,7 @@ class Runtime:
         from fengchao_chains.gateway.sensitive import SensitiveWords
 
         words = SensitiveWords.from_settings(settings)  # and so does a broken word list
-        from fengchao_chains.llms._http import set_max_connections
+        from fengchao_chains.llms._http_clients import set_max_connections
 
         set_max_connections(settings.vendor_max_connections)
         database = Database.start(settings)

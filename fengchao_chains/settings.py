@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         le=3600,
         description="How long a process trusts a cached key lookup (0: read it every request).",
     )
-    # the vendors' connection pools (issue 8 performance, llms/_http.py)
+    # the vendors' connection pools (issue 8 performance, llms/_http_clients.py)
     vendor_max_connections: int = Field(
         default=1000,
         ge=1,

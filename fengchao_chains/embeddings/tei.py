@@ -21,7 +21,7 @@ from huggingface_hub import AsyncInferenceClient, InferenceClient
 from pydantic import Field, PrivateAttr, SecretStr
 
 from fengchao_chains.embeddings._base import CatalogEmbeddings
-from fengchao_chains.llms import _http
+from fengchao_chains.llms import _retries
 from fengchao_chains.llms._hf_errors import HuggingFaceErrors
 from fengchao_chains.llms.errors import UpstreamError
 
@@ -94,7 +94,7 @@ class TEIEmbeddings(CatalogEmbeddings):
                     with self._errors.mapped():
                         return client.feature_extraction(batch, **self._options())
 
-                vectors.extend(self._answer(_http._with_retries(self, attempt), len(batch)))
+                vectors.extend(self._answer(_retries.with_retries(self, attempt), len(batch)))
         return vectors
 
     # ------------------------------------------------------------------ async
@@ -110,6 +110,6 @@ class TEIEmbeddings(CatalogEmbeddings):
                     with self._errors.mapped():
                         return await client.feature_extraction(batch, **self._options())
 
-                answer = await _http._awith_retries(self, attempt)
+                answer = await _retries.awith_retries(self, attempt)
                 vectors.extend(self._answer(answer, len(batch)))
         return vectors

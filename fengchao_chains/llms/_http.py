@@ -1,16 +1,8 @@
-"""The one HTTP layer every vendor chat model uses.
-
-Pooled clients: one urllib3 pool manager per process for sync calls, and one aiohttp
-session per event loop for async calls (an async connection belongs to the loop that opened
-it). Neither is httpx, for cost: httpx's async pool cost about a third of the gateway's CPU
-per request under load (it walks every pooled connection on each request and response), and
-its sync client about 0.2 ms more per call than urllib3 on loopback, which decided whether a
-thin vendor SDK was cheaper per call than our models (docs/benchmarks.md). httpx's
-``Timeout`` stays the one description of a call's time limits. Both shared pools go through
-the proxy the environment names, as requests and httpx do. Per-request timeouts, and retries
-with exponential backoff and jitter on rate limits, 5xx answers and connection failures,
-honouring ``Retry-After``. A stream is retried only while opening it: once the first byte
-has reached the caller, a failure is raised, never replayed, so no answer is duplicated.
+"""The one HTTP layer every vendor chat model uses: a request's shape, sending it over the
+shared pools (:mod:`._http_clients`) with retries (:mod:`._retries`), and turning the answer
+into a parsed body or the project's exception tree. A stream is retried only while opening
+it: once the first byte has reached the caller, a failure is raised, never replayed, so no
+answer is duplicated.
 
 Vendors plug in through :class:`Exchange`: how to sign a request, how to turn an error
 answer into the project's exception tree, and how to spot an error hidden in a 200 body.
@@ -24,38 +16,30 @@ import functools
 import json
 import logging
 import re
-import threading
-import urllib.request
-import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
 import orjson
 import urllib3
 import yarl
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
+from fengchao_chains.llms._http_clients import (
+    _aiohttp_timeout,
+    _proxy_of,
+    _shared_pool,
+    _urllib3_timeout,
+    async_client,
+)
+from fengchao_chains.llms._retries import Retriable, awith_retries, with_retries
 from fengchao_chains.llms.errors import (
-    CredentialsExpiredError,
-    RateLimitError,
     UpstreamError,
     VendorConnectionError,
     VendorError,
     VendorTimeoutError,
 )
-
-logger = logging.getLogger("fengchao_chains.llms")
 
 
 class _RedactQueryStrings(logging.Filter):
@@ -76,11 +60,6 @@ for _logger_name in ("httpx", "urllib3.connectionpool"):  # both log request lin
     _request_logger = logging.getLogger(_logger_name)
     if not any(isinstance(f, _RedactQueryStrings) for f in _request_logger.filters):
         _request_logger.addFilter(_RedactQueryStrings())
-
-MAX_RETRY_AFTER = 60.0
-"""Longest ``Retry-After`` honoured; a vendor asking for more gets the error instead."""
-
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -117,15 +96,6 @@ class ResponseMeta:
     vendors whose answers do not name it."""
 
 
-class Retriable(Protocol):
-    """What the retry loop needs of a model: its retry budget, and how to drop a token."""
-
-    @property
-    def max_retries(self) -> int: ...
-
-    def _forget_credentials(self) -> None: ...
-
-
 class Exchange(Retriable, Protocol):
     """The vendor-specific half of a call (implemented by each chat model)."""
 
@@ -143,249 +113,6 @@ class Exchange(Retriable, Protocol):
     def _request_id(self, headers: Mapping[str, str], body: Any = None) -> str | None: ...
 
     def _timeout(self) -> httpx.Timeout: ...
-
-
-# --------------------------------------------------------------------------- clients
-
-# Streams hold a connection for their whole answer: a gateway serving hundreds of concurrent
-# streams needs as many. aiohttp keeps idle ones for 30 s, so bursts do not reconnect each
-# time; urllib3 keeps them until the vendor closes them (it checks before reuse).
-MAX_CONNECTIONS = 1000
-KEEPALIVE_SECONDS = 30.0
-
-
-def set_max_connections(limit: int) -> None:
-    """How many vendor connections this process may hold (``vendor_max_connections``; on
-    the sync side, per vendor host); pools made from now on use it (the server sets it
-    before its first call)."""
-    global MAX_CONNECTIONS  # noqa: PLW0603 - process-wide pool configuration
-    MAX_CONNECTIONS = limit
-
-
-_sync_client: urllib3.PoolManager | None = None
-_async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
-] = weakref.WeakKeyDictionary()
-
-
-_DEFAULT_HEADERS = urllib3.make_headers(accept_encoding=True)
-"""Sent by the shared pool on every sync call: compressed answers are accepted (and
-decoded), as the async side does."""
-
-
-def _sync_pool_settings() -> dict[str, Any]:
-    """Of both shared sync pools (direct and through a proxy): a caller past the connection
-    limit waits for a free connection, up to the call's pool timeout; retries are ours."""
-    return {
-        "maxsize": MAX_CONNECTIONS,
-        "block": True,
-        "retries": False,
-        "headers": _DEFAULT_HEADERS,
-    }
-
-
-def sync_client() -> urllib3.PoolManager:
-    """The process-wide pool manager (urllib3's pools are thread-safe)."""
-    global _sync_client  # noqa: PLW0603 - one lazily built pool per process
-    if _sync_client is None:
-        _sync_client = urllib3.PoolManager(**_sync_pool_settings())
-    return _sync_client
-
-
-_proxy_pools: dict[str, urllib3.ProxyManager] = {}
-_proxy_pools_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=256)
-def env_proxy(scheme: str, host: str) -> str | None:
-    """The proxy the environment names for a vendor host, as requests and httpx read it
-    (``https_proxy`` / ``http_proxy`` / ``all_proxy``, ``no_proxy`` honoured), looked up
-    once per host. Only HTTP proxies are used (urllib3 and aiohttp speak no SOCKS)."""
-    if urllib.request.proxy_bypass(host):
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if proxy and not proxy.startswith(("http://", "https://")):
-        logger.warning("ignoring the environment's proxy for %s: only HTTP proxies work", host)
-        return None
-    return proxy or None
-
-
-def _proxy_of(url: str) -> str | None:
-    parts = urlsplit(url)
-    return env_proxy(parts.scheme, parts.hostname or "")
-
-
-def _shared_pool(url: str) -> urllib3.PoolManager:
-    """The shared sync pool for a vendor URL: through the environment's proxy if it names
-    one for that host."""
-    proxy = _proxy_of(url)
-    if proxy is None:
-        return sync_client()
-    with _proxy_pools_lock:
-        if proxy not in _proxy_pools:
-            auth = urllib3.util.parse_url(proxy).auth  # user:password in the URL, as curl takes
-            login = urllib3.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
-            _proxy_pools[proxy] = urllib3.ProxyManager(
-                proxy, proxy_headers=login, **_sync_pool_settings()
-            )
-        return _proxy_pools[proxy]
-
-
-def async_client() -> aiohttp.ClientSession:
-    """The pooled async session of the running event loop, closed with the loop."""
-    loop = asyncio.get_running_loop()
-    known = _async_clients.get(loop)
-    if known is not None and not known[0].closed:
-        return known[0]
-    connector = aiohttp.TCPConnector(
-        limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS
-    )
-    session = aiohttp.ClientSession(connector=connector, trust_env=False, timeout=_NO_TIMEOUT)
-    _async_clients[loop] = (session, _closed_with_loop(session))
-    return session
-
-
-def _closed_with_loop(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
-    """An async generator, started here, whose ``finally`` closes ``session``. The loop
-    tracks started async generators and closes them when it shuts down
-    (``loop.shutdown_asyncgens()``, which ``asyncio.run``, uvicorn and pytest's loops call),
-    so a session never outlives its loop with open connections."""
-
-    async def until_loop_shuts_down() -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            await session.close()
-
-    keeper = until_loop_shuts_down()
-    with contextlib.suppress(StopIteration):  # runs to its ``yield`` without awaiting
-        keeper.__anext__().send(None)
-    return keeper
-
-
-async def aclose_async_client() -> None:
-    """Close the running loop's session now (it is made again on next use)."""
-    known = _async_clients.pop(asyncio.get_running_loop(), None)
-    if known is not None:
-        await known[1].aclose()
-
-
-_NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
-
-
-@functools.lru_cache(maxsize=64)
-def _urllib3_timeout(connect: float | None, read: float | None) -> urllib3.Timeout:
-    return urllib3.Timeout(connect=connect, read=read)
-
-
-def _aiohttp_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
-    """A model's timeout (httpx's phases) in aiohttp's terms: getting a connection (waiting
-    for the pool plus connecting), connecting, and the longest silence while reading."""
-    return _client_timeout(timeout.pool, timeout.connect, timeout.read)
-
-
-@functools.lru_cache(maxsize=64)
-def _client_timeout(
-    pool: float | None, connect: float | None, read: float | None
-) -> aiohttp.ClientTimeout:
-    acquire = None if pool is None or connect is None else pool + connect
-    return aiohttp.ClientTimeout(total=None, connect=acquire, sock_connect=connect, sock_read=read)
-
-
-# --------------------------------------------------------------------------- retries
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, RateLimitError) and (exc.retry_after or 0) > MAX_RETRY_AFTER:
-        return False
-    return isinstance(exc, VendorError) and bool(getattr(exc, "is_retryable", False))
-
-
-_backoff = wait_exponential_jitter(multiplier=0.5, max=20, jitter=0.5)
-
-
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-        return exc.retry_after
-    return float(_backoff(state))
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0.0
-    logger.warning("retrying in %.1f s after: %s", wait, exc)
-
-
-def _retrying_kwargs(max_retries: int) -> dict[str, Any]:
-    return {
-        "stop": stop_after_attempt(max(0, max_retries) + 1),
-        "wait": _wait,
-        "retry": retry_if_exception(_retryable),
-        "before_sleep": _log_retry,
-        "reraise": True,
-    }
-
-
-def _with_retries(model: Retriable, attempt: Callable[[], _T]) -> _T:
-    """``attempt()`` with the model's retry budget. The first try runs outside tenacity
-    (which costs a little on every call, and most calls succeed at once); a retryable
-    failure is handed to tenacity as its first attempt's outcome, so its waits, logging
-    and budget are exactly those of a loop that began with it."""
-    try:
-        return _refreshing(model, attempt)
-    except VendorError as exc:
-        if model.max_retries < 1 or not _retryable(exc):
-            raise
-        failures = [exc]
-
-    def replay_then_attempt() -> _T:
-        if failures:
-            raise failures.pop()
-        return _refreshing(model, attempt)
-
-    for try_ in Retrying(**_retrying_kwargs(model.max_retries)):
-        with try_:
-            return replay_then_attempt()
-    raise AssertionError("unreachable")  # pragma: no cover - tenacity reraises
-
-
-async def _awith_retries(model: Retriable, attempt: Callable[[], Awaitable[_T]]) -> _T:
-    """The async twin of :func:`_with_retries`."""
-    try:
-        return await _arefreshing(model, attempt)
-    except VendorError as exc:
-        if model.max_retries < 1 or not _retryable(exc):
-            raise
-        failures = [exc]
-
-    async def replay_then_attempt() -> _T:
-        if failures:
-            raise failures.pop()
-        return await _arefreshing(model, attempt)
-
-    async for try_ in AsyncRetrying(**_retrying_kwargs(model.max_retries)):
-        with try_:
-            return await replay_then_attempt()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _refreshing(model: Retriable, attempt: Callable[[], _T]) -> _T:
-    """One attempt; an expired credential is dropped and the attempt made once more."""
-    try:
-        return attempt()
-    except CredentialsExpiredError:
-        model._forget_credentials()
-        return attempt()
-
-
-async def _arefreshing(model: Retriable, attempt: Callable[[], Awaitable[_T]]) -> _T:
-    try:
-        return await attempt()
-    except CredentialsExpiredError:
-        model._forget_credentials()
-        return await attempt()
 
 
 # --------------------------------------------------------------------------- errors
@@ -560,7 +287,7 @@ def send(
         response = _urlopen(pool, model, request, model._sign(request))
         return _raise_for_answer(model, response.status, response.headers, response.data)
 
-    return _with_retries(model, attempt)
+    return with_retries(model, attempt)
 
 
 def fetch(
@@ -591,7 +318,7 @@ async def asend(
             raise transport_error(model, exc, during="request failed") from None
         return _raise_for_answer(model, response.status, response.headers, raw)
 
-    return await _awith_retries(model, attempt)
+    return await awith_retries(model, attempt)
 
 
 @dataclass
@@ -635,7 +362,7 @@ def open_stream(
         body, meta = _raise_for_answer(model, response.status, response.headers, raw)
         return OpenedStream(response, meta, whole_body=body)
 
-    opened = _with_retries(model, attempt)
+    opened = with_retries(model, attempt)
     try:
         yield opened
     finally:
@@ -669,7 +396,7 @@ async def aopen(
         body, meta = _raise_for_answer(model, response.status, response.headers, raw)
         return OpenedStream(response, meta, whole_body=body)
 
-    return await _awith_retries(model, attempt)
+    return await awith_retries(model, attempt)
 
 
 def let_go(response: aiohttp.ClientResponse) -> None:

@@ -38,7 +38,7 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from fengchao_chains.catalog.cards import ModelCard
-from fengchao_chains.llms import _http
+from fengchao_chains.llms import _retries
 from fengchao_chains.llms._base import RemoteChatModel, result, usage
 from fengchao_chains.llms._chat_template import (
     QWEN_CHATML,
@@ -242,7 +242,7 @@ class ChatTGI(RemoteChatModel):
             params = self._params(stop, **kwargs)
             try:
                 with self._client() as client:
-                    return _http._with_retries(
+                    return _retries.with_retries(
                         self, lambda: self._chat_once(client, messages, params)
                     )
             except VendorError as exc:
@@ -262,7 +262,7 @@ class ChatTGI(RemoteChatModel):
             params = self._params(stop, **kwargs)
             try:
                 async with self._aclient() as client:
-                    return await _http._awith_retries(
+                    return await _retries.awith_retries(
                         self, lambda: self._achat_once(client, messages, params)
                     )
             except VendorError as exc:
@@ -320,7 +320,7 @@ class ChatTGI(RemoteChatModel):
             prompt: str | None = None
             if not self._use_generate():
                 try:
-                    events = _http._with_retries(
+                    events = _retries.with_retries(
                         self, lambda: self._open_chat(client, messages, params)
                     )
                 except VendorError as exc:
@@ -329,7 +329,7 @@ class ChatTGI(RemoteChatModel):
             if events is None:
                 prompt = text = self._prompt(messages)
                 options = self._generate_kwargs(params)
-                events = _http._with_retries(
+                events = _retries.with_retries(
                     self, lambda: self._open_generate(client, text, options)
                 )
             decoder = self._decoder(messages, params, prompt)
@@ -352,7 +352,7 @@ class ChatTGI(RemoteChatModel):
             prompt: str | None = None
             if not self._use_generate():
                 try:
-                    events = await _http._awith_retries(
+                    events = await _retries.awith_retries(
                         self, lambda: self._aopen_chat(client, messages, params)
                     )
                 except VendorError as exc:
@@ -361,7 +361,7 @@ class ChatTGI(RemoteChatModel):
             if events is None:
                 prompt = text = self._prompt(messages)
                 options = self._generate_kwargs(params)
-                events = await _http._awith_retries(
+                events = await _retries.awith_retries(
                     self, lambda: self._aopen_generate(client, text, options)
                 )
             decoder = self._decoder(messages, params, prompt)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from fengchao_chains import __version__
 from fengchao_chains.gateway.auth import install_auth_errors
-from fengchao_chains.llms._http import aclose_async_client
+from fengchao_chains.llms._http_clients import aclose_async_client
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import (
     aigc,

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fengchao_chains.llms import _http
+from fengchao_chains.llms import _http_clients
 from fengchao_chains.llms.openai_compatible import ChatOpenAICompatible
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
 from tests.loopback import LoopbackServer
@@ -63,16 +63,16 @@ def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingProxy]:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     served = RecordingProxy()
-    _http.env_proxy.cache_clear()
+    _http_clients.env_proxy.cache_clear()
     yield served
     served.close()
-    _http.env_proxy.cache_clear()
+    _http_clients.env_proxy.cache_clear()
 
 
 def _through(proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    _http.env_proxy.cache_clear()
+    _http_clients.env_proxy.cache_clear()
 
 
 async def test_sync_and_async_calls_go_through_the_environments_proxy(
@@ -123,5 +123,5 @@ def test_a_socks_proxy_is_ignored_with_a_warning(
     proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _through(proxy, monkeypatch, all_proxy="socks5://127.0.0.1:1080")
-    assert _http.env_proxy("https", "api.openai.com") is None
+    assert _http_clients.env_proxy("https", "api.openai.com") is None
     assert "only HTTP proxies" in caplog.text
