@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from fengchao_chains.gateway.limits import KeyLimits, Limiter, LimitsStatus
+    from fengchao_chains.gateway.limit_types import KeyLimits, LimitsStatus
+    from fengchao_chains.gateway.limits import Limiter
 
 limits_app = typer.Typer(help="Per-key rate limits (RPM, TPM) and budgets.", no_args_is_help=True)
 
@@ -77,7 +78,8 @@ def set_limits(
     its own starts from the defaults (FENGCHAO_DEFAULT_RPM/TPM); a new budget is CNY per
     month unless --unit/--period say otherwise."""
     from fengchao_chains.cli import guarded, stdout
-    from fengchao_chains.gateway.limits import BUDGET_PERIODS, BUDGET_UNITS, KEEP
+    from fengchao_chains.gateway.limit_types import BUDGET_PERIODS, BUDGET_UNITS
+    from fengchao_chains.gateway.limits import KEEP
 
     if all(value is None for value in (rpm, tpm, budget, unit, period)):
         raise typer.BadParameter("pass at least one of --rpm, --tpm, --budget, --unit, --period")
@@ -127,7 +129,7 @@ def show_limits(
     from rich.table import Table
 
     from fengchao_chains.cli import guarded, stdout
-    from fengchao_chains.gateway.limits import format_money
+    from fengchao_chains.gateway.limit_types import format_money
 
     with _limiter() as limiter:
         statuses = guarded(

@@ -12,7 +12,8 @@ import pytest
 
 from fengchao_chains.db import Database
 from fengchao_chains.gateway.keys import KeyStore
-from fengchao_chains.gateway.limits import Budget, KeyLimits, Limiter
+from fengchao_chains.gateway.limit_types import Budget, KeyLimits
+from fengchao_chains.gateway.limits import Limiter
 from fengchao_chains.settings import Settings
 from tests.processes import ok, settings_env
 from tests.processes import run_cli as run_installed

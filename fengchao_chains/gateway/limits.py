@@ -17,6 +17,10 @@ Several server processes share one database, so the counters live there (migrati
   help), not left to retry forever;
 * **clean-up**: :meth:`Limiter.apurge` (the hourly housekeeping) deletes past windows and
   the spend of ended days and months.
+
+The values it deals in (limits, reservations, the 429 error, windows and periods) are in
+:mod:`fengchao_chains.gateway.limit_types`; the HTTP answers to a refusal are in
+:mod:`fengchao_chains.server.limits_http`.
 """
 
 from __future__ import annotations
@@ -26,136 +30,37 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Literal, LiteralString
+from typing import Any, LiteralString
 
 import psycopg
-from fastapi.responses import JSONResponse
 
 from fengchao_chains.db import Database
-from fengchao_chains.errors import DatabaseError, FengchaoError, one_line
+from fengchao_chains.errors import DatabaseError, one_line
 from fengchao_chains.gateway.keys import UnknownKeyError
+from fengchao_chains.gateway.limit_types import (
+    BUDGET_PERIODS,
+    BUDGET_UNITS,
+    NEVER_RENEWS_RETRY_AFTER,
+    TOTAL_PERIOD_START,
+    WINDOW,
+    Budget,
+    BudgetPeriod,
+    BudgetUnit,
+    KeyLimits,
+    LimitsError,
+    LimitsStatus,
+    RateLimitExceeded,
+    Reservation,
+    format_money,
+    period_bounds,
+    window_start,
+)
 from fengchao_chains.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-LimitName = Literal["rpm", "tpm", "budget"]
-BudgetUnit = Literal["CNY", "USD"]
-BudgetPeriod = Literal["total", "day", "month"]
-BUDGET_UNITS: tuple[BudgetUnit, ...] = ("CNY", "USD")
-BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("total", "day", "month")
-
-WINDOW = timedelta(seconds=60)
-TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
-NEVER_RENEWS_RETRY_AFTER = 86400
-"""Retry-After for a refusal no roll-over ends (a total budget, an oversized request)."""
-
-
-class RateLimitExceeded(FengchaoError):
-    """A request over its key's RPM, TPM or budget: HTTP 429 with ``Retry-After``.
-
-    ``retry_after`` is the seconds until the window or budget period rolls over (at least
-    1); ``retry_helps`` is False when waiting cannot help (the request alone needs more than
-    the limit, or a total budget is used up).  The message is safe to show the client.
-    """
-
-    def __init__(
-        self, limit: LimitName, message: str, retry_after: int, *, retry_helps: bool = True
-    ) -> None:
-        super().__init__(message)
-        self.limit: LimitName = limit
-        self.message = message
-        self.retry_after = max(1, int(retry_after))
-        self.retry_helps = retry_helps
-
-
-class LimitsError(FengchaoError, ValueError):
-    """A limit that cannot be stored (``fengchao limits set`` with a bad value)."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    amount: Decimal
-    unit: BudgetUnit
-    period: BudgetPeriod
-
-    def __str__(self) -> str:
-        per = "in total" if self.period == "total" else f"per {self.period}"
-        return f"{format_money(self.amount)} {self.unit} {per}"
-
-
-@dataclass(frozen=True)
-class KeyLimits:
-    """A key's limits; None is no limit of that kind."""
-
-    rpm: int | None = None
-    tpm: int | None = None
-    budget: Budget | None = None
-
-    @property
-    def unlimited(self) -> bool:
-        return self.rpm is None and self.tpm is None and self.budget is None
-
-
-@dataclass(frozen=True)
-class LimitsStatus:
-    """A key's limits (``own``: its own row, else the defaults) and its current usage."""
-
-    api_key: str
-    limits: KeyLimits
-    own: bool
-    window_start: datetime
-    requests: int
-    tokens: int
-    period_start: datetime | None
-    spent: Decimal | None
-
-
-@dataclass
-class Reservation:
-    """What one admitted request holds until :meth:`Limiter.asettle`: its tokens in a
-    window (None: the key has no RPM/TPM limit) and its cost in a budget period (None: no
-    budget), in the budget's unit."""
-
-    api_key: str
-    tokens: int
-    window_start: datetime | None
-    budget: Budget | None
-    period_start: datetime | None
-    cost: Decimal
-    settled: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """The reservation as JSON: an async task carries it to the worker that settles it."""
-        budget = self.budget
-        return {
-            "api_key": self.api_key,
-            "tokens": self.tokens,
-            "window_start": self.window_start.isoformat() if self.window_start else None,
-            "budget": None
-            if budget is None
-            else {"amount": str(budget.amount), "unit": budget.unit, "period": budget.period},
-            "period_start": self.period_start.isoformat() if self.period_start else None,
-            "cost": str(self.cost),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Reservation:
-        budget = data.get("budget")
-        window, period = data.get("window_start"), data.get("period_start")
-        return cls(
-            api_key=data["api_key"],
-            tokens=int(data["tokens"]),
-            window_start=datetime.fromisoformat(window) if window else None,
-            budget=None
-            if budget is None
-            else Budget(Decimal(budget["amount"]), budget["unit"], budget["period"]),
-            period_start=datetime.fromisoformat(period) if period else None,
-            cost=Decimal(data["cost"]),
-        )
 
 
 class _Keep(Enum):
@@ -571,59 +476,13 @@ class Limiter:
             raise UnknownKeyError(api_key)
 
 
-# --------------------------------------------------------------------------- HTTP -------
-def rate_limit_headers(exc: RateLimitExceeded) -> dict[str, str]:
-    """``Retry-After``, plus ``x-should-retry: false`` (which the openai SDKs obey) when
-    waiting cannot help."""
-    headers = {"Retry-After": str(exc.retry_after)}
-    if not exc.retry_helps:
-        headers["x-should-retry"] = "false"
-    return headers
-
-
-def aigc_rate_limit_response(exc: RateLimitExceeded) -> JSONResponse:
-    """The /aigc answer: HTTP 429, ``{"status": 429, "msg": ...}``.  The fengchao SDK turns
-    it into ``FinalResponse(status=429, msg=<this body as text>)`` and does not retry.  (The
-    /v1 answer is OpenAI's error shape, made with /v1's other errors by
-    :func:`fengchao_chains.server.openai_v1_errors.openai_error`.)"""
-    return JSONResponse(
-        {"status": 429, "msg": exc.message}, status_code=429, headers=rate_limit_headers(exc)
-    )
-
-
-# --------------------------------------------------------------------------- time -------
-def window_start(now: datetime) -> datetime:
-    """The start of the fixed one-minute window ``now`` falls in."""
-    return datetime.fromtimestamp(math.floor(now.timestamp() / 60) * 60, UTC)
-
-
-def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
-    """The UTC budget period ``now`` falls in: (start, end); a total budget never ends."""
-    if period == "total":
-        return TOTAL_PERIOD_START, None
-    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        return day, day + timedelta(days=1)
-    month = day.replace(day=1)
-    following = (
-        month.replace(year=month.year + 1, month=1)
-        if month.month == 12
-        else month.replace(month=month.month + 1)
-    )
-    return month, following
-
-
+# --------------------------------------------------------------------------- helpers ----
 def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(1, math.ceil((moment - now).total_seconds()))
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def format_money(amount: Decimal) -> str:
-    """An amount to 4 decimals without trailing zeros: 0.05, 12, 0.0001."""
-    return format(amount.quantize(Decimal("0.0001")).normalize(), "f")
 
 
 def _limits(row: tuple[Any, ...]) -> KeyLimits:

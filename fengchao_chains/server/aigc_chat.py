@@ -42,13 +42,14 @@ from fengchao_chains.chains.chat import (
 )
 from fengchao_chains.errors import FengchaoError, UnknownModelError
 from fengchao_chains.gateway.auth import require_caller
-from fengchao_chains.gateway.limits import RateLimitExceeded, aigc_rate_limit_response
+from fengchao_chains.gateway.limit_types import RateLimitExceeded
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.gateway.tasks import Task
 from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
 from fengchao_chains.server.deps import app_runtime
+from fengchao_chains.server.limits_http import aigc_rate_limit_response
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
 from fengchao_chains.streaming import HangUpAwareStreamingResponse

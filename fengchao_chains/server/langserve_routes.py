@@ -35,9 +35,10 @@ from fengchao_chains.chains.chat import (
 )
 from fengchao_chains.errors import UnknownModelError
 from fengchao_chains.gateway.auth import require_caller
-from fengchao_chains.gateway.limits import RateLimitExceeded, rate_limit_headers
+from fengchao_chains.gateway.limit_types import RateLimitExceeded
 from fengchao_chains.retrievers import NEWS_STORE
 from fengchao_chains.runtime import Runtime
+from fengchao_chains.server.limits_http import rate_limit_headers
 from fengchao_chains.server.metering import METERING_KEY, Metering
 
 AnswerMessage = AIMessage | AIMessageChunk

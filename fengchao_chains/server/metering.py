@@ -21,7 +21,7 @@ from fengchao_chains.callbacks.usage import FrontDoor, UsageRecorder
 from fengchao_chains.catalog import ModelCard
 from fengchao_chains.catalog.cards import EmbeddingCard
 from fengchao_chains.errors import FengchaoError
-from fengchao_chains.gateway.limits import Reservation
+from fengchao_chains.gateway.limit_types import Reservation
 from fengchao_chains.llms.answer_first import RunTail
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Metering:
     ) -> None:
         """Reserve this request's share of the caller's limits (``chats``: its chat inputs,
         whose prompts are estimated); raises
-        :class:`~fengchao_chains.gateway.limits.RateLimitExceeded` when over."""
+        :class:`~fengchao_chains.gateway.limit_types.RateLimitExceeded` when over."""
         await self._reserve(
             card.unit,
             lambda: sum(estimate_chat_prompt(self.runtime, chat) for chat in chats),

@@ -8,7 +8,7 @@ model, knowledge base or prompt, sensitive words) and the vendors' (the
 failure is the gateway's upstream failing, so it is a 5xx (502, 504 for a timeout) except
 where the request itself is at fault (context too long, content filtered: 400) or the
 client must slow down (429, with ``Retry-After``). A key over its own RPM, TPM or budget
-(:class:`~fengchao_chains.gateway.limits.RateLimitExceeded`) is OpenAI's own 429 too.
+(:class:`~fengchao_chains.gateway.limit_types.RateLimitExceeded`) is OpenAI's own 429 too.
 Messages never carry a secret: the library's messages are written to be shown, and a
 vendor's never quote credentials.
 
@@ -35,7 +35,7 @@ from fengchao_chains.errors import (
     UnknownModelError,
 )
 from fengchao_chains.gateway.auth import Caller, require_caller
-from fengchao_chains.gateway.limits import LimitName, RateLimitExceeded, rate_limit_headers
+from fengchao_chains.gateway.limit_types import LimitName, RateLimitExceeded
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.llms.errors import (
     AuthenticationError,
@@ -49,6 +49,7 @@ from fengchao_chains.llms.errors import (
 )
 from fengchao_chains.prompts.errors import PromptError
 from fengchao_chains.retrievers import UnknownKnowledgeBaseError
+from fengchao_chains.server.limits_http import rate_limit_headers
 
 if TYPE_CHECKING:
     from fengchao_chains.runtime import Runtime

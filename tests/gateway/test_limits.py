@@ -25,17 +25,17 @@ from fastapi.responses import JSONResponse
 from fengchao_chains.db import Database
 from fengchao_chains.errors import DatabaseError
 from fengchao_chains.gateway.keys import KeyStore, UnknownKeyError
-from fengchao_chains.gateway.limits import (
+from fengchao_chains.gateway.limit_types import (
     Budget,
     KeyLimits,
-    Limiter,
     LimitsError,
     RateLimitExceeded,
     Reservation,
-    aigc_rate_limit_response,
     period_bounds,
     window_start,
 )
+from fengchao_chains.gateway.limits import Limiter
+from fengchao_chains.server.limits_http import aigc_rate_limit_response
 from fengchao_chains.server.openai_v1_errors import openai_error
 from fengchao_chains.settings import Settings
 from fengchao_chains.testing.serve import serve_in_thread
@@ -322,7 +322,8 @@ CHILD = """
 import asyncio, json, os, sys
 from datetime import datetime
 from fengchao_chains.db import Database
-from fengchao_chains.gateway.limits import Limiter, RateLimitExceeded
+from fengchao_chains.gateway.limit_types import RateLimitExceeded
+from fengchao_chains.gateway.limits import Limiter
 from fengchao_chains.settings import load_settings
 
 async def main(database):
