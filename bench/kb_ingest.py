@@ -65,7 +65,8 @@ from sqlalchemy.engine import URL  # noqa: E402
 from bench._corpus import vocabulary  # noqa: E402
 from fengchao_chains.db import Database  # noqa: E402
 from fengchao_chains.ingest.chunking import SEPARATORS  # noqa: E402
-from fengchao_chains.ingest.pipeline import IngestReport, ingest  # noqa: E402
+from fengchao_chains.ingest.report import IngestReport  # noqa: E402
+from fengchao_chains.ingest.run import ingest  # noqa: E402
 from fengchao_chains.retrievers import KnowledgeBaseRegistry  # noqa: E402
 from fengchao_chains.settings import Settings  # noqa: E402
 

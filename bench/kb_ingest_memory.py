@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from bench._corpus import vocabulary  # noqa: E402
 from fengchao_chains.db import Database  # noqa: E402
 from fengchao_chains.embeddings import get_embeddings  # noqa: E402
-from fengchao_chains.ingest.pipeline import Progress, ingest  # noqa: E402
+from fengchao_chains.ingest.report import Progress  # noqa: E402
+from fengchao_chains.ingest.run import ingest  # noqa: E402
 from fengchao_chains.retrievers import KnowledgeBaseRegistry  # noqa: E402
 from fengchao_chains.settings import Settings  # noqa: E402
 

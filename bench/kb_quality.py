@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from fengchao_chains.db import Database  # noqa: E402
 from fengchao_chains.embeddings import get_embeddings  # noqa: E402
-from fengchao_chains.ingest.pipeline import ingest  # noqa: E402
+from fengchao_chains.ingest.run import ingest  # noqa: E402
 from fengchao_chains.retrievers import KnowledgeBaseRegistry, get_retriever  # noqa: E402
 from fengchao_chains.retrievers.search import SearchType  # noqa: E402
 from fengchao_chains.settings import Settings  # noqa: E402

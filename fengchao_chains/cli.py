@@ -285,7 +285,8 @@ from fengchao_chains.cli_prompts import prompts_app  # noqa: E402  (a sub-app, k
 app.add_typer(prompts_app, name="prompts")
 
 # --------------------------------------------------------------------------- kb, ingest --
-from fengchao_chains.cli_kb import ingest_command, kb_app  # noqa: E402
+from fengchao_chains.cli_ingest import ingest_command  # noqa: E402
+from fengchao_chains.cli_kb import kb_app  # noqa: E402
 
 app.command("ingest")(ingest_command)
 app.add_typer(kb_app, name="kb")

@@ -1,70 +1,36 @@
-"""``fengchao ingest`` and ``fengchao kb ...``: load, inspect, search and manage knowledge bases.
+"""``fengchao kb ...``: list, create, delete, inspect, search and re-embed knowledge bases.
 
 Kept apart from ``cli.py`` (same conventions: ``error: ...`` on stderr, exit 1 on a reported
 error, 2 on a usage error, 130 on Ctrl-C, ``--json`` where the output is data); imports are
-lazy so ``--help`` stays fast.
+lazy so ``--help`` stays fast.  Loading documents is ``fengchao ingest``, in ``cli_ingest.py``,
+whose database, JSON and progress helpers these commands reuse.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.progress import Progress as RichProgress
+from fengchao_chains.cli_ingest import open_database, print_json, progress_view
 
+if TYPE_CHECKING:
     from fengchao_chains.db import Database
-    from fengchao_chains.ingest.pipeline import IngestReport, Progress
-    from fengchao_chains.ingest.sources import SourceProblem
     from fengchao_chains.retrievers import KnowledgeBase
-    from fengchao_chains.settings import Settings
 
 kb_app = typer.Typer(
     help="Knowledge bases: list, create, delete, inspect, search and re-embed.",
     no_args_is_help=True,
 )
-LOG_EVERY = 10.0
-"""Seconds between progress lines when stderr is not a terminal."""
-
-
-class OnErrorChoice(StrEnum):
-    skip = "skip"
-    fail = "fail"
 
 
 class SearchTypeChoice(StrEnum):
     hybrid = "hybrid"
     vector = "vector"
     text = "text"
-
-
-def _print_json(payload: Any) -> None:
-    from fengchao_chains.cli import stdout
-
-    stdout.print_json(json.dumps(payload, ensure_ascii=False, default=str))
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[Database]:
-    """The started database, closed (and an embedded server released) afterwards."""
-    from fengchao_chains.cli import guarded
-    from fengchao_chains.db import Database
-    from fengchao_chains.logging_setup import configure_logging
-
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-    database = guarded(lambda: Database.start(settings))
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def _get_kb(database: Database, kb_id: str) -> KnowledgeBase:
@@ -74,259 +40,6 @@ def _get_kb(database: Database, kb_id: str) -> KnowledgeBase:
     return guarded(lambda: KnowledgeBaseRegistry(database).get(kb_id))
 
 
-# --------------------------------------------------------------------------- ingest ------
-def ingest_command(
-    sources: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="SOURCE...",
-            help="JSONL/CSV files, directories of documents, or - for JSONL on stdin.",
-        ),
-    ],
-    *,
-    kb: Annotated[str, typer.Option("--kb", help="Knowledge base to load.")] = "news_vector_store",
-    create: Annotated[
-        bool, typer.Option("--create", help="Create the knowledge base if it does not exist.")
-    ] = False,
-    embedding_model: Annotated[
-        str | None,
-        typer.Option(help="Embedding model of a created knowledge base (default: settings)."),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Documents per batch (one transaction each).")
-    ] = 64,
-    chunk_size: Annotated[
-        int | None,
-        typer.Option(min=1, help="Chunk size, characters (default: the kb's)."),
-    ] = None,
-    chunk_overlap: Annotated[
-        int | None,
-        typer.Option(min=0, help="Chunk overlap, characters (default: the kb's)."),
-    ] = None,
-    max_document_chars: Annotated[
-        int | None, typer.Option(min=1, help="Longer documents are problems (default: 1000000).")
-    ] = None,
-    glob: Annotated[
-        str | None, typer.Option(help="Only files of a directory matching this pattern.")
-    ] = None,
-    on_error: Annotated[
-        OnErrorChoice,
-        typer.Option(help="skip: report bad input and go on; fail: check first, write nothing."),
-    ] = OnErrorChoice.skip,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Report what would change; embed and write nothing.")
-    ] = False,
-    no_progress: Annotated[
-        bool, typer.Option("--no-progress", help="No progress bar or progress lines.")
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
-    ] = False,
-) -> None:
-    """Load documents into a knowledge base (idempotent and resumable: run it again)."""
-    from fengchao_chains.cli import guarded, settings_from
-    from fengchao_chains.ingest.pipeline import ingest
-    from fengchao_chains.ingest.sources import DEFAULT_MAX_DOCUMENT_CHARS
-
-    settings = settings_from()
-    with _database(settings) as database:
-        knowledge_base, writable = guarded(
-            lambda: _ingest_target(
-                database,
-                settings,
-                kb_id=kb,
-                create=create,
-                embedding_model=embedding_model,
-                chunk_size=chunk_size,
-                chunk_overlap=chunk_overlap,
-                dry_run=dry_run,
-            )
-        )
-        with _progress_view(enabled=not no_progress) as view:
-            report = guarded(
-                lambda: ingest(
-                    sources,
-                    database=database if writable else None,
-                    knowledge_base=knowledge_base,
-                    embeddings=None if dry_run else _embeddings(knowledge_base, settings),
-                    batch_size=batch_size,
-                    chunk_size=chunk_size,
-                    chunk_overlap=chunk_overlap,
-                    max_document_chars=max_document_chars or DEFAULT_MAX_DOCUMENT_CHARS,
-                    glob=glob,
-                    on_error=on_error.value,
-                    dry_run=dry_run,
-                    on_problem=_print_problem,
-                    on_progress=view.update,
-                )
-            )
-    _print_report(report, as_json)
-
-
-def _ingest_target(
-    database: Database,
-    settings: Settings,
-    *,
-    kb_id: str,
-    create: bool,
-    embedding_model: str | None,
-    chunk_size: int | None,
-    chunk_overlap: int | None,
-    dry_run: bool,
-) -> tuple[KnowledgeBase, bool]:
-    """The knowledge base to load, created when asked, and whether it exists in the database
-    (a dry run with ``--create`` does not create it)."""
-    from datetime import UTC, datetime
-
-    from fengchao_chains.embeddings import get_embeddings
-    from fengchao_chains.errors import ConfigurationError
-    from fengchao_chains.retrievers import KnowledgeBase, KnowledgeBaseRegistry
-    from fengchao_chains.retrievers.errors import UnknownKnowledgeBaseError
-    from fengchao_chains.retrievers.registry import (
-        DEFAULT_CHUNK_OVERLAP,
-        DEFAULT_CHUNK_SIZE,
-        NEWS_STORE,
-        NEWS_STORE_DESCRIPTION,
-        check_kb_id,
-    )
-
-    registry = KnowledgeBaseRegistry(database)
-    try:
-        existing = registry.get(kb_id)
-    except UnknownKnowledgeBaseError:
-        if not create:
-            raise
-    else:
-        if embedding_model is not None and embedding_model != existing.embedding_model:
-            raise ConfigurationError(
-                f"knowledge base {kb_id!r} is embedded with {existing.embedding_model!r};"
-                f" leave out --embedding-model, or `fengchao kb reembed {kb_id} --model"
-                f" {embedding_model}` first"
-            )
-        return existing, True
-    model = get_embeddings(embedding_model, settings)
-    options: dict[str, Any] = {
-        "embedding_model": model.model,
-        "dims": model.dimensions,
-        "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE,
-        "chunk_overlap": DEFAULT_CHUNK_OVERLAP if chunk_overlap is None else chunk_overlap,
-    }
-    description = NEWS_STORE_DESCRIPTION if kb_id == NEWS_STORE else ""
-    if dry_run:
-        check_kb_id(kb_id)
-        return KnowledgeBase(kb_id, description, created_at=datetime.now(UTC), **options), False
-    return registry.create(kb_id, description=description, **options), True
-
-
-def _embeddings(kb: KnowledgeBase, settings: Settings) -> Any:
-    from fengchao_chains.cli import guarded
-    from fengchao_chains.embeddings import get_embeddings
-
-    return guarded(lambda: get_embeddings(kb.embedding_model, settings))
-
-
-def _print_problem(problem: SourceProblem) -> None:
-    from fengchao_chains.cli import stderr
-
-    stderr.print(f"problem: {problem.location}: {problem.reason}", markup=False)
-
-
-def _print_report(report: IngestReport, as_json: bool) -> None:
-    from fengchao_chains.cli import stderr
-
-    if as_json:
-        _print_json(report.as_dict())
-        return
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
-    verb = "would write" if report.dry_run else "written"
-    lines = [
-        f"{'dry run: ' if report.dry_run else ''}{report.knowledge_base}:"
-        f" {report.documents_read} documents read — {report.new} new, {report.changed} changed,"
-        f" {report.unchanged} unchanged, {report.duplicates} duplicates,"
-        f" {report.problems} problems",
-        f"chunks: {report.chunks_written} {verb}, {report.chunks_embedded} embedded,"
-        f" {report.embeddings_reused} embeddings reused",
-        f"time: {report.seconds:.1f}s ({report.items_per_second:.1f} documents/s; {stages})",
-    ]
-    if report.stopped:
-        lines.append("stopped early: run the same command again to finish")
-    stderr.print("\n".join(lines), markup=False)
-
-
-class _ProgressView:
-    """A progress bar on a terminal, a line every ``LOG_EVERY`` seconds otherwise."""
-
-    def __init__(self, bar: RichProgress | None, enabled: bool) -> None:
-        self.bar = bar
-        self.enabled = enabled
-        self.task: Any = None
-        self.started = time.monotonic()
-        self.last_line = self.started
-        self.lock = threading.Lock()
-
-    def update(self, progress: Progress) -> None:
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = progress.done / elapsed
-        if self.bar is not None:
-            if self.task is None:
-                self.task = self.bar.add_task("ingest", total=progress.total)
-            self.bar.update(
-                self.task,
-                completed=progress.done,
-                total=progress.total,
-                rate=f"{rate:.1f} docs/s",
-                chunks=progress.chunks_written,
-            )
-            return
-        with self.lock:
-            now = time.monotonic()
-            if now - self.last_line < LOG_EVERY:
-                return
-            self.last_line = now
-        from fengchao_chains.cli import stderr
-
-        of = f"/{progress.total}" if progress.total is not None else ""
-        stderr.print(
-            f"ingest: {progress.done}{of} documents, {progress.chunks_written} chunks written,"
-            f" {rate:.1f} documents/s",
-            markup=False,
-        )
-
-
-@contextmanager
-def _progress_view(*, enabled: bool) -> Iterator[_ProgressView]:
-    from fengchao_chains.cli import stderr
-
-    if not enabled or not sys.stderr.isatty():
-        yield _ProgressView(None, enabled)
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("{task.fields[chunks]} chunks"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=stderr,
-    )
-    with bar:
-        yield _ProgressView(bar, enabled)
-
-
-# --------------------------------------------------------------------------- kb ----------
 @kb_app.command("list")
 def list_kbs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -338,14 +51,14 @@ def list_kbs(
     from fengchao_chains.retrievers import KnowledgeBaseRegistry
 
     settings = settings_from()
-    with _database(settings) as database:
+    with open_database(settings) as database:
         registry = KnowledgeBaseRegistry(database)
         rows = [
             _kb_payload(kb, guarded(lambda kb=kb: registry.stats(kb)))  # type: ignore[misc]
             for kb in guarded(registry.all)
         ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=f"{len(rows)} knowledge bases")
     for column in ("id", "description", "model", "dims", "documents", "chunks", "created"):
@@ -390,7 +103,7 @@ def create_kb(
 
     settings = settings_from()
     model = guarded(lambda: get_embeddings(embedding_model, settings))
-    with _database(settings) as database:
+    with open_database(settings) as database:
         kb = guarded(
             lambda: KnowledgeBaseRegistry(database).create(
                 kb_id,
@@ -418,7 +131,7 @@ def delete_kb(
     from fengchao_chains.retrievers import KnowledgeBaseRegistry
 
     settings = settings_from()
-    with _database(settings) as database:
+    with open_database(settings) as database:
         registry = KnowledgeBaseRegistry(database)
         kb = _get_kb(database, kb_id)
         stats = guarded(lambda: registry.stats(kb))
@@ -449,7 +162,7 @@ def list_documents(
     from fengchao_chains.retrievers import ChunkStore
 
     settings = settings_from()
-    with _database(settings) as database:
+    with open_database(settings) as database:
         store = ChunkStore(database, _get_kb(database, kb_id))
         documents = guarded(lambda: store.documents(limit=limit, offset=offset))
     rows = [
@@ -466,7 +179,7 @@ def list_documents(
         for d in documents
     ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=f"{kb_id}: documents {offset + 1}-{offset + len(rows)}")
     for column in ("document_id", "title", "published_at", "chunks", "ingested_at"):
@@ -487,7 +200,7 @@ def delete_document(
     from fengchao_chains.retrievers import ChunkStore
 
     settings = settings_from()
-    with _database(settings) as database:
+    with open_database(settings) as database:
         store = ChunkStore(database, _get_kb(database, kb_id))
         deleted = guarded(lambda: store.delete_document(document_id))
     if not deleted:
@@ -531,7 +244,7 @@ def search(
         if not isinstance(where, dict):
             raise typer.BadParameter("must be a JSON object", param_hint="--filter")
     settings = settings_from()
-    with _database(settings) as database:
+    with open_database(settings) as database:
         retriever = guarded(
             lambda: get_retriever(
                 kb_id,
@@ -561,7 +274,7 @@ def search(
         for rank, d in enumerate(documents, start=1)
     ]
     if as_json:
-        _print_json(hits)
+        print_json(hits)
         return
     if not hits:
         stdout.print("no matching chunks", markup=False)
@@ -591,7 +304,7 @@ def reembed_command(
 
     settings = settings_from()
     embeddings = guarded(lambda: get_embeddings(model, settings))
-    with _database(settings) as database, _progress_view(enabled=not no_progress) as view:
+    with open_database(settings) as database, progress_view(enabled=not no_progress) as view:
         kb = _get_kb(database, kb_id)
         result = guarded(
             lambda: reembed(

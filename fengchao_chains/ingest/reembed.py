@@ -25,13 +25,10 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from fengchao_chains.db import Database
-from fengchao_chains.ingest.pipeline import (
-    IngestError,
-    Progress,
-    ProgressCallback,
-    embedding_text,
-    knowledge_base_lock,
-)
+from fengchao_chains.ingest.errors import IngestError
+from fengchao_chains.ingest.hashing import embedding_text
+from fengchao_chains.ingest.lock import knowledge_base_lock
+from fengchao_chains.ingest.report import Progress, ProgressCallback
 from fengchao_chains.retrievers.registry import KnowledgeBase, KnowledgeBaseRegistry
 from fengchao_chains.retrievers.store import ChunkStore
 

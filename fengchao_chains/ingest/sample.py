@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 
 from fengchao_chains.db import Database
-from fengchao_chains.ingest.pipeline import IngestReport, ingest
+from fengchao_chains.ingest.report import IngestReport
+from fengchao_chains.ingest.run import ingest
 from fengchao_chains.ingest.sources import SourceItem, read_source
 from fengchao_chains.retrievers.errors import UnknownKnowledgeBaseError
 from fengchao_chains.retrievers.registry import (

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from fengchao_chains.db import Database
-from fengchao_chains.ingest.pipeline import knowledge_base_lock
+from fengchao_chains.ingest.lock import knowledge_base_lock
 from fengchao_chains.ingest.reembed import _build_next_table
 from fengchao_chains.retrievers import KnowledgeBase, KnowledgeBaseRegistry
 from fengchao_chains.settings import Settings
@@ -239,7 +239,7 @@ def _chunks(database: Database, kb: KnowledgeBase) -> list[tuple[Any, ...]]:
 def test_progress_lines_when_stderr_is_not_a_terminal(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("fengchao_chains.cli_kb.LOG_EVERY", 0.0)
+    monkeypatch.setattr("fengchao_chains.cli_ingest.LOG_EVERY", 0.0)
     source = write_jsonl(tmp_path / "news.jsonl", news(4))
     args = ("ingest", str(source), "--kb", "logged", "--create", "--batch-size", "2")
     result = ok(run_cli(*args, env=env))

@@ -18,13 +18,10 @@ from psycopg import sql
 
 from fengchao_chains.db import Database
 from fengchao_chains.embeddings import get_embeddings
-from fengchao_chains.ingest.pipeline import (
-    IngestError,
-    Progress,
-    embedding_text,
-    ingest,
-    validate,
-)
+from fengchao_chains.ingest.errors import IngestError
+from fengchao_chains.ingest.hashing import embedding_text
+from fengchao_chains.ingest.report import Progress
+from fengchao_chains.ingest.run import ingest, validate
 from fengchao_chains.ingest.sources import SourceProblem
 from fengchao_chains.retrievers import (
     ChunkStore,
@@ -325,7 +322,7 @@ import json, resource, sys
 MODEL = "use-multilingual-v3"
 from fengchao_chains.db import Database
 from fengchao_chains.embeddings import get_embeddings
-from fengchao_chains.ingest.pipeline import ingest
+from fengchao_chains.ingest.run import ingest
 from fengchao_chains.retrievers import KnowledgeBaseRegistry
 from fengchao_chains.settings import Settings
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from fengchao_chains.gateway.auth import issue_token
-from fengchao_chains.ingest.pipeline import ingest
+from fengchao_chains.ingest.run import ingest
 from fengchao_chains.retrievers import NEWS_STORE, KnowledgeBaseRegistry
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import create_app
