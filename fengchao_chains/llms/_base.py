@@ -109,7 +109,9 @@ class StreamDecoder:
     ``coalesce_stream_text``, :meth:`text` holds the text back instead of making a chunk of
     each piece, and the read's text goes out as one chunk before any other chunk and at the
     read's end: the text that arrived together becomes one chunk, and the pieces never
-    become chunks of their own.
+    become chunks of their own. The text of the read that ends the stream goes out in the
+    closing chunk itself (:meth:`finish`): a whole answer that arrives in one read is then
+    one chunk, which LangChain, the guard and the front door handle once instead of twice.
     """
 
     end_event: ClassVar[str | None] = None
@@ -148,6 +150,8 @@ class StreamDecoder:
                 chunks += self._held_text() + made
             if self.done:
                 break
+        if self.done and self.model.coalesce_stream_text:
+            return chunks, None  # the text held goes in the closing chunk
         return chunks + self._held_text(), None
 
     def data(self, event: ServerSentEvent) -> dict[str, Any] | None:
@@ -193,14 +197,15 @@ class StreamDecoder:
             **self.extra,
         }
         message = AIMessageChunk(
-            content="",
+            content="".join(self._held),  # the last read's text, when coalescing
             id=self.message_id,
             usage_metadata=self.usage,
             response_metadata={k: v for k, v in metadata.items() if v is not None},
             chunk_position="last",
         )
+        self._held.clear()
         info = {"finish_reason": self.finish_reason}
-        return [*self._held_text(), ChatGenerationChunk(message=message, generation_info=info)]
+        return [ChatGenerationChunk(message=message, generation_info=info)]
 
 
 class AnswerFilter:
@@ -483,14 +488,15 @@ class VendorChatModel(RemoteChatModel):
         decoder = self._stream_decoder(meta)
         for events in batches:
             chunks, error = decoder.feed_read(events)
-            yield chunks
-            if error is not None:
-                raise error
-            if decoder.done:
+            if decoder.done and error is None:  # the end: out first, then read to the end
+                yield chunks + decoder.finish()
                 with contextlib.suppress(VendorError):  # the answer is complete
                     for _ in itertools.islice(batches, AFTER_END_READS):
                         pass
-                break
+                return
+            yield chunks
+            if error is not None:
+                raise error
         yield decoder.finish()
 
     async def _adecode(
@@ -499,14 +505,15 @@ class VendorChatModel(RemoteChatModel):
         decoder = self._stream_decoder(meta)
         async for events in batches:
             chunks, error = decoder.feed_read(events)
-            yield chunks
-            if error is not None:
-                raise error
-            if decoder.done:
+            if decoder.done and error is None:  # as in :meth:`_decode`
+                yield chunks + decoder.finish()
                 with contextlib.suppress(VendorError):  # the answer is complete
                     async for _ in _after_end(batches):
                         pass
-                break
+                return
+            yield chunks
+            if error is not None:
+                raise error
         yield decoder.finish()
 
 

@@ -44,7 +44,7 @@ async def test_a_burst_is_one_chunk_and_adds_up_to_the_same_answer(
     merged = [c async for c in harness.model(url, coalesce_stream_text=True).astream(PROMPT)]
 
     assert len(texts(one_by_one)) > 1
-    assert len(texts(merged)) == 1
+    assert len(merged) == 1  # the whole burst: its text in the closing chunk
     whole, joined = summed(one_by_one), summed(merged)
     assert joined.content == whole.content
     assert joined.usage_metadata == whole.usage_metadata
@@ -128,16 +128,43 @@ def test_text_is_merged_up_to_the_next_other_chunk_and_the_end_of_the_read() -> 
     merged = decoded(True, first, second)
     one_by_one = decoded(False, first, second)
 
-    assert [[c.text for c in batch] for batch in merged] == [["ab", "", "cd"], ["ef"], [""]]
-    assert [[c.text for c in batch] for batch in one_by_one][:2] == [
+    # the read that ends the stream has its text in the closing chunk: one chunk, not two
+    assert [[c.text for c in batch] for batch in merged] == [["ab", "", "cd"], [], ["ef"]]
+    assert [[c.text for c in batch] for batch in one_by_one] == [
         ["a", "b", "", "c", "d"],
         ["e", "f"],
+        [""],
     ]
-    assert [c.message.id for batch in merged for c in batch] == ["chatcmpl-1"] * 5
+    assert [c.message.id for batch in merged for c in batch] == ["chatcmpl-1"] * 4
     tool = merged[0][1].message
     assert isinstance(tool, AIMessageChunk) and tool.tool_call_chunks[0]["name"] == "f"
     closing = merged[-1][0]
     assert closing.message.response_metadata == one_by_one[-1][0].message.response_metadata
+    assert isinstance(closing.message, AIMessageChunk)
+    assert closing.message.chunk_position == "last"
+
+
+def test_a_stream_in_one_read_is_one_chunk_with_its_usage() -> None:
+    end = openai_event(
+        {
+            "id": "chatcmpl-1",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
+    )
+    read = [delta(role="assistant", content=""), delta(content="你"), delta(content="好"), end]
+    ((), (closing,)) = decoded(True, [*read, openai_event("[DONE]")])
+    assert closing.text == "你好"
+    assert closing.generation_info == {"finish_reason": "stop"}
+    message = closing.message
+    assert isinstance(message, AIMessageChunk) and message.chunk_position == "last"
+    assert message.usage_metadata is not None and message.usage_metadata["total_tokens"] == 5
+    assert message.response_metadata["finish_reason"] == "stop"
+
+    # a read that does not end the stream still passes its text at once, on its own
+    (first,), (), (later,) = decoded(True, read[:3], [end, openai_event("[DONE]")])
+    assert first.text == "你好" and later.text == ""
+    assert isinstance(later.message, AIMessageChunk) and later.message.usage_metadata
 
 
 def test_a_merged_chunk_is_a_plain_text_chunk() -> None:
