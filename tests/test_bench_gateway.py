@@ -97,3 +97,28 @@ def test_http_client_bench_compares_aiohttp_with_a_raw_stream(tmp_path: Path) ->
     assert rows["raw"][1] == 1.0  # the anchor's own ratio
     for cpu_ms, _ratio, wall_ms, _wall_ratio in rows.values():
         assert 0 < cpu_ms <= wall_ms  # one thread's CPU cannot exceed the time it took
+
+
+def test_the_c1_bench_interleaves_every_target_against_its_baseline(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """bench/gateway_c1.py starts every target at once and prints each one's added p50 over
+    its own baseline (/aigc's is direct-aigc); no LiteLLM venv here, so it is left out."""
+    if not Path(sys.executable).with_name("fengchao").exists():
+        pytest.skip("the fengchao command is not installed in this venv")
+    script = ROOT / "bench" / "gateway_c1.py"
+    args = ["--modes", "invoke", "--cycles", "5", "--database-url", postgres_url]
+    args += ["--litellm-venv", str(tmp_path / "no-litellm")]
+    done = run_bench(script, args, tmp_path)
+    rows = {
+        cells[1].strip(): cells[2:]
+        for line in done.stdout.splitlines()
+        if (cells := line.split("|"))[0] == "" and line.startswith("| ") and "---" not in line
+    }
+    rows.pop("target")
+    assert set(rows) == {"floor", "aigc", "v1"}
+    assert rows["aigc"][1].strip() == "direct-aigc" and rows["v1"][1].strip() == "direct"
+    for p50, _baseline, added, *_ in rows.values():
+        assert float(p50) >= 50  # the upstream's wait: nothing answers sooner
+        assert float(added.split()[0]) > 0  # a hop through a server costs something
+    assert "LiteLLM left out" in done.stderr

@@ -1,0 +1,130 @@
+"""Every target's added latency at concurrency 1, requests interleaved one by one.
+
+``bench/gateway.py`` measures c=1 in a cell per target, seconds apart, and on a shared
+machine a cell's p50 moves by 0.3-1 ms between runs of the same code: more than the margin
+of the issue's 2 ms target. Here every target runs at once and one client sends a request
+to each in turn (``direct``, ``direct-aigc``, ``floor``, /aigc, /v1 and, if its venv is
+there, LiteLLM), shuffling the order every cycle, so each meets the machine in the same
+state; a target's added latency is its median difference from its baseline, cycle by cycle
+(/aigc's baseline is ``direct-aigc``, the others' ``direct``), with a bootstrap 95%
+interval, and LiteLLM's is the anchor the ratio is taken against.
+
+Absolute figures run higher than the full bench's: a server idles through the other
+targets' requests, so the first half of each of its requests runs cold too.
+
+    .venv/bin/python bench/gateway_c1.py                    # invoke and stream, ~5 min
+    .venv/bin/python bench/gateway_c1.py --source /tmp/fc-head --cycles 200 --modes stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import gateway
+from bench._gateway_load import Target
+from bench._gateway_report import BASELINES
+from bench._gateway_servers import (
+    LITELLM_MASTER_KEY,
+    fengchao_server,
+    floor_server,
+    litellm_config,
+    litellm_server,
+)
+from bench._gateway_upstream import API_KEY
+from bench.gateway_ab import interleave, paired
+
+GOAL_MS = 2.0
+
+
+def start_targets(opts: argparse.Namespace, work: Path, servers: ExitStack) -> dict[str, Target]:
+    """Every target, started: the upstream and the database first, the servers on CPU 1."""
+    db_url, _ = servers.enter_context(gateway.bench_database(work / "db", opts.database_url))
+    up_url, _ = servers.enter_context(gateway.upstream(opts.latency))
+    messages = gateway.aigc_upstream_messages()
+    targets = {
+        "direct": gateway.openai_target("direct", up_url, API_KEY),
+        "direct-aigc": gateway.openai_target("direct-aigc", up_url, API_KEY, messages=messages),
+    }
+    floor = floor_server(up_url, f"Bearer {API_KEY}", work / "floor.log", gateway.SERVER_CPUS)
+    targets["floor"] = gateway.openai_target(
+        "floor", servers.enter_context(floor).base_url, "ignored"
+    )
+    source = opts.source.resolve() if opts.source else None
+    settings = SimpleNamespace(work_dir=work / "fengchao", relay_each_event=False, source=source)
+    env = gateway.gateway_env(settings, db_url, up_url)  # type: ignore[arg-type]
+    token = gateway.gateway_token(env)
+    server = servers.enter_context(fengchao_server(env, work / "fengchao.log", gateway.SERVER_CPUS))
+    for target in gateway.gateway_targets(server, token, ["aigc", "v1"]):
+        targets[target.name] = target
+    if (opts.litellm_venv / "bin" / "litellm").exists():
+        config = litellm_config(up_url, gateway.MODEL, API_KEY)
+        litellm = litellm_server(opts.litellm_venv, config, work / "litellm", gateway.SERVER_CPUS)
+        base_url = servers.enter_context(litellm).base_url
+        targets["litellm"] = gateway.openai_target("litellm", base_url, LITELLM_MASTER_KEY)
+    else:
+        print(f"note: no LiteLLM venv at {opts.litellm_venv}; LiteLLM left out", file=sys.stderr)
+    return targets
+
+
+def report(mode: str, cycles: int, latencies: dict[str, list[float]]) -> None:
+    """A Markdown table: each target's added p50 over its baseline, and against LiteLLM's."""
+    print(f"\n{mode}, c=1, {cycles} cycles, requests interleaved (ms)\n")
+    print("| target | p50 | baseline | added p50 (95%) | ratio vs LiteLLM | <= 2 ms |")
+    print("|---|---|---|---|---|---|")
+    added: dict[str, float] = {}
+    for name, samples in latencies.items():
+        if name.startswith("direct"):
+            continue
+        baseline = BASELINES.get(name, "direct")
+        median, low, high = paired(latencies[baseline], samples)
+        added[name] = median
+        anchor = added.get("litellm")
+        ratio = f"{median / anchor:.2f}" if anchor else "-"
+        met = "yes" if median <= GOAL_MS else "no"
+        if name in ("floor", "litellm"):
+            met = "-"
+        p50 = statistics.median(samples)
+        print(
+            f"| {name} | {p50:.2f} | {baseline} | {median:+.2f} ({low:+.2f} .. {high:+.2f})"
+            f" | {ratio} | {met} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, help="run the gateway from this source tree")
+    parser.add_argument("--modes", default="invoke,stream", help="comma-separated")
+    parser.add_argument("--cycles", type=int, default=300)
+    parser.add_argument("--latency", type=float, default=0.05, help="the upstream's wait, s")
+    parser.add_argument(
+        "--database-url", help="use this PostgreSQL (a schema of its own), not an embedded one"
+    )
+    parser.add_argument(
+        "--litellm-venv", type=Path, default=gateway.ROOT / ".venv-litellm", help="LiteLLM's venv"
+    )
+    opts = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="fc-bench-c1-"))
+    os.sched_setaffinity(0, gateway.LOADGEN_CPUS)  # the upstream and database inherit it
+    with ExitStack() as servers:
+        targets = start_targets(opts, work, servers)
+        # LiteLLM first, so that the ratio's anchor is known when the gateway's rows print
+        order = ["litellm", *(name for name in targets if name != "litellm")]
+        targets = {name: targets[name] for name in order if name in targets}
+        for mode in opts.modes.split(","):
+            latencies = asyncio.run(interleave(targets, mode, opts.cycles))
+            report(mode, opts.cycles, latencies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
