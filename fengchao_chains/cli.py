@@ -11,9 +11,10 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +24,9 @@ from fengchao_chains import __version__
 from fengchao_chains.errors import FengchaoError
 from fengchao_chains.logging_setup import configure_logging
 from fengchao_chains.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from fengchao_chains.db import Database
 
 app = typer.Typer(
     help="fengchao-chains: an LLM gateway and RAG library over LangChain.",
@@ -50,6 +54,26 @@ def guarded(action: Callable[[], T]) -> T:
 
 def settings_from(**overrides: Any) -> Settings:
     return guarded(lambda: load_settings(**{k: v for k, v in overrides.items() if v is not None}))
+
+
+@contextmanager
+def open_database(settings: Settings) -> Iterator[Database]:
+    """The started database, closed (and an embedded server released) afterwards; the
+    database's own log lines only when the log level is DEBUG."""
+    from fengchao_chains.db import Database
+
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+    database = guarded(lambda: Database.start(settings))
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def print_json(payload: Any) -> None:
+    """``--json`` output: highlighted on a terminal, non-ASCII text as it is, and values JSON
+    has no type for (dates, paths) as their text."""
+    stdout.print_json(json.dumps(payload, ensure_ascii=False, default=str))
 
 
 def version_callback(value: bool) -> None:
@@ -167,7 +191,7 @@ def models(
             card.model_dump(mode="json") | {"available": available[card.vendor]}
             for card in catalog.values()
         ]
-        stdout.print_json(json.dumps(rows, ensure_ascii=False))
+        print_json(rows)
         return
     table = Table(title=f"{len(catalog)} models")
     for column in (
@@ -201,15 +225,8 @@ def db(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Show the database: embedded or external, versions, migrations."""
-    from fengchao_chains.db import Database
-
-    settings = settings_from()
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-    database = guarded(lambda: Database.start(settings))
-    try:
+    with open_database(settings_from()) as database:
         status = guarded(database.status)
-    finally:
-        database.close()
     if as_json:
         payload = {
             "mode": status.mode,
@@ -229,7 +246,7 @@ def db(
                 for m in status.migrations
             ],
         }
-        stdout.print_json(json.dumps(payload))
+        print_json(payload)
         return
     stdout.print(f"database:   {status.mode} — {status.target}", markup=False)
     stdout.print(f"postgresql: {status.server_version}", markup=False)
@@ -272,7 +289,7 @@ def config(
         values[name] = value
     source = config_file_in_use()
     if as_json:
-        stdout.print_json(json.dumps({"config_file": source and str(source), **values}))
+        print_json({"config_file": source and str(source), **values})
         return
     stdout.print(f"config file ({CONFIG_FILE_ENV}): {source or 'none'}", markup=False)
     for name, value in values.items():

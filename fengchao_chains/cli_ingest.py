@@ -2,13 +2,12 @@
 
 Kept apart from ``cli.py`` (same conventions: ``error: ...`` on stderr, exit 1 on a reported
 error, 2 on a usage error, 130 on Ctrl-C, ``--json`` where the output is data); imports are
-lazy so ``--help`` stays fast.  Also the helpers ``cli_kb.py`` shares with it: the started
-database, JSON output and the progress view (``kb reembed`` shows the same one).
+lazy so ``--help`` stays fast.  The progress view is shared with ``cli_kb.py`` (``kb
+reembed`` shows the same one).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -35,27 +34,6 @@ LOG_EVERY = 10.0
 class OnErrorChoice(StrEnum):
     skip = "skip"
     fail = "fail"
-
-
-def print_json(payload: Any) -> None:
-    from fengchao_chains.cli import stdout
-
-    stdout.print_json(json.dumps(payload, ensure_ascii=False, default=str))
-
-
-@contextmanager
-def open_database(settings: Settings) -> Iterator[Database]:
-    """The started database, closed (and an embedded server released) afterwards."""
-    from fengchao_chains.cli import guarded
-    from fengchao_chains.db import Database
-    from fengchao_chains.logging_setup import configure_logging
-
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-    database = guarded(lambda: Database.start(settings))
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def ingest_command(
@@ -107,7 +85,7 @@ def ingest_command(
     ] = False,
 ) -> None:
     """Load documents into a knowledge base (idempotent and resumable: run it again)."""
-    from fengchao_chains.cli import guarded, settings_from
+    from fengchao_chains.cli import guarded, open_database, settings_from
     from fengchao_chains.ingest.run import ingest
     from fengchao_chains.ingest.sources import DEFAULT_MAX_DOCUMENT_CHARS
 
@@ -215,7 +193,7 @@ def _print_problem(problem: SourceProblem) -> None:
 
 
 def _print_report(report: IngestReport, as_json: bool) -> None:
-    from fengchao_chains.cli import stderr
+    from fengchao_chains.cli import print_json, stderr
 
     if as_json:
         print_json(report.as_dict())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fengchao_chains.cli_ingest import open_database, print_json, progress_view
+from fengchao_chains.cli_ingest import progress_view
 
 if TYPE_CHECKING:
     from fengchao_chains.db import Database
@@ -47,7 +47,7 @@ def list_kbs(
     """List knowledge bases: id, description, model, dimensions, documents, chunks, created."""
     from rich.table import Table
 
-    from fengchao_chains.cli import guarded, settings_from, stdout
+    from fengchao_chains.cli import guarded, open_database, print_json, settings_from, stdout
     from fengchao_chains.retrievers import KnowledgeBaseRegistry
 
     settings = settings_from()
@@ -97,7 +97,7 @@ def create_kb(
     chunk_overlap: Annotated[int, typer.Option(min=0, help="Chunk overlap in characters.")] = 60,
 ) -> None:
     """Create an empty knowledge base."""
-    from fengchao_chains.cli import guarded, settings_from, stdout
+    from fengchao_chains.cli import guarded, open_database, settings_from, stdout
     from fengchao_chains.embeddings import get_embeddings
     from fengchao_chains.retrievers import KnowledgeBaseRegistry
 
@@ -127,7 +127,13 @@ def delete_kb(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a knowledge base with all its documents and chunks."""
-    from fengchao_chains.cli import guarded, settings_from, stderr, stdout
+    from fengchao_chains.cli import (
+        guarded,
+        open_database,
+        settings_from,
+        stderr,
+        stdout,
+    )
     from fengchao_chains.retrievers import KnowledgeBaseRegistry
 
     settings = settings_from()
@@ -158,7 +164,7 @@ def list_documents(
     """List stored documents, most recently ingested first."""
     from rich.table import Table
 
-    from fengchao_chains.cli import guarded, settings_from, stdout
+    from fengchao_chains.cli import guarded, open_database, print_json, settings_from, stdout
     from fengchao_chains.retrievers import ChunkStore
 
     settings = settings_from()
@@ -196,7 +202,13 @@ def delete_document(
     document_id: Annotated[str, typer.Argument(metavar="DOCUMENT_ID")],
 ) -> None:
     """Delete one document and its chunks."""
-    from fengchao_chains.cli import guarded, settings_from, stderr, stdout
+    from fengchao_chains.cli import (
+        guarded,
+        open_database,
+        settings_from,
+        stderr,
+        stdout,
+    )
     from fengchao_chains.retrievers import ChunkStore
 
     settings = settings_from()
@@ -230,7 +242,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Search a knowledge base: chunks with similarity, distance, fused score, title, url."""
-    from fengchao_chains.cli import guarded, settings_from, stdout
+    from fengchao_chains.cli import guarded, open_database, print_json, settings_from, stdout
     from fengchao_chains.retrievers import get_retriever
 
     if threshold is not None and min_similarity is not None:
@@ -298,7 +310,7 @@ def reembed_command(
 ) -> None:
     """Re-embed every chunk with another model, in a table built beside the live one, then
     swap (searches keep working meanwhile; a killed run leaves the old table serving)."""
-    from fengchao_chains.cli import guarded, settings_from, stdout
+    from fengchao_chains.cli import guarded, open_database, settings_from, stdout
     from fengchao_chains.embeddings import get_embeddings
     from fengchao_chains.ingest.reembed import reembed
 

@@ -7,10 +7,9 @@ error, ``--json`` where the output is data).  A new key's secret is printed once
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,24 +25,12 @@ keys_app = typer.Typer(
 @contextmanager
 def _key_store() -> Iterator[KeyStore]:
     """The key store on the started database, closed (an embedded server released) after."""
-    from fengchao_chains.cli import guarded, settings_from
-    from fengchao_chains.db import Database
+    from fengchao_chains.cli import guarded, open_database, settings_from
     from fengchao_chains.gateway.keys import KeyStore
-    from fengchao_chains.logging_setup import configure_logging
 
     settings = settings_from()
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-    database = guarded(lambda: Database.start(settings))
-    try:
+    with open_database(settings) as database:
         yield guarded(lambda: KeyStore(database, settings))
-    finally:
-        database.close()
-
-
-def _print_json(payload: Any) -> None:
-    from fengchao_chains.cli import stdout
-
-    stdout.print_json(json.dumps(payload, ensure_ascii=False))
 
 
 @keys_app.command("create")
@@ -57,12 +44,12 @@ def create_key(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Issue a new api_key and secret_key; the secret is shown this once only."""
-    from fengchao_chains.cli import guarded, stderr, stdout
+    from fengchao_chains.cli import guarded, print_json, stderr, stdout
 
     with _key_store() as keys:
         issued = guarded(lambda: keys.create(name, admin=admin))
     if as_json:
-        _print_json(
+        print_json(
             {
                 "api_key": issued.api_key,
                 "secret_key": issued.secret_key,
@@ -87,12 +74,12 @@ def list_keys(
     """List every key (never a secret), revoked ones included."""
     from rich.table import Table
 
-    from fengchao_chains.cli import guarded, stdout
+    from fengchao_chains.cli import guarded, print_json, stdout
 
     with _key_store() as keys:
         infos = guarded(keys.list)
     if as_json:
-        _print_json(
+        print_json(
             [
                 {
                     "api_key": info.api_key,

@@ -8,7 +8,6 @@ change within ``FENGCHAO_LIMITS_CACHE_SECONDS``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -29,18 +28,12 @@ _KEY_ARGUMENT = typer.Argument(metavar="API_KEY", help="The API key (`fengchao k
 @contextmanager
 def _limiter() -> Iterator[Limiter]:
     """The limiter on the started database, closed (an embedded server released) after."""
-    from fengchao_chains.cli import guarded, settings_from
-    from fengchao_chains.db import Database
+    from fengchao_chains.cli import open_database, settings_from
     from fengchao_chains.gateway.limits import Limiter
-    from fengchao_chains.logging_setup import configure_logging
 
     settings = settings_from()
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-    database = guarded(lambda: Database.start(settings))
-    try:
+    with open_database(settings) as database:
         yield Limiter(database, settings)
-    finally:
-        database.close()
 
 
 @limits_app.command("set")
@@ -77,7 +70,7 @@ def set_limits(
     """Give a key its own limits; only the options given change.  A key without limits of
     its own starts from the defaults (FENGCHAO_DEFAULT_RPM/TPM); a new budget is CNY per
     month unless --unit/--period say otherwise."""
-    from fengchao_chains.cli import guarded, stdout
+    from fengchao_chains.cli import guarded, print_json, stdout
     from fengchao_chains.gateway.limit_types import BUDGET_PERIODS, BUDGET_UNITS
     from fengchao_chains.gateway.limits import KEEP
 
@@ -96,7 +89,7 @@ def set_limits(
         limits = guarded(lambda: limiter.set(api_key, **changes))
         seconds = limiter.settings.limits_cache_seconds
     if as_json:
-        _print_json({"api_key": api_key, **_limits_json(limits)})
+        print_json({"api_key": api_key, **_limits_json(limits)})
         return
     stdout.print(f"{api_key}: {_describe(limits)}", markup=False, highlight=False)
     stdout.print(f"(running servers apply it within {seconds:g} s)", markup=False, highlight=False)
@@ -128,7 +121,7 @@ def show_limits(
     """Limits and usage: requests and tokens this minute, spend this budget period."""
     from rich.table import Table
 
-    from fengchao_chains.cli import guarded, stdout
+    from fengchao_chains.cli import guarded, print_json, stdout
     from fengchao_chains.gateway.limit_types import format_money
 
     with _limiter() as limiter:
@@ -136,7 +129,7 @@ def show_limits(
             lambda: [limiter.status(api_key)] if api_key is not None else limiter.statuses()
         )
     if as_json:
-        _print_json([_status_json(status) for status in statuses])
+        print_json([_status_json(status) for status in statuses])
         return
     count = f"{len(statuses)} key" + ("" if len(statuses) == 1 else "s")
     title = count if api_key is None else api_key
@@ -230,9 +223,3 @@ def _status_json(status: LimitsStatus) -> dict[str, Any]:
         "period_start": status.period_start.isoformat() if status.period_start else None,
         "spent": float(status.spent) if status.spent is not None else None,
     }
-
-
-def _print_json(payload: Any) -> None:
-    from fengchao_chains.cli import stdout
-
-    stdout.print_json(json.dumps(payload, ensure_ascii=False))

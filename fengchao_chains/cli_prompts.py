@@ -28,12 +28,6 @@ def _library() -> PromptLibrary:
     return guarded(lambda: get_prompt_library(settings))
 
 
-def _print_json(payload: Any) -> None:
-    from fengchao_chains.cli import stdout
-
-    stdout.print_json(json.dumps(payload, ensure_ascii=False))
-
-
 @prompts_app.command("list")
 def list_prompts(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -41,11 +35,11 @@ def list_prompts(
     """List every instruction: id, description and extra variables."""
     from rich.table import Table
 
-    from fengchao_chains.cli import stdout
+    from fengchao_chains.cli import print_json, stdout
 
     library = _library()
     if as_json:
-        _print_json(library.cards())
+        print_json(library.cards())
         return
     table = Table(title=f"{len(library)} prompts")
     for column in ("id", "description", "variables"):
@@ -65,7 +59,7 @@ def show_prompt(
     as_json: Annotated[bool, typer.Option("--json", help="Print the prompt card as JSON.")] = False,
 ) -> None:
     """Show one instruction: its file, variables and the system, prefix and prompt parts."""
-    from fengchao_chains.cli import stderr, stdout
+    from fengchao_chains.cli import print_json, stderr, stdout
 
     library = _library()
     if prompt_id not in library:
@@ -73,7 +67,7 @@ def show_prompt(
         raise typer.Exit(1)
     instruction = library[prompt_id]
     if as_json:
-        _print_json(instruction.card() | {"file": str(instruction.path)})
+        print_json(instruction.card() | {"file": str(instruction.path)})
         return
     lines = [
         f"id:          {instruction.id}",
@@ -119,7 +113,7 @@ def render_prompt(
     as_json: Annotated[bool, typer.Option("--json", help="Print the messages as JSON.")] = False,
 ) -> None:
     """Render the messages a request with this prompt would send to the model."""
-    from fengchao_chains.cli import guarded, stdout
+    from fengchao_chains.cli import guarded, print_json, stdout
 
     fill = dict(_parse_var(item) for item in var or [])
     library = _library()
@@ -127,7 +121,7 @@ def render_prompt(
         lambda: library.render(query, prompt=prompt, system=system, prompt_fill=fill)
     )
     if as_json:
-        _print_json({"system": rendered.system, "user": rendered.user})
+        print_json({"system": rendered.system, "user": rendered.user})
         return
     stdout.print(
         f"--- system ---\n{rendered.system}\n\n--- user ---\n{rendered.user}",

@@ -8,7 +8,6 @@ stderr and exit 1 for a report that cannot be made, exit 2 for a usage error.
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
@@ -61,10 +60,8 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Tokens, cost (per unit: CNY and USD apart), errors and latency over a time range."""
-    from fengchao_chains.cli import guarded, settings_from
-    from fengchao_chains.db import Database
+    from fengchao_chains.cli import guarded, open_database, print_json, settings_from
     from fengchao_chains.gateway.usage_reports import OPERATOR, UsageQuery, UsageReports
-    from fengchao_chains.logging_setup import configure_logging
 
     query = guarded(
         lambda: UsageQuery.parse(
@@ -76,17 +73,10 @@ def usage(
             front_door=front_door.value if front_door else None,
         )
     )
-    settings = settings_from()
-    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
-    database = guarded(lambda: Database.start(settings))
-    try:
+    with open_database(settings_from()) as database:
         report = guarded(lambda: UsageReports(database).report(query, viewer=OPERATOR))
-    finally:
-        database.close()
     if as_json:
-        from fengchao_chains.cli import stdout
-
-        stdout.print_json(json.dumps(report.as_json(), ensure_ascii=False))
+        print_json(report.as_json())
         return
     _print_table(report)
 
