@@ -100,6 +100,11 @@ def aigc_upstream_messages() -> list[dict[str, Any]]:
     return convert_to_openai_messages(PromptLibrary().messages(QUESTION))
 
 
+def direct_aigc_target(up_url: str) -> Target:
+    """``direct-aigc``, /aigc's baseline: the upstream called with what /aigc sends it."""
+    return openai_target("direct-aigc", up_url, API_KEY, messages=aigc_upstream_messages())
+
+
 def aigc_bodies() -> dict[str, bytes]:
     """The 25 keys the SDK always sends (protocol doc 8.2), with its defaults."""
     body: dict[str, Any] = {
@@ -299,9 +304,7 @@ def bench(opts: Options) -> Results:
             direct = openai_target("direct", up_url, API_KEY)
             run_cells(opts, direct, CpuWatch(base_groups), results, list(base_groups))
             if "aigc" in opts.targets:
-                like_aigc = openai_target(
-                    "direct-aigc", up_url, API_KEY, messages=aigc_upstream_messages()
-                )
+                like_aigc = direct_aigc_target(up_url)
                 run_cells(opts, like_aigc, CpuWatch(base_groups), results, list(base_groups))
 
         if "floor" in opts.targets:

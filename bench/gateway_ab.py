@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import gateway
 from bench._gateway_load import Target, _one
+from bench._gateway_report import BASELINES
 from bench._gateway_servers import fengchao_server, floor_server
 from bench._gateway_upstream import API_KEY
 
@@ -66,6 +67,34 @@ async def interleave(targets: dict[str, Target], mode: str, cycles: int) -> dict
     return latencies
 
 
+def reference_targets(
+    up_url: str, work: Path, servers: ExitStack, *, aigc: bool
+) -> dict[str, Target]:
+    """``direct``, ``floor`` (the do-nothing proxy, started on CPU 1) and, with ``aigc``,
+    ``direct-aigc`` (the upstream called with what /aigc sends it: /aigc's baseline)."""
+    floor = floor_server(up_url, f"Bearer {API_KEY}", work / "floor.log", gateway.SERVER_CPUS)
+    targets = {
+        "direct": gateway.openai_target("direct", up_url, API_KEY),
+        "floor": gateway.openai_target("floor", servers.enter_context(floor).base_url, "ignored"),
+    }
+    if aigc:
+        targets["direct-aigc"] = gateway.direct_aigc_target(up_url)
+    return targets
+
+
+def gateway_from(
+    source: Path | None, work_dir: Path, db_url: str, up_url: str, servers: ExitStack
+) -> list[Target]:
+    """``fengchao serve`` from ``source`` (None: the installed package) on CPU 1, its log
+    beside ``work_dir``: its /aigc and /v1 targets."""
+    settings = SimpleNamespace(work_dir=work_dir, relay_each_event=False, source=source)
+    env = gateway.gateway_env(settings, db_url, up_url)  # type: ignore[arg-type]
+    token = gateway.gateway_token(env)
+    log = work_dir.with_name(f"{work_dir.name}.log")
+    server = servers.enter_context(fengchao_server(env, log, gateway.SERVER_CPUS))
+    return gateway.gateway_targets(server, token, ["aigc", "v1"])
+
+
 def paired(before: list[float], after: list[float]) -> tuple[float, float, float]:
     """The median of ``after - before`` cycle by cycle, and its bootstrap 95% interval."""
     diffs = [b - a for a, b in zip(before, after, strict=True)]
@@ -90,35 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         gateway.upstream(opts.latency) as (up_url, _),
         ExitStack() as servers,
     ):
-        auth = f"Bearer {API_KEY}"
-        floor = servers.enter_context(
-            floor_server(up_url, auth, work / "floor.log", gateway.SERVER_CPUS)
-        )
-        targets = {
-            "direct": gateway.openai_target("direct", up_url, API_KEY),
-            "floor": gateway.openai_target("floor", floor.base_url, "ignored"),
-        }
-        if opts.door == "aigc":  # what /aigc sends the upstream: its baseline
-            messages = gateway.aigc_upstream_messages()
-            targets["direct-aigc"] = gateway.openai_target(
-                "direct-aigc", up_url, API_KEY, messages=messages
-            )
+        targets = reference_targets(up_url, work, servers, aigc=opts.door == "aigc")
         for name, source in (("a", opts.a), ("b", opts.b)):
-            settings = SimpleNamespace(
-                work_dir=work / name, relay_each_event=False, source=source.resolve()
-            )
-            env = gateway.gateway_env(settings, db_url, up_url)  # type: ignore[arg-type]
-            token = gateway.gateway_token(env)
-            server = servers.enter_context(
-                fengchao_server(env, work / f"{name}.log", gateway.SERVER_CPUS)
-            )
-            (target,) = gateway.gateway_targets(server, token, [opts.door])
+            doors = gateway_from(source.resolve(), work / name, db_url, up_url, servers)
+            (target,) = [door for door in doors if door.name == opts.door]
             targets[name] = Target(name, target.url, target.bodies, target.headers)
         latencies = asyncio.run(interleave(targets, opts.mode, opts.cycles))
     direct = statistics.median(latencies["direct"])
     print(f"/{opts.door} {opts.mode}, c=1, {opts.cycles} cycles; direct p50 {direct:.2f} ms")
     print(f"  floor: +p50 {statistics.median(latencies['floor']) - direct:.2f} ms")
-    baseline = "direct-aigc" if "direct-aigc" in latencies else "direct"
+    baseline = BASELINES.get(opts.door, "direct")
     if baseline != "direct":
         own = statistics.median(latencies[baseline])
         print(f"  {baseline}: +p50 {own - direct:.2f} ms (the upstream on /aigc's prompt)")

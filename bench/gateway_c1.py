@@ -26,7 +26,6 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,13 +34,11 @@ from bench._gateway_load import Target
 from bench._gateway_report import BASELINES
 from bench._gateway_servers import (
     LITELLM_MASTER_KEY,
-    fengchao_server,
-    floor_server,
     litellm_config,
     litellm_server,
 )
 from bench._gateway_upstream import API_KEY
-from bench.gateway_ab import interleave, paired
+from bench.gateway_ab import gateway_from, interleave, paired, reference_targets
 
 GOAL_MS = 2.0
 
@@ -50,21 +47,9 @@ def start_targets(opts: argparse.Namespace, work: Path, servers: ExitStack) -> d
     """Every target, started: the upstream and the database first, the servers on CPU 1."""
     db_url, _ = servers.enter_context(gateway.bench_database(work / "db", opts.database_url))
     up_url, _ = servers.enter_context(gateway.upstream(opts.latency))
-    messages = gateway.aigc_upstream_messages()
-    targets = {
-        "direct": gateway.openai_target("direct", up_url, API_KEY),
-        "direct-aigc": gateway.openai_target("direct-aigc", up_url, API_KEY, messages=messages),
-    }
-    floor = floor_server(up_url, f"Bearer {API_KEY}", work / "floor.log", gateway.SERVER_CPUS)
-    targets["floor"] = gateway.openai_target(
-        "floor", servers.enter_context(floor).base_url, "ignored"
-    )
+    targets = reference_targets(up_url, work, servers, aigc=True)
     source = opts.source.resolve() if opts.source else None
-    settings = SimpleNamespace(work_dir=work / "fengchao", relay_each_event=False, source=source)
-    env = gateway.gateway_env(settings, db_url, up_url)  # type: ignore[arg-type]
-    token = gateway.gateway_token(env)
-    server = servers.enter_context(fengchao_server(env, work / "fengchao.log", gateway.SERVER_CPUS))
-    for target in gateway.gateway_targets(server, token, ["aigc", "v1"]):
+    for target in gateway_from(source, work / "fengchao", db_url, up_url, servers):
         targets[target.name] = target
     if (opts.litellm_venv / "bin" / "litellm").exists():
         config = litellm_config(up_url, gateway.MODEL, API_KEY)
@@ -90,9 +75,7 @@ def report(mode: str, cycles: int, latencies: dict[str, list[float]]) -> None:
         added[name] = median
         anchor = added.get("litellm")
         ratio = f"{median / anchor:.2f}" if anchor else "-"
-        met = "yes" if median <= GOAL_MS else "no"
-        if name in ("floor", "litellm"):
-            met = "-"
+        met = "-" if name in ("floor", "litellm") else ("yes" if median <= GOAL_MS else "no")
         p50 = statistics.median(samples)
         print(
             f"| {name} | {p50:.2f} | {baseline} | {median:+.2f} ({low:+.2f} .. {high:+.2f})"
