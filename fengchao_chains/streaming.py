@@ -32,18 +32,23 @@ gateway's streams, docs/benchmarks.md):
 
 A body that fails midway has what it yielded before the failure written first, then the
 error propagates (the server closes the connection), as with Starlette's response. One that
-fails before its first piece and within the hold leaves the response unstarted, so the
-server answers 500.
+fails before its first piece and within the hold leaves the response unstarted: the
+response's ``early_failure`` answers instead (the gateway's ``/v1`` gives the error's HTTP
+status and body), or without one the error propagates and the server answers 500. So a
+front door can hand the response its stream before the vendor has answered, and set the
+response up while the vendor works, yet still refuse with a status: with ``head_hold=None``
+the head waits for the first piece however long that takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable, Mapping
 
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 BUFFER_LIMIT = 64 * 1024
@@ -53,6 +58,24 @@ HEAD_HOLD_SECONDS = 0.5
 
 
 class HangUpAwareStreamingResponse(StreamingResponse):
+    def __init__(
+        self,
+        content: AsyncIterable[str | bytes | memoryview],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+        *,
+        head_hold: float | None = HEAD_HOLD_SECONDS,
+        early_failure: Callable[[Exception], Response] | None = None,
+    ) -> None:
+        """``head_hold``: how long the head waits for the first piece (None: until it comes
+        or the body ends); ``early_failure``: the answer to a body that fails before its
+        first piece, while the head is still unsent."""
+        super().__init__(content, status_code, headers, media_type, background)
+        self.head_hold = head_hold
+        self.early_failure = early_failure
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
@@ -65,8 +88,11 @@ class HangUpAwareStreamingResponse(StreamingResponse):
         pipe = _Pipe(self.charset)
         producer = asyncio.create_task(pipe.fill(self.body_iterator))
         listener = asyncio.create_task(_cancel_on_disconnect(receive, producer, pipe))
+        answered = False  # the body's failure, by early_failure
         try:
-            await pipe.drain(send, head)
+            if not await pipe.drain(send, head, self.head_hold):
+                listener.cancel()
+                answered = await self._answer_early_failure(producer, scope, receive, send)
         except OSError as exc:  # what servers other than uvicorn raise on a dead socket
             raise ClientDisconnect() from exc
         finally:
@@ -74,9 +100,23 @@ class HangUpAwareStreamingResponse(StreamingResponse):
             if not producer.done():  # the writer failed: the body stops with it
                 producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await producer
+                await (asyncio.wait([producer]) if answered else producer)
             if self.background is not None:  # the request's bookkeeping: however it ended
                 await self.background()
+
+    async def _answer_early_failure(
+        self, producer: asyncio.Task[None], scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """The head unsent, a body that failed gets :attr:`early_failure`'s answer; whether
+        it did."""
+        if self.early_failure is None:
+            return False
+        await asyncio.wait([producer])
+        failure = None if producer.cancelled() else producer.exception()
+        if not isinstance(failure, Exception):
+            return False
+        await self.early_failure(failure)(scope, receive, send)
+        return True
 
 
 class _Pipe:
@@ -113,12 +153,13 @@ class _Pipe:
             self.finished = True
             self.ready.set()
 
-    async def drain(self, send: Send, head: Message) -> None:
+    async def drain(self, send: Send, head: Message, head_hold: float | None) -> bool:
         """Write what has collected each time there is some, until the body ends; ``head``
         (the response's start) goes right before the first write, or alone when the hold
-        (:data:`HEAD_HOLD_SECONDS`) is over first."""
+        (``head_hold`` seconds; None: no limit) is over first. Whether the head was sent."""
         unsent: Message | None = head
-        hold = asyncio.get_running_loop().call_later(HEAD_HOLD_SECONDS, self._head_due)
+        loop = asyncio.get_running_loop()
+        hold = None if head_hold is None else loop.call_later(head_hold, self._head_due)
         try:
             while True:
                 await self.ready.wait()
@@ -127,7 +168,7 @@ class _Pipe:
                 pieces, self.pieces, self.size = self.pieces, [], 0
                 self.room.set()
                 if self.hung_up or (self.failed and not pieces):
-                    return
+                    return unsent is None
                 last = finished and not self.failed
                 if unsent is not None and (pieces or last or self.head_due):
                     await send(unsent)
@@ -137,9 +178,10 @@ class _Pipe:
                     more = not last
                     await send({"type": "http.response.body", "body": body, "more_body": more})
                 if finished:
-                    return
+                    return unsent is None
         finally:
-            hold.cancel()
+            if hold is not None:
+                hold.cancel()
 
     def _head_due(self) -> None:
         self.head_due = True

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import pytest
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response
 
 from fengchao_chains.streaming import BUFFER_LIMIT, HangUpAwareStreamingResponse
 
@@ -40,8 +42,8 @@ class Client:
         return [m for m in self.messages if m["type"] == "http.response.body"]
 
 
-async def respond(body: AsyncIterator[str], client: Client) -> None:
-    response = HangUpAwareStreamingResponse(body, media_type="text/event-stream")
+async def respond(body: AsyncIterator[str], client: Client, **options: Any) -> None:
+    response = HangUpAwareStreamingResponse(body, media_type="text/event-stream", **options)
     await response(SCOPE, client.receive, client.send)
 
 
@@ -92,18 +94,14 @@ async def test_the_head_goes_out_with_the_first_piece() -> None:
     assert client.sent_at[1] - client.sent_at[0] < 0.01
 
 
-async def test_the_head_waits_for_a_slow_first_piece_only_so_long(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("fengchao_chains.streaming.HEAD_HOLD_SECONDS", 0.05)
-
+async def test_the_head_waits_for_a_slow_first_piece_only_so_long() -> None:
     async def slow() -> AsyncIterator[str]:
         await asyncio.sleep(0.4)  # a model slow to its first token
         yield "data: first\n\n"
 
     client = Client()
     started = time.perf_counter()
-    await respond(slow(), client)
+    await respond(slow(), client, head_hold=0.05)
     assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
     assert client.sent_at[0] - started < 0.3  # the head did not wait for the piece
     assert client.sent_at[1] - started >= 0.4
@@ -125,6 +123,71 @@ async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstart
     with pytest.raises(RuntimeError, match="no connection"):
         await respond(refused(), client)
     assert client.messages == []  # so the server can still answer 500
+
+
+async def test_without_a_hold_limit_the_head_waits_for_the_first_piece() -> None:
+    async def slow() -> AsyncIterator[str]:
+        await asyncio.sleep(0.3)
+        yield "data: first\n\n"
+
+    client = Client()
+    started = time.perf_counter()
+    await respond(slow(), client, head_hold=None)
+    assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
+    assert client.sent_at[0] - started >= 0.3  # the head went with the piece
+    assert client.sent_at[0] == pytest.approx(client.sent_at[1], abs=0.05)
+
+
+async def test_an_early_failure_gets_the_answer_early_failure_gives() -> None:
+    answered: list[Exception] = []
+
+    def early_failure(exc: Exception) -> Response:
+        answered.append(exc)
+        return JSONResponse({"error": str(exc)}, status_code=429)
+
+    async def refused() -> AsyncIterator[str]:
+        pieces: list[str] = []  # the vendor refuses before any
+        await asyncio.sleep(0.05)
+        if not pieces:
+            raise RuntimeError("slow down")
+        for piece in pieces:
+            yield piece
+
+    client = Client()
+    ran: list[str] = []
+
+    async def bookkeeping() -> None:
+        ran.append("background")
+
+    response = HangUpAwareStreamingResponse(
+        refused(),
+        media_type="text/event-stream",
+        background=BackgroundTask(bookkeeping),
+        head_hold=None,
+        early_failure=early_failure,
+    )
+    await response(SCOPE, client.receive, client.send)  # no error: it was answered
+    assert [str(exc) for exc in answered] == ["slow down"]
+    assert client.messages[0]["status"] == 429
+    assert client.bodies[0]["body"] == b'{"error":"slow down"}'
+    assert ran == ["background"]
+
+
+async def test_a_failure_after_the_first_piece_is_not_answered_again() -> None:
+    async def broken() -> AsyncIterator[str]:
+        yield "data: first\n\n"
+        await asyncio.sleep(0.01)
+        raise RuntimeError("cut")
+
+    client = Client()
+    with pytest.raises(RuntimeError, match="cut"):
+        await respond(broken(), client, head_hold=None, early_failure=_never)
+    assert client.messages[0]["status"] == 200
+    assert client.bodies[0]["body"] == b"data: first\n\n"
+
+
+def _never(exc: Exception) -> Response:
+    raise AssertionError(f"answered {exc!r} after the head")
 
 
 async def test_an_empty_body_is_a_complete_response() -> None:

@@ -253,12 +253,12 @@ async def answer_chat(
     return message
 
 
-async def astream_answer(
+def astream_answer(
     runtime: Runtime,
     prepared: PreparedChat,
     config: RunnableConfig | None = None,
     tail: RunTail | None = None,
-) -> AsyncIterator[AIMessageChunk]:
+) -> AsyncGenerator[AIMessageChunk, None]:
     """The answer's chunks as a plain call: the model's ``astream`` with ``config`` (the
     only LangChain run) through the sliding-window guard, the turn remembered at the end.
     With ``tail`` the chunks end with the model's last one, and the run ends when the
@@ -268,16 +268,37 @@ async def astream_answer(
     the task iterating it) the model's stream is closed here at once, so the upstream
     connection ends and the call is recorded as aborted, rather than whenever the garbage
     collector gets to it."""
-    request = prepared.request
     config = model_config(prepared, config)
-    stages = [
+    model_stream = (
         cast(
             AsyncGenerator[AIMessageChunk, None],
             prepared.model.astream(prepared.messages, config, **prepared.sampling),
         )
         if tail is None
         else tail.astream(prepared.model, prepared.messages, config, **prepared.sampling)
-    ]
+    )
+    return _answer_stages(runtime, prepared, model_stream)
+
+
+async def aopen_answer(
+    runtime: Runtime, prepared: PreparedChat, config: RunnableConfig | None, tail: RunTail
+) -> AsyncGenerator[AIMessageChunk, None]:
+    """:func:`astream_answer` with ``tail``, the model's request already sent when this
+    returns (:meth:`RunTail.aopen_stream`): what the caller does next, such as setting up
+    its response, overlaps the vendor's work."""
+    config = model_config(prepared, config)
+    model_stream = await tail.aopen_stream(
+        prepared.model, prepared.messages, config, **prepared.sampling
+    )
+    return _answer_stages(runtime, prepared, model_stream)
+
+
+async def _answer_stages(
+    runtime: Runtime, prepared: PreparedChat, model_stream: AsyncGenerator[AIMessageChunk, None]
+) -> AsyncGenerator[AIMessageChunk, None]:
+    """The model's chunks through the guard, the turn remembered at the end."""
+    request = prepared.request
+    stages = [model_stream]
     if request.is_sensitive:
         words = runtime.sensitive_words
         stages.append(aguard_chunks(words, stages[-1], replace=request.sensitive_replace))

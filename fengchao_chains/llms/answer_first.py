@@ -80,6 +80,7 @@ class RunTail:
         """The usage the vendor reported in the answer (None: none, the recorder estimates)."""
         self._run: asyncio.Task[BaseMessage] | None = None
         self._stream: AsyncGenerator[AIMessageChunk, None] | None = None
+        self._opening: _Opening | None = None
 
     @property
     def pending(self) -> bool:
@@ -90,6 +91,8 @@ class RunTail:
         """End the run (its callbacks run now), at once if nothing is left; once only. A
         failure this late cannot change the answer any more, so it is logged, not raised."""
         run, stream, self._run, self._stream = self._run, self._stream, None, None
+        if self._opening is not None:  # a stream opened early and never read: withdrawn
+            self._opening.close(left=True)
         try:
             if run is not None:
                 await run
@@ -180,23 +183,56 @@ class RunTail:
         call = (model, messages, config, kwargs)
         return self._until_last(cast(AsyncGenerator[AIMessageChunk, None], chunks), call)
 
+    async def aopen_stream(
+        self,
+        model: BaseChatModel,
+        messages: LanguageModelInput,
+        config: RunnableConfig | None,
+        **kwargs: Any,
+    ) -> AsyncGenerator[AIMessageChunk, None]:
+        """:meth:`astream` with the model's request already on its way when this returns
+        (sent ahead of the run, where it can be), so that what the caller does next, such
+        as setting up its response, overlaps the vendor's work instead of delaying the
+        request. A stream that is never iterated has its request withdrawn by
+        :meth:`finish`."""
+        chunks = model.astream(messages, self._config(config), **kwargs)
+        call = (model, messages, config, kwargs)
+        opening = self._open(call)
+        if opening.ahead is not None:
+            await _written()
+        stream = cast(AsyncGenerator[AIMessageChunk, None], chunks)
+        return self._until_last(stream, call, opening)
+
     def _config(self, config: RunnableConfig | None) -> RunnableConfig:
         return {**(config or {}), "run_id": self.run_id}
 
+    def _open(self, call: _Call) -> _Opening:
+        """Count the call in flight and send its request ahead, unless the server is busy
+        (then the run ends first, and nothing is sent ahead)."""
+        answer_first = _Load.calls < ANSWER_FIRST_UP_TO
+        _Load.calls += answer_first
+        ahead = send_ahead(*call, stream=True) if answer_first else None
+        self._opening = _Opening(ahead, answer_first)
+        return self._opening
+
     async def _until_last(
-        self, chunks: AsyncGenerator[AIMessageChunk, None], call: _Call
+        self,
+        chunks: AsyncGenerator[AIMessageChunk, None],
+        call: _Call,
+        opening: _Opening | None = None,
     ) -> AsyncGenerator[AIMessageChunk, None]:
-        kept, first = False, _Load.calls < ANSWER_FIRST_UP_TO  # else busy: the run ends first
-        _Load.calls += first
-        ahead, left = None, False
+        """``opening``: the stream's start, made by :meth:`aopen_stream` (its request
+        written already); None: made here, as the first chunk is asked for."""
+        written, kept, left = opening is not None, False, False
         try:
-            ahead = send_ahead(*call, stream=True) if first else None
-            chunk = await _first_chunk(chunks, ahead)
+            if opening is None:
+                opening = self._open(call)
+            chunk = await _first_chunk(chunks, opening.ahead, written=written)
             while chunk is not None:
                 if chunk.usage_metadata:
                     self.usage = add_usage(self.usage, chunk.usage_metadata)
                 # (a model LangChain does not stream answers with one whole AIMessage)
-                if first and getattr(chunk, "chunk_position", None) == "last":
+                if opening.answer_first and getattr(chunk, "chunk_position", None) == "last":
                     self._stream, kept = chunks, True
                     yield chunk
                     return
@@ -206,23 +242,48 @@ class RunTail:
             left = True  # the caller stopped (its client left)
             raise
         finally:
-            _Load.calls -= first
-            if ahead is not None:
-                ahead.discard(cancelled=left)
+            if opening is not None:
+                opening.close(left=left)
             if not kept:
                 await chunks.aclose()
 
 
-async def _first_chunk(
-    chunks: AsyncGenerator[AIMessageChunk, None], ahead: SentAhead | None
-) -> AIMessageChunk | None:
-    """The stream's first chunk; with a request sent ahead, that is written first (two turns
-    of the loop: the request's task, then aiohttp's writer) and offered to the run, which
-    starts now."""
-    if ahead is None:
-        return await anext(chunks, None)
+class _Opening:
+    """A stream's start: whether it counts as in flight (:class:`_Load`), and its request
+    sent ahead (or None). Closed once: by the stream, or by :meth:`RunTail.finish` if the
+    stream never ran."""
+
+    def __init__(self, ahead: SentAhead | None, answer_first: bool) -> None:
+        self.ahead = ahead
+        self.answer_first = answer_first
+        self.closed = False
+
+    def close(self, *, left: bool) -> None:
+        """``left``: the caller stopped, so a request not taken up is no surprise."""
+        if self.closed:
+            return
+        self.closed = True
+        _Load.calls -= self.answer_first
+        if self.ahead is not None:
+            self.ahead.discard(cancelled=left)
+
+
+async def _written() -> None:
+    """Two turns of the loop, the request's task and then aiohttp's writer: the request
+    sent ahead is written when this returns."""
     for _ in range(2):
         await asyncio.sleep(0)
+
+
+async def _first_chunk(
+    chunks: AsyncGenerator[AIMessageChunk, None], ahead: SentAhead | None, *, written: bool
+) -> AIMessageChunk | None:
+    """The stream's first chunk; with a request sent ahead, that is written first (unless
+    it already is, ``written``) and offered to the run, which starts now."""
+    if ahead is None:
+        return await anext(chunks, None)
+    if not written:
+        await _written()
     offered = ahead.offer()
     try:
         return await anext(chunks, None)

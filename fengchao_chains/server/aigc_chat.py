@@ -36,7 +36,7 @@ from fengchao_chains.chains.chat import (
     CALLER_KEY,
     ChatInput,
     answer_chat,
-    astream_answer,
+    aopen_answer,
     json_answer,
     prepare_chat,
 )
@@ -285,7 +285,11 @@ async def _stream(
         await metering.settle()
         raise
     tail = RunTail()
-    chunks = astream_answer(runtime, prepared, run_config(metering), tail)
+    try:  # the request on its way first: the response is set up while the vendor works
+        chunks = await aopen_answer(runtime, prepared, run_config(metering), tail)
+    except BaseException:
+        await metering.finish(tail)
+        raise
     events = _events(chunks, prepared.documents, answer, metering, tail)
     return _event_stream(events, BackgroundTask(metering.finish, tail))
 

@@ -202,33 +202,41 @@ async def _invoke(runtime: Runtime, call: ChatCall) -> dict[str, Any]:
 
 
 async def _stream(runtime: Runtime, call: ChatCall, *, include_usage: bool) -> Response:
-    """Open the model's stream first, so a refusal before any text is still an HTTP status.
-    The model's run ends after the last event has left, and the request is settled then."""
-    chunks = call.tail.astream(call.model, call.messages, call.config, **call.kwargs)
+    """Send the model's request, then set the response up while the vendor works. The head
+    waits for the model's first chunk, so a refusal before any text is still an HTTP
+    status (``early_failure``). The model's run ends after the last event has left, and the
+    request is settled then, however the stream ended."""
     try:
-        first = await anext(chunks, None)
+        chunks = await call.tail.aopen_stream(call.model, call.messages, call.config, **call.kwargs)
     except BaseException:
-        await chunks.aclose()
-        await call.metering.settle()
+        await call.metering.finish(call.tail)
         raise
     writer = ChunkWriter(call.completion_id, call.card.id, include_usage=include_usage)
-    events = _events(runtime, call, writer, first, chunks)
-    finish = BackgroundTask(call.metering.finish, call.tail)
-    return HangUpAwareStreamingResponse(events, media_type="text/event-stream", background=finish)
+    return HangUpAwareStreamingResponse(
+        _events(runtime, call, writer, chunks),
+        media_type="text/event-stream",
+        background=BackgroundTask(call.metering.finish, call.tail),
+        head_hold=None,
+        early_failure=error_answer,
+    )
 
 
 async def _events(
     runtime: Runtime,
     call: ChatCall,
     writer: ChunkWriter,
-    first: AIMessageChunk | None,
-    rest: AsyncGenerator[AIMessageChunk, None],
+    chunks: AsyncGenerator[AIMessageChunk, None],
 ) -> AsyncIterator[bytes]:
+    """The stream's events; the model's failure before its first chunk is raised (the
+    response answers it with its HTTP status), a later one ends the stream as an error
+    event."""
     guard = runtime.sensitive_words.guard(replace=False) if call.guard_output else None
-    usage, finish = None, None
-    yield writer.first(call.documents)
+    usage, finish, begun = None, None, False
     try:
-        async for chunk in _chain(first, rest):
+        first = await anext(chunks, None)
+        yield writer.first(call.documents)
+        begun = True
+        async for chunk in _chain(first, chunks):
             text: str = chunk.text
             if guard is not None and text:
                 text = guard.feed(text)
@@ -244,10 +252,12 @@ async def _events(
         logger.info("/v1 stream cut: %s", exc)
         finish = "content_filter"
     except Exception as exc:
+        if not begun:
+            raise
         yield as_openai_error(exc).event()
         return
     finally:
-        await rest.aclose()  # a stream cut short ends the model's run as aborted
+        await chunks.aclose()  # a stream cut short ends the model's run as aborted
     yield writer.finish(finish_reason(finish))
     if writer.include_usage:
         yield writer.usage(await answer_usage(usage, call.metering.recorder, call.tail))

@@ -129,6 +129,55 @@ async def test_a_streams_request_reaches_the_vendor_before_the_run_starts(
     assert record.completion_tokens == whole.usage_metadata["output_tokens"]
 
 
+@pytest.mark.parametrize("harness", STREAMING, ids=str)
+async def test_an_opened_streams_request_is_written_when_the_opening_returns(
+    harness: VendorHarness, fake: FakeVendor, url: str, catalog: Catalog
+) -> None:
+    model = await warmed_up(harness, url)
+    config = config_with(catalog, harness)
+    before = harness.count_requests(fake)
+    tail = RunTail()
+
+    chunks = await tail.aopen_stream(model, MESSAGES, config)
+    deadline = time.monotonic() + 0.5  # the loop blocked: only what was written can arrive
+    while harness.count_requests(fake) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    arrived = harness.count_requests(fake) - before
+    text = "".join([chunk.text async for chunk in chunks])
+    await tail.finish()
+
+    assert arrived == 1
+    assert harness.count_requests(fake) == before + 1  # the run took that request's answer
+    assert text == "".join([c.text async for c in model.astream(MESSAGES)])
+    [record] = recorder_of(config).records
+    assert record.status == "ok"
+
+
+async def test_an_opened_stream_never_read_is_withdrawn_by_the_tail(
+    openai_fake: FakeVendor,
+    openai_root: str,
+    catalog: Catalog,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = await warmed_up(OPENAI, openai_root)
+    openai_fake.inject(Fault.SLOW, delay=0.5)
+    config = config_with(catalog, OPENAI)
+    tail = RunTail()
+    await tail.aopen_stream(model, MESSAGES, config)
+    assert answer_first._Load.calls == 1
+
+    with caplog.at_level(logging.WARNING):
+        await tail.finish()
+        await tail.finish()
+    await asyncio.sleep(0.05)
+
+    assert answer_first._Load.calls == 0
+    pending = [t for t in asyncio.all_tasks() if "_astart_call" in repr(t.get_coro())]
+    assert pending == []
+    assert recorder_of(config).records == []  # no run was started
+    assert "not taken up" not in caplog.text  # a withdrawal, not a surprise
+
+
 openai_fake, openai_url, openai_model = OPENAI.fixtures(
     fake="openai_fake", url="openai_url", model="openai_model"
 )
