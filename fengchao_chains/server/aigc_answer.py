@@ -57,7 +57,17 @@ class Answer:
         """``event_line(self.payload(content, index=index, knowledge=knowledge))`` for a
         stream's text chunk, byte for byte, with what stays the same from chunk to chunk
         (the head, and the zero usage, the knowledge hits and the rest after ``choices``)
-        serialised once per stream instead of once per chunk."""
+        serialised once per stream instead of once per chunk (:meth:`prime`)."""
+        self.prime(knowledge)
+        choices = (
+            f'[{{"index": {index:d}, "message": {{"role": "assistant", "content": '
+            f'{json.dumps(content)}}}, "finish_reason": null}}]'
+        )  # json.dumps of the one choice, with only the text to encode
+        return f'data: {self._delta_head[1]}, "choices": {choices}, {self._delta_tail[1]}\n\n'
+
+    def prime(self, knowledge: Sequence[Document]) -> None:
+        """Serialise what :meth:`delta_line` repeats (if not done for this second and these
+        hits): a stream does it while the vendor works on the first chunk."""
         created = time.strftime(CREATED_FORMAT)
         if self._delta_head[0] != created:
             head = {"request_id": self.request_id, "created": created, "model": self.card.id}
@@ -66,11 +76,6 @@ class Answer:
             whole = self.payload("", knowledge=knowledge)
             tail = {key: value for key, value in whole.items() if key not in _HEAD_AND_CHOICES}
             self._delta_tail = (knowledge, json.dumps(tail)[1:])
-        choices = (
-            f'[{{"index": {index:d}, "message": {{"role": "assistant", "content": '
-            f'{json.dumps(content)}}}, "finish_reason": null}}]'
-        )  # json.dumps of the one choice, with only the text to encode
-        return f'data: {self._delta_head[1]}, "choices": {choices}, {self._delta_tail[1]}\n\n'
 
     def payload(
         self,

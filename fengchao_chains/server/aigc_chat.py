@@ -311,6 +311,7 @@ async def _events(
 ) -> AsyncIterator[str]:
     finish: str | None = None
     index = 0
+    answer.prime(documents)  # while the vendor works on the first chunk
     try:
         async for chunk in chunks:
             finish = chunk.response_metadata.get("finish_reason") or finish

@@ -232,9 +232,10 @@ async def _events(
     event."""
     guard = runtime.sensitive_words.guard(replace=False) if call.guard_output else None
     usage, finish, begun = None, None, False
+    opening = writer.first(call.documents)  # made while the vendor works, as is the guard
     try:
         first = await anext(chunks, None)
-        yield writer.first(call.documents)
+        yield opening
         begun = True
         async for chunk in _chain(first, chunks):
             text: str = chunk.text
