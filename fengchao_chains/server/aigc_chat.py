@@ -152,7 +152,7 @@ async def _serve(
         if body.mode == "async":
             await _check_knowledge_base(runtime, chat_input)
         metering = Metering(runtime, caller, "aigc", answer.request_id)
-        await metering.admit(card, [chat_input.model_dump()], chat_input.max_tokens)
+        await metering.admit(card, lambda: [chat_input.model_dump()], chat_input.max_tokens)
         if body.mode == "async":
             return JSONResponse(await _submit(runtime, metering, body, chat_input, answer))
         if body.mode == "stream":

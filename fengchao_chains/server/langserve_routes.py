@@ -160,7 +160,7 @@ async def _admit(metering: Metering, runtime: Runtime, request: Request) -> None
         runtime.limits.completion_allowance(cap if isinstance(cap, int) else None) for cap in caps
     )
     try:
-        await metering.admit(_card(runtime, chats[0].get("model")), chats, allowance)
+        await metering.admit(_card(runtime, chats[0].get("model")), lambda: chats, allowance)
     except RateLimitExceeded as exc:
         raise HTTPException(429, exc.message, headers=rate_limit_headers(exc)) from None
 

@@ -66,15 +66,15 @@ class Metering:
     async def admit(
         self,
         card: ModelCard,
-        chats: Iterable[dict[str, Any]],
+        chats: Callable[[], Iterable[dict[str, Any]]],
         max_tokens: int | None,
     ) -> None:
         """Reserve this request's share of the caller's limits (``chats``: its chat inputs,
-        whose prompts are estimated); raises
+        whose prompts are estimated; asked for only if the caller has limits); raises
         :class:`~fengchao_chains.gateway.limit_types.RateLimitExceeded` when over."""
         await self._reserve(
             card.unit,
-            lambda: sum(estimate_chat_prompt(self.runtime, chat) for chat in chats),
+            lambda: sum(estimate_chat_prompt(self.runtime, chat) for chat in chats()),
             max_tokens=max_tokens,
             cost=card.cost,
         )
