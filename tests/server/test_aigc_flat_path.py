@@ -242,6 +242,29 @@ def test_a_client_leaving_a_stream_ends_the_upstream_call_at_once(
     assert history.get_messages() == []
 
 
+def test_a_v1_client_leaving_before_the_first_chunk_ends_the_upstream_call_at_once(
+    gateway: Gateway, upstream: tuple[FakeOpenAI, OpenCalls, str]
+) -> None:
+    fake, calls, _ = upstream
+    fake.inject(Fault.STALL, after_chunks=0)  # the head and role event, then no text
+    body = {"model": ONLINE, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {gateway.token}"}
+    with httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(30, read=0.5)) as client:
+        # the head waits for the first chunk, so the client gives up waiting for it
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/chat/completions", json=body, headers=headers)
+        left = time.monotonic()
+        assert calls.open == 1
+    deadline = left + 5
+    while calls.open and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls.open == 0, "the upstream call outlived the client"
+    assert calls.ended[-1] - left < 1
+    api_key = next(k.api_key for k in gateway.runtime.keys.list() if k.name == "leaver")
+    rows = _usage_rows(gateway, api_key)
+    assert [(row["status"], row["front_door"]) for row in rows] == [("aborted", "v1")]
+
+
 def _usage_rows(gateway: Gateway, api_key: str) -> list[dict[str, Any]]:
     """The key's usage rows once the usage log has flushed them."""
     deadline = time.monotonic() + 10
