@@ -110,18 +110,20 @@ async def test_the_head_waits_for_a_slow_first_piece_only_so_long() -> None:
     ]
 
 
-async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstarted() -> None:
-    async def refused() -> AsyncIterator[str]:
-        pieces: list[str] = []  # the upstream call fails before any
-        await asyncio.sleep(0)
-        if not pieces:
-            raise RuntimeError("no connection")
-        for piece in pieces:
-            yield piece
+async def refused(message: str, *, after: float = 0) -> AsyncIterator[str]:
+    """A body whose upstream call fails before its first piece."""
+    pieces: list[str] = []
+    await asyncio.sleep(after)
+    if not pieces:
+        raise RuntimeError(message)
+    for piece in pieces:
+        yield piece
 
+
+async def test_a_body_failing_before_its_first_piece_leaves_the_response_unstarted() -> None:
     client = Client()
     with pytest.raises(RuntimeError, match="no connection"):
-        await respond(refused(), client)
+        await respond(refused("no connection"), client)
     assert client.messages == []  # so the server can still answer 500
 
 
@@ -145,14 +147,6 @@ async def test_an_early_failure_gets_the_answer_early_failure_gives() -> None:
         answered.append(exc)
         return JSONResponse({"error": str(exc)}, status_code=429)
 
-    async def refused() -> AsyncIterator[str]:
-        pieces: list[str] = []  # the vendor refuses before any
-        await asyncio.sleep(0.05)
-        if not pieces:
-            raise RuntimeError("slow down")
-        for piece in pieces:
-            yield piece
-
     client = Client()
     ran: list[str] = []
 
@@ -160,7 +154,7 @@ async def test_an_early_failure_gets_the_answer_early_failure_gives() -> None:
         ran.append("background")
 
     response = HangUpAwareStreamingResponse(
-        refused(),
+        refused("slow down", after=0.05),
         media_type="text/event-stream",
         background=BackgroundTask(bookkeeping),
         head_hold=None,

@@ -106,9 +106,10 @@ async def test_an_answers_request_reaches_the_vendor_before_the_run_starts(
     assert record.completion_tokens == answer.usage_metadata["output_tokens"]
 
 
+@pytest.mark.parametrize("opened", [False, True], ids=["astream", "aopen_stream"])
 @pytest.mark.parametrize("harness", STREAMING, ids=str)
 async def test_a_streams_request_reaches_the_vendor_before_the_run_starts(
-    harness: VendorHarness, fake: FakeVendor, url: str, catalog: Catalog
+    harness: VendorHarness, fake: FakeVendor, url: str, catalog: Catalog, opened: bool
 ) -> None:
     model = await warmed_up(harness, url)
     sees = SeesTheVendor(harness, fake)
@@ -116,7 +117,15 @@ async def test_a_streams_request_reaches_the_vendor_before_the_run_starts(
     before = harness.count_requests(fake)
     tail = RunTail()
 
-    chunks = [chunk async for chunk in tail.astream(model, MESSAGES, config)]
+    if opened:  # the request is written by the time the opening returns
+        stream = await tail.aopen_stream(model, MESSAGES, config)
+        deadline = time.monotonic() + 0.5  # the loop blocked: only what was written arrives
+        while harness.count_requests(fake) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert harness.count_requests(fake) == before + 1
+    else:
+        stream = tail.astream(model, MESSAGES, config)
+    chunks = [chunk async for chunk in stream]
     await tail.finish()
 
     assert sees.seen_at_start == [True]
@@ -127,30 +136,6 @@ async def test_a_streams_request_reaches_the_vendor_before_the_run_starts(
     assert record.status == "ok"
     assert whole.usage_metadata is not None
     assert record.completion_tokens == whole.usage_metadata["output_tokens"]
-
-
-@pytest.mark.parametrize("harness", STREAMING, ids=str)
-async def test_an_opened_streams_request_is_written_when_the_opening_returns(
-    harness: VendorHarness, fake: FakeVendor, url: str, catalog: Catalog
-) -> None:
-    model = await warmed_up(harness, url)
-    config = config_with(catalog, harness)
-    before = harness.count_requests(fake)
-    tail = RunTail()
-
-    chunks = await tail.aopen_stream(model, MESSAGES, config)
-    deadline = time.monotonic() + 0.5  # the loop blocked: only what was written can arrive
-    while harness.count_requests(fake) == before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    arrived = harness.count_requests(fake) - before
-    text = "".join([chunk.text async for chunk in chunks])
-    await tail.finish()
-
-    assert arrived == 1
-    assert harness.count_requests(fake) == before + 1  # the run took that request's answer
-    assert text == "".join([c.text async for c in model.astream(MESSAGES)])
-    [record] = recorder_of(config).records
-    assert record.status == "ok"
 
 
 async def test_an_opened_stream_never_read_is_withdrawn_by_the_tail(
