@@ -119,14 +119,12 @@ class RunTail:
         cancels the call and waits for it to end (LangChain records no end for a cancelled
         ``ainvoke``, with or without this)."""
         answer: BaseMessage
-        if _Load.calls >= ANSWER_FIRST_UP_TO:  # busy: the run ends first
+        opening = self._open((model, messages, config, kwargs), stream=False)
+        if opening.answer_first:
+            answer = await self._answer_first(model, messages, config, opening, **kwargs)
+        else:  # busy: the run ends first (nothing was counted or sent ahead)
+            opening.close(left=False)
             answer = await model.ainvoke(messages, self._config(config), **kwargs)
-        else:
-            _Load.calls += 1
-            try:
-                answer = await self._answer_first(model, messages, config, **kwargs)
-            finally:
-                _Load.calls -= 1
         if not isinstance(answer, AIMessage):  # pragma: no cover - chat models answer AIMessage
             raise TypeError(f"unexpected answer {type(answer).__name__}")
         self.usage = answer.usage_metadata
@@ -137,11 +135,12 @@ class RunTail:
         model: BaseChatModel,
         messages: LanguageModelInput,
         config: RunnableConfig | None,
+        opening: _Opening,
         **kwargs: Any,
     ) -> BaseMessage:
         loop = asyncio.get_running_loop()
         handed: asyncio.Future[ChatResult | None] = loop.create_future()
-        ahead = send_ahead(model, messages, config, kwargs, stream=False)
+        ahead = opening.ahead
         run: asyncio.Task[BaseMessage] | None = None
         try:
             if ahead is not None:
@@ -158,11 +157,9 @@ class RunTail:
             if run is not None:
                 run.cancel()
                 await asyncio.wait([run])
-            if ahead is not None:
-                ahead.discard(cancelled=True)
+            opening.close(left=True)
             raise
-        if ahead is not None:
-            ahead.discard()
+        opening.close(left=False)  # warns if the run ended without taking the request up
         if result is None:  # the run ended first (any other model, or a failure)
             return run.result()
         self._run = run
@@ -197,7 +194,7 @@ class RunTail:
         :meth:`finish`."""
         chunks = model.astream(messages, self._config(config), **kwargs)
         call = (model, messages, config, kwargs)
-        opening = self._open(call)
+        opening = self._open(call, stream=True)
         if opening.ahead is not None:
             await _written()
         stream = cast(AsyncGenerator[AIMessageChunk, None], chunks)
@@ -206,12 +203,12 @@ class RunTail:
     def _config(self, config: RunnableConfig | None) -> RunnableConfig:
         return {**(config or {}), "run_id": self.run_id}
 
-    def _open(self, call: _Call) -> _Opening:
+    def _open(self, call: _Call, *, stream: bool) -> _Opening:
         """Count the call in flight and send its request ahead, unless the server is busy
         (then the run ends first, and nothing is sent ahead)."""
         answer_first = _Load.calls < ANSWER_FIRST_UP_TO
-        _Load.calls += answer_first
-        ahead = send_ahead(*call, stream=True) if answer_first else None
+        ahead = send_ahead(*call, stream=stream) if answer_first else None
+        _Load.calls += answer_first  # (after: a request that could not be sent is not counted)
         self._opening = _Opening(ahead, answer_first)
         return self._opening
 
@@ -226,7 +223,7 @@ class RunTail:
         written, kept, left = opening is not None, False, False
         try:
             if opening is None:
-                opening = self._open(call)
+                opening = self._open(call, stream=True)
             chunk = await _first_chunk(chunks, opening.ahead, written=written)
             while chunk is not None:
                 if chunk.usage_metadata:
@@ -249,9 +246,9 @@ class RunTail:
 
 
 class _Opening:
-    """A stream's start: whether it counts as in flight (:class:`_Load`), and its request
-    sent ahead (or None). Closed once: by the stream, or by :meth:`RunTail.finish` if the
-    stream never ran."""
+    """A call's start: whether it counts as in flight (:class:`_Load`), and its request
+    sent ahead (or None). Closed once: by the call, or by :meth:`RunTail.finish` if a
+    stream opened early never ran."""
 
     def __init__(self, ahead: SentAhead | None, answer_first: bool) -> None:
         self.ahead = ahead
