@@ -27,12 +27,12 @@ import aiohttp
 import httpx
 import urllib3
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from fengchao_chains.llms import _http
+from fengchao_chains.llms import _http, _made_ahead
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._sse import (
     ServerSentEvent,
@@ -87,15 +87,15 @@ def result(
     metadata: dict[str, Any],
     message_id: str | None = None,
 ) -> ChatResult:
-    """A one-generation ChatResult; ``metadata`` becomes the message's response_metadata."""
-    message = AIMessage(
-        content=text,
+    """A one-generation ChatResult (made ahead by an async call, :mod:`._made_ahead`);
+    ``metadata`` becomes the message's response_metadata."""
+    return _made_ahead.answer(
+        text,
         usage_metadata=usage_metadata,
         response_metadata={k: v for k, v in metadata.items() if v is not None},
-        id=message_id,
+        message_id=message_id,
+        generation_info={"finish_reason": metadata.get("finish_reason")},
     )
-    info = {"finish_reason": metadata.get("finish_reason")}
-    return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
 
 class StreamDecoder:
@@ -128,6 +128,9 @@ class StreamDecoder:
         self.message_id: str | None = None
         self.usage: UsageMetadata | None = None
         self.extra: dict[str, Any] = {}
+        self.closing: ChatGenerationChunk | None = None
+        """The closing chunk made ahead (:func:`._made_ahead.blank_closing`), for
+        :meth:`finish` to fill in; None: it makes one."""
         self._held: list[str] = []
 
     def feed(self, event: ServerSentEvent) -> list[ChatGenerationChunk]:
@@ -196,16 +199,17 @@ class StreamDecoder:
             "request_id": self.request_id,
             **self.extra,
         }
-        message = AIMessageChunk(
-            content="".join(self._held),  # the last read's text, when coalescing
-            id=self.message_id,
+        blank, self.closing = self.closing or _made_ahead.blank_closing(), None
+        chunk = _made_ahead.closing(
+            blank,
+            "".join(self._held),  # the last read's text, when coalescing
             usage_metadata=self.usage,
             response_metadata={k: v for k, v in metadata.items() if v is not None},
-            chunk_position="last",
+            message_id=self.message_id,
+            generation_info={"finish_reason": self.finish_reason},
         )
         self._held.clear()
-        info = {"finish_reason": self.finish_reason}
-        return [ChatGenerationChunk(message=message, generation_info=info)]
+        return [chunk]
 
 
 class AnswerFilter:
@@ -393,6 +397,7 @@ class VendorChatModel(RemoteChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        _made_ahead.make_answer_ahead()  # while the vendor works, if the request went ahead
         # a gateway may have sent the request before LangChain started the run
         call = await (claim(self) or self._astart_call(messages, stop, kwargs, stream=False))
         chat_result = call.answer.whole(self._parse_response(call.body, call.meta))
@@ -429,6 +434,7 @@ class VendorChatModel(RemoteChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        closing = _made_ahead.blank_closing()  # while the vendor works, as for an answer
         call = await (claim(self) or self._astart_call(messages, stop, kwargs, stream=True))
         opened = cast(_http.OpenedStream, call.opened)  # a stream's first half opens it
         try:
@@ -436,7 +442,8 @@ class VendorChatModel(RemoteChatModel):
             if not opened.is_sse:
                 batches = _aiter(_whole(self._parse_response(opened.whole_body, opened.meta)))
             else:
-                batches = self._adecode(aiter_event_batches(self, opened.response), opened.meta)
+                events = aiter_event_batches(self, opened.response)
+                batches = self._adecode(events, opened.meta, closing)
             async for batch in batches:
                 for chunk in call.answer.chunks(batch):
                     if run_manager and chunk.text:
@@ -500,9 +507,13 @@ class VendorChatModel(RemoteChatModel):
         yield decoder.finish()
 
     async def _adecode(
-        self, batches: AsyncIterator[list[ServerSentEvent]], meta: ResponseMeta
+        self,
+        batches: AsyncIterator[list[ServerSentEvent]],
+        meta: ResponseMeta,
+        closing: ChatGenerationChunk,
     ) -> AsyncIterator[list[ChatGenerationChunk]]:
         decoder = self._stream_decoder(meta)
+        decoder.closing = closing
         async for events in batches:
             chunks, error = decoder.feed_read(events)
             if decoder.done and error is None:  # as in :meth:`_decode`

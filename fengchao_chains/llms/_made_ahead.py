@@ -1,0 +1,98 @@
+"""A call's LangChain answer objects, made while the vendor works and filled in when its
+answer comes.
+
+Building an answer's ``AIMessage`` with its ``ChatGeneration`` and ``ChatResult`` (or a
+stream's closing ``AIMessageChunk`` with its ``ChatGenerationChunk``) runs pydantic's
+validation and LangChain's model validators: about 10 us back to back, but 125-190 us on a
+core that has idled through the vendor's wait, as every call's core has at concurrency 1.
+Assigning the fields of objects made earlier costs 25-45 us there (docs/benchmarks.md,
+change 29). So the async modes make their objects before they wait for the vendor, while
+the core has nothing else to do, and the answer only fills them in:
+
+- an answer's through :func:`make_answer_ahead`, which :func:`answer` takes up (the vendors'
+  response parsers reach it through ``_base.result``);
+- a stream's closing chunk made by :func:`blank_closing` and handed to its decoder.
+
+The objects hold the same values either way (a test compares them with ones built
+directly); only when the validation work is done changes. Each object made ahead is used
+once: :func:`answer` takes it out of the context.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any, cast
+
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+_answer_ahead: ContextVar[ChatResult | None] = ContextVar("fengchao_answer_ahead", default=None)
+
+
+def make_answer_ahead() -> None:
+    """Make the current call's answer objects now, for its :func:`answer` to fill in (in
+    this context: the call's task)."""
+    _answer_ahead.set(_blank_answer())
+
+
+def answer(
+    text: str,
+    *,
+    usage_metadata: UsageMetadata | None,
+    response_metadata: dict[str, Any],
+    message_id: str | None,
+    generation_info: dict[str, Any],
+) -> ChatResult:
+    """A one-generation ``ChatResult``: the one :func:`make_answer_ahead` made for this call,
+    filled in, or (none made) a new one."""
+    made = _answer_ahead.get()
+    if made is None:
+        made = _blank_answer()
+    else:
+        _answer_ahead.set(None)
+    _fill(made.generations[0], text, usage_metadata, response_metadata, message_id)
+    made.generations[0].generation_info = generation_info
+    return made
+
+
+def blank_closing() -> ChatGenerationChunk:
+    """A stream's closing chunk (``chunk_position="last"``), to be filled by :func:`closing`."""
+    return ChatGenerationChunk(message=AIMessageChunk(content="", chunk_position="last"))
+
+
+def closing(
+    blank: ChatGenerationChunk,
+    text: str,
+    *,
+    usage_metadata: UsageMetadata | None,
+    response_metadata: dict[str, Any],
+    message_id: str | None,
+    generation_info: dict[str, Any],
+) -> ChatGenerationChunk:
+    """``blank`` (from :func:`blank_closing`, used once) filled in as the stream's closing
+    chunk."""
+    _fill(blank, text, usage_metadata, response_metadata, message_id)
+    blank.generation_info = generation_info
+    return blank
+
+
+def _blank_answer() -> ChatResult:
+    return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
+
+
+def _fill(
+    generation: ChatGeneration,
+    text: str,
+    usage_metadata: UsageMetadata | None,
+    response_metadata: dict[str, Any],
+    message_id: str | None,
+) -> None:
+    """The message's fields, and the generation's ``text`` (which its validator copied from
+    the message's when the blank was made)."""
+    message = cast(AIMessage, generation.message)
+    message.content = text
+    message.id = message_id
+    message.usage_metadata = usage_metadata
+    message.response_metadata = response_metadata
+    generation.text = text
