@@ -21,7 +21,7 @@ once: :func:`answer` takes it out of the context.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
@@ -51,8 +51,14 @@ def answer(
         made = _blank_answer()
     else:
         _answer_ahead.set(None)
-    _fill(made.generations[0], text, usage_metadata, response_metadata, message_id)
-    made.generations[0].generation_info = generation_info
+    _fill(
+        made.generations[0],
+        text,
+        usage_metadata=usage_metadata,
+        response_metadata=response_metadata,
+        message_id=message_id,
+        generation_info=generation_info,
+    )
     return made
 
 
@@ -72,8 +78,14 @@ def closing(
 ) -> ChatGenerationChunk:
     """``blank`` (from :func:`blank_closing`, used once) filled in as the stream's closing
     chunk."""
-    _fill(blank, text, usage_metadata, response_metadata, message_id)
-    blank.generation_info = generation_info
+    _fill(
+        blank,
+        text,
+        usage_metadata=usage_metadata,
+        response_metadata=response_metadata,
+        message_id=message_id,
+        generation_info=generation_info,
+    )
     return blank
 
 
@@ -84,15 +96,28 @@ def _blank_answer() -> ChatResult:
 def _fill(
     generation: ChatGeneration,
     text: str,
+    *,
     usage_metadata: UsageMetadata | None,
     response_metadata: dict[str, Any],
     message_id: str | None,
+    generation_info: dict[str, Any],
 ) -> None:
-    """The message's fields, and the generation's ``text`` (which its validator copied from
-    the message's when the blank was made)."""
-    message = cast(AIMessage, generation.message)
-    message.content = text
-    message.id = message_id
-    message.usage_metadata = usage_metadata
-    message.response_metadata = response_metadata
-    generation.text = text
+    """The message's fields, and the generation's (its ``text`` is the one its validator
+    copied from the message when the blank was made), written as pydantic's own
+    ``__setattr__`` writes them for models that validate no assignment (into the instance's
+    ``__dict__``, the name into its fields set) without its per-name dispatch, which is a
+    first touch of more code on a cold core."""
+    message = generation.message
+    message.__dict__.update(
+        content=text,
+        id=message_id,
+        usage_metadata=usage_metadata,
+        response_metadata=response_metadata,
+    )
+    message.__pydantic_fields_set__.update(_MESSAGE_FIELDS)
+    generation.__dict__.update(text=text, generation_info=generation_info)
+    generation.__pydantic_fields_set__.update(_GENERATION_FIELDS)
+
+
+_MESSAGE_FIELDS = ("content", "id", "usage_metadata", "response_metadata")
+_GENERATION_FIELDS = ("text", "generation_info")
