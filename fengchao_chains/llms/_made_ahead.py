@@ -5,7 +5,7 @@ Building an answer's ``AIMessage`` with its ``ChatGeneration`` and ``ChatResult`
 stream's closing ``AIMessageChunk`` with its ``ChatGenerationChunk``) runs pydantic's
 validation and LangChain's model validators: about 10 us back to back, but 125-190 us on a
 core that has idled through the vendor's wait, as every call's core has at concurrency 1.
-Assigning the fields of objects made earlier costs 25-45 us there (docs/benchmarks.md,
+Writing the fields of objects made earlier costs 13-29 us there (docs/benchmarks.md,
 change 29). So the async modes make their objects before they wait for the vendor, while
 the core has nothing else to do, and the answer only fills them in:
 
