@@ -49,6 +49,7 @@ from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server.aigc_answer import Answer, event_line, failure_status
 from fengchao_chains.server.deps import app_runtime
+from fengchao_chains.server.json_answers import JSONAnswer
 from fengchao_chains.server.limits_http import aigc_rate_limit_response
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
@@ -163,7 +164,7 @@ async def _serve(
         except BaseException:
             await metering.finish(tail)
             raise
-        return JSONResponse(payload, background=BackgroundTask(metering.finish, tail))
+        return JSONAnswer(payload, background=BackgroundTask(metering.finish, tail))
     except RouteError as exc:
         return JSONResponse({"status": exc.status, "msg": exc.msg}, status_code=exc.status)
     except RateLimitExceeded as exc:

@@ -49,6 +49,7 @@ from fengchao_chains.llms.errors import (
 )
 from fengchao_chains.prompts.errors import PromptError
 from fengchao_chains.retrievers import UnknownKnowledgeBaseError
+from fengchao_chains.server.json_answers import JSONAnswer
 from fengchao_chains.server.limits_http import rate_limit_headers
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def json_answer_response(
     payload: dict[str, Any], background: BackgroundTask | None = None
 ) -> Response:
     """A 200 JSON answer, serialised by orjson (as :func:`sse_event`)."""
-    return Response(orjson.dumps(payload), media_type="application/json", background=background)
+    return JSONAnswer(payload, background=background)
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> OpenAIError:
