@@ -51,7 +51,7 @@ class Answer:
         self.card = card
         self.request_id = request_id
         self._delta_head: tuple[str, str] = ("", "")  # (created, serialised head)
-        self._delta_tail: tuple[Sequence[Document] | None, str] = (None, "")
+        self._delta_tail: tuple[Sequence[Document] | None, str, str] = (None, "", "")
 
     def delta_line(self, content: str, *, index: int, knowledge: Sequence[Document]) -> str:
         """``event_line(self.payload(content, index=index, knowledge=knowledge))`` for a
@@ -65,6 +65,23 @@ class Answer:
         )  # json.dumps of the one choice, with only the text to encode
         return f'data: {self._delta_head[1]}, "choices": {choices}, {self._delta_tail[1]}\n\n'
 
+    def closing_line(
+        self, *, index: int, finish_reason: str, usage: Bill, knowledge: Sequence[Document]
+    ) -> str:
+        """``event_line(self.payload("", index=..., finish_reason=..., usage=...,
+        knowledge=...))`` for a stream's closing chunk, byte for byte, from the parts
+        :meth:`prime` serialised: only the choice and the usage are encoded here (the whole
+        payload's ``json.dumps`` took 40-80 us on a core that idled through the vendor's
+        wait, docs/benchmarks.md, change 31)."""
+        self.prime(knowledge)
+        choices = (
+            f'[{{"index": {index:d}, "message": {{"role": "assistant", "content": ""}}, '
+            f'"finish_reason": {json.dumps(finish_reason)}}}]'
+        )
+        billed = json.dumps(_usage(usage))
+        head, rest = self._delta_head[1], self._delta_tail[2]
+        return f'data: {head}, "choices": {choices}, "usage": {billed}, {rest}\n\n'
+
     def prime(self, knowledge: Sequence[Document]) -> None:
         """Serialise what :meth:`delta_line` repeats (if not done for this second and these
         hits): a stream does it while the vendor works on the first chunk."""
@@ -75,7 +92,8 @@ class Answer:
         if self._delta_tail[0] is not knowledge:
             whole = self.payload("", knowledge=knowledge)
             tail = {key: value for key, value in whole.items() if key not in _HEAD_AND_CHOICES}
-            self._delta_tail = (knowledge, json.dumps(tail)[1:])
+            rest = {key: value for key, value in tail.items() if key != "usage"}
+            self._delta_tail = (knowledge, json.dumps(tail)[1:], json.dumps(rest)[1:])
 
     def payload(
         self,
@@ -88,8 +106,6 @@ class Answer:
         msg: str = OK,
         knowledge: Sequence[Document] = (),
     ) -> dict[str, Any]:
-        usage = usage or Bill(0, 0, 0.0)
-        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         choices = []
         if content is not None:
             choices.append(
@@ -104,18 +120,24 @@ class Answer:
             "created": time.strftime(CREATED_FORMAT),
             "model": self.card.id,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "cost": round(usage.cost, 8),
-            },
+            "usage": _usage(usage or Bill(0, 0, 0.0)),
             "msg": msg,
             "knowledge": [knowledge_hit(doc) for doc in knowledge],
             "status": status,
             "search": [],
             "agg": [],
         }
+
+
+def _usage(bill: Bill) -> dict[str, Any]:
+    """The answer's ``usage``: the bill's tokens and cost (rounded to 8 places)."""
+    prompt_tokens, completion_tokens = bill.prompt_tokens, bill.completion_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "cost": round(bill.cost, 8),
+    }
 
 
 def failure_status(exc: FengchaoError) -> int:

@@ -323,10 +323,9 @@ async def _events(
         yield event_line(_error_answer(answer, exc))
         return
     bill = await answer_bill(metering, answer.card, tail)
-    closing = answer.payload(
-        "", index=index, finish_reason=finish or "stop", usage=bill, knowledge=documents
+    yield answer.closing_line(
+        index=index, finish_reason=finish or "stop", usage=bill, knowledge=documents
     )
-    yield event_line(closing)
 
 
 async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
