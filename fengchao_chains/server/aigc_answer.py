@@ -70,9 +70,8 @@ class Answer:
     ) -> str:
         """``event_line(self.payload("", index=..., finish_reason=..., usage=...,
         knowledge=...))`` for a stream's closing chunk, byte for byte, from the parts
-        :meth:`prime` serialised: only the choice and the usage are encoded here (the whole
-        payload's ``json.dumps`` took 40-80 us on a core that idled through the vendor's
-        wait, docs/benchmarks.md, change 31)."""
+        :meth:`prime` serialised while the vendor worked: only the choice and the usage
+        are encoded after the answer (docs/benchmarks.md, change 31)."""
         self.prime(knowledge)
         choices = (
             f'[{{"index": {index:d}, "message": {{"role": "assistant", "content": ""}}, '
