@@ -21,7 +21,7 @@ once: :func:`answer` takes it out of the context.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
@@ -36,14 +36,16 @@ def make_answer_ahead() -> None:
     _answer_ahead.set(_blank_answer())
 
 
-def answer(
-    text: str,
-    *,
-    usage_metadata: UsageMetadata | None,
-    response_metadata: dict[str, Any],
-    message_id: str | None,
-    generation_info: dict[str, Any],
-) -> ChatResult:
+class Fields(TypedDict):
+    """What an answer (or a closing chunk) carries besides its text."""
+
+    usage_metadata: UsageMetadata | None
+    response_metadata: dict[str, Any]
+    message_id: str | None
+    generation_info: dict[str, Any]
+
+
+def answer(text: str, **fields: Unpack[Fields]) -> ChatResult:
     """A one-generation ``ChatResult``: the one :func:`make_answer_ahead` made for this call,
     filled in, or (none made) a new one."""
     made = _answer_ahead.get()
@@ -51,14 +53,7 @@ def answer(
         made = _blank_answer()
     else:
         _answer_ahead.set(None)
-    _fill(
-        made.generations[0],
-        text,
-        usage_metadata=usage_metadata,
-        response_metadata=response_metadata,
-        message_id=message_id,
-        generation_info=generation_info,
-    )
+    _fill(made.generations[0], text, fields)
     return made
 
 
@@ -67,25 +62,10 @@ def blank_closing() -> ChatGenerationChunk:
     return ChatGenerationChunk(message=AIMessageChunk(content="", chunk_position="last"))
 
 
-def closing(
-    blank: ChatGenerationChunk,
-    text: str,
-    *,
-    usage_metadata: UsageMetadata | None,
-    response_metadata: dict[str, Any],
-    message_id: str | None,
-    generation_info: dict[str, Any],
-) -> ChatGenerationChunk:
+def closing(blank: ChatGenerationChunk, text: str, **fields: Unpack[Fields]) -> ChatGenerationChunk:
     """``blank`` (from :func:`blank_closing`, used once) filled in as the stream's closing
     chunk."""
-    _fill(
-        blank,
-        text,
-        usage_metadata=usage_metadata,
-        response_metadata=response_metadata,
-        message_id=message_id,
-        generation_info=generation_info,
-    )
+    _fill(blank, text, fields)
     return blank
 
 
@@ -93,15 +73,7 @@ def _blank_answer() -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=AIMessage(content=""))])
 
 
-def _fill(
-    generation: ChatGeneration,
-    text: str,
-    *,
-    usage_metadata: UsageMetadata | None,
-    response_metadata: dict[str, Any],
-    message_id: str | None,
-    generation_info: dict[str, Any],
-) -> None:
+def _fill(generation: ChatGeneration, text: str, fields: Fields) -> None:
     """The message's fields, and the generation's (its ``text`` is the one its validator
     copied from the message when the blank was made), written as pydantic's own
     ``__setattr__`` writes them for models that validate no assignment (into the instance's
@@ -110,12 +82,12 @@ def _fill(
     message = generation.message
     message.__dict__.update(
         content=text,
-        id=message_id,
-        usage_metadata=usage_metadata,
-        response_metadata=response_metadata,
+        id=fields["message_id"],
+        usage_metadata=fields["usage_metadata"],
+        response_metadata=fields["response_metadata"],
     )
     message.__pydantic_fields_set__.update(_MESSAGE_FIELDS)
-    generation.__dict__.update(text=text, generation_info=generation_info)
+    generation.__dict__.update(text=text, generation_info=fields["generation_info"])
     generation.__pydantic_fields_set__.update(_GENERATION_FIELDS)
 
 

@@ -26,9 +26,10 @@ METADATA = {"finish_reason": "stop", "model_name": "m-1", "request_id": "req-9"}
 
 
 class Made:
-    """Spies on one of ``_made_ahead``'s factories: what it made, and when."""
+    """Spies on one of ``_made_ahead``'s factories (what it made, and when) while ``fake``
+    waits :data:`DELAY` before its next answer."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, fake: FakeVendor) -> None:
         self.made: list[tuple[float, Any]] = []
         real: Callable[[], Any] = getattr(_made_ahead, name)
 
@@ -38,21 +39,26 @@ class Made:
             return made
 
         monkeypatch.setattr(_made_ahead, name, spy)
+        fake.inject(Fault.SLOW, delay=DELAY)
+        self.start = time.monotonic()
+
+    def while_the_vendor_worked(self) -> Any:
+        """The one object made for the call, checked to be made before the vendor answered."""
+        assert time.monotonic() - self.start >= DELAY
+        [(at, made)] = self.made
+        assert at - self.start < DELAY / 2
+        return made
 
 
 @pytest.mark.parametrize("harness", VENDOR_MODELS, ids=str)
 async def test_an_answer_is_the_object_made_while_the_vendor_worked(
     harness: VendorHarness, fake: FakeVendor, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = Made(monkeypatch, "_blank_answer")
-    fake.inject(Fault.SLOW, delay=DELAY)
-    start = time.monotonic()
+    made = Made(monkeypatch, "_blank_answer", fake)
 
     answer = await harness.model(url).ainvoke("one two three")
 
-    assert time.monotonic() - start >= DELAY
-    [(at, result)] = made.made
-    assert at - start < DELAY / 2  # before the vendor answered
+    result = made.while_the_vendor_worked()
     filled = result.generations[0].message  # the answer (or, filtered, its copy)
     assert answer.text and filled.text == answer.text
     assert filled.usage_metadata == answer.usage_metadata
@@ -63,15 +69,11 @@ async def test_an_answer_is_the_object_made_while_the_vendor_worked(
 async def test_a_streams_closing_chunk_is_the_object_made_while_the_vendor_worked(
     harness: VendorHarness, fake: FakeVendor, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = Made(monkeypatch, "blank_closing")
-    fake.inject(Fault.SLOW, delay=DELAY)
-    start = time.monotonic()
+    made = Made(monkeypatch, "blank_closing", fake)
 
     chunks = [c async for c in harness.model(url).astream("one two three")]
 
-    assert time.monotonic() - start >= DELAY
-    [(at, blank)] = made.made
-    assert at - start < DELAY / 2
+    blank = made.while_the_vendor_worked()
     last = chunks[-1]  # the closing chunk (or, filtered, its copy)
     assert last.chunk_position == "last" and last.usage_metadata
     assert blank.message.usage_metadata == last.usage_metadata
