@@ -82,8 +82,9 @@ class Answer:
         return f'data: {head}, "choices": {choices}, "usage": {billed}, {rest}\n\n'
 
     def prime(self, knowledge: Sequence[Document]) -> None:
-        """Serialise what :meth:`delta_line` repeats (if not done for this second and these
-        hits): a stream does it while the vendor works on the first chunk."""
+        """Serialise what :meth:`delta_line` and :meth:`closing_line` repeat (if not done
+        for this second and these hits): a stream does it while the vendor works on the
+        first chunk."""
         created = time.strftime(CREATED_FORMAT)
         if self._delta_head[0] != created:
             head = {"request_id": self.request_id, "created": created, "model": self.card.id}
