@@ -78,6 +78,13 @@ class KeyLimits:
     def unlimited(self) -> bool:
         return self.rpm is None and self.tpm is None and self.budget is None
 
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> KeyLimits:
+        """From ``key_limits``' columns: rpm, tpm, budget, budget_unit, budget_period."""
+        rpm, tpm, amount, unit, period = row
+        budget = Budget(Decimal(amount), unit, period) if amount is not None else None
+        return cls(rpm=rpm, tpm=tpm, budget=budget)
+
 
 @dataclass(frozen=True)
 class LimitsStatus:

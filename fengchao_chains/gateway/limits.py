@@ -50,7 +50,7 @@ from fengchao_chains.gateway.limit_types import (
     period_bounds,
     window_start,
 )
-from fengchao_chains.gateway.limits_admin import KEEP, LimitsAdmin, _limits
+from fengchao_chains.gateway.limits_admin import KEEP, LimitsAdmin
 from fengchao_chains.settings import Settings
 
 __all__ = ["KEEP", "Limiter"]
@@ -284,7 +284,7 @@ class Limiter(LimitsAdmin):
                 raise
             logger.warning("keeping the cached rate limits: %s", exc)
         else:
-            self._table = {row[0]: _limits(row[1:]) for row in rows}
+            self._table = {row[0]: KeyLimits.from_row(row[1:]) for row in rows}
         self._loaded_at = self._now()
 
     async def _execute(

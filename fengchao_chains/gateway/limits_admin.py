@@ -88,7 +88,7 @@ class LimitsAdmin:
                 " WHERE api_key = %s FOR UPDATE",
                 (api_key,),
             ).fetchone()
-            current = _limits(row) if row else self._defaults
+            current = KeyLimits.from_row(row) if row else self._defaults
             merged = self._merged(
                 current, rpm=rpm, tpm=tpm, amount=budget, unit=unit, period=period
             )
@@ -156,7 +156,7 @@ class LimitsAdmin:
             rows = conn.execute(_STATUS, params).fetchall()
         result = []
         for key, own, rpm, tpm, amount, unit, period, requests, tokens, spent in rows:
-            limits = _limits((rpm, tpm, amount, unit, period)) if own else self._defaults
+            limits = KeyLimits.from_row((rpm, tpm, amount, unit, period)) if own else self._defaults
             period_start = period_bounds(period, now)[0] if period else None
             result.append(
                 LimitsStatus(
@@ -218,12 +218,6 @@ class LimitsAdmin:
 
 
 # --------------------------------------------------------------------------- helpers ----
-def _limits(row: tuple[Any, ...]) -> KeyLimits:
-    rpm, tpm, amount, unit, period = row
-    budget = Budget(Decimal(amount), unit, period) if amount is not None else None
-    return KeyLimits(rpm=rpm, tpm=tpm, budget=budget)
-
-
 def _check_positive(name: str, value: int | _Keep | None) -> None:
     if isinstance(value, int) and value < 1:
         raise LimitsError(f"{name} is a whole number of 1 or more (or unlimited)")
