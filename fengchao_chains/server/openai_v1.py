@@ -38,13 +38,13 @@ from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.llms.answer_first import RunTail
 from fengchao_chains.runtime import Runtime
 from fengchao_chains.server import openai_v1_embeddings, openai_v1_models
+from fengchao_chains.server.json_answers import JSONAnswer
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.server.openai_v1_errors import (
     as_openai_error,
     authenticate,
     error_answer,
     invalid,
-    json_answer_response,
     runtime_of,
 )
 from fengchao_chains.server.openai_v1_extras import (
@@ -133,7 +133,7 @@ async def chat_completions(request: Request) -> Response:
         except BaseException:
             await call.metering.finish(call.tail)
             raise
-        return json_answer_response(payload, BackgroundTask(call.metering.finish, call.tail))
+        return JSONAnswer(payload, background=BackgroundTask(call.metering.finish, call.tail))
     except Exception as exc:
         return error_answer(exc)
 

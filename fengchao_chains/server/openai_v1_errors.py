@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse
 
 from fengchao_chains.catalog.loader import UnknownEmbeddingModelError
 from fengchao_chains.errors import (
@@ -49,7 +48,6 @@ from fengchao_chains.llms.errors import (
 )
 from fengchao_chains.prompts.errors import PromptError
 from fengchao_chains.retrievers import UnknownKnowledgeBaseError
-from fengchao_chains.server.json_answers import JSONAnswer
 from fengchao_chains.server.limits_http import rate_limit_headers
 
 if TYPE_CHECKING:
@@ -104,13 +102,6 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     """One ``data:`` event of a /v1 stream: compact UTF-8 JSON, as OpenAI sends it (orjson:
     a tenth of ``json.dumps``' time, for every chunk of every stream)."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def json_answer_response(
-    payload: dict[str, Any], background: BackgroundTask | None = None
-) -> Response:
-    """A 200 JSON answer, serialised by orjson (as :func:`sse_event`)."""
-    return JSONAnswer(payload, background=background)
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> OpenAIError:
