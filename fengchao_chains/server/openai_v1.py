@@ -60,8 +60,8 @@ from fengchao_chains.server.openai_v1_wire import (
     ChatCompletionRequest,
     ChunkWriter,
     completion,
+    completion_id,
     finish_reason,
-    new_completion_id,
     parse,
     to_messages,
 )
@@ -159,8 +159,9 @@ async def prepare(
     fix_json = add_response_format(body, model, kwargs)
     if fix_json:
         messages = with_json_instruction(messages)
-    completion_id = new_completion_id()
-    metering = new_metering(runtime, caller, completion_id)
+    tail = RunTail()
+    request_id = completion_id(tail.run_id)
+    metering = new_metering(runtime, caller, request_id)
     await metering.admit_messages(card, messages, kwargs.get("max_tokens"))
     recorder = metering.recorder
     return ChatCall(
@@ -168,12 +169,13 @@ async def prepare(
         model=model,
         messages=messages,
         kwargs=kwargs,
-        config=run_config(recorder, caller, card, completion_id),
+        config=run_config(recorder, caller, card, request_id),
         metering=metering,
-        completion_id=completion_id,
+        completion_id=request_id,
         documents=documents,
         guard_output=sensitive,
         fix_json=fix_json,
+        tail=tail,
     )
 
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
@@ -192,8 +193,9 @@ def _with_content(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+def completion_id(run_id: UUID) -> str:
+    """A completion's id: its model run's (which its usage record has too)."""
+    return f"chatcmpl-{run_id.hex}"
 
 
 def finish_reason(raw: object) -> str:

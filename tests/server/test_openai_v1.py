@@ -338,21 +338,24 @@ def test_a_stream_failing_midway_ends_with_an_error_event(server: Server) -> Non
 
 
 def test_every_call_is_recorded_against_the_key_with_the_vendor_figures(server: Server) -> None:
-    post(server)
-    stream(server, stream_options={"include_usage": True})
-    post(server, tools=[WEATHER])
+    ids = [post(server).json()["id"]]
+    ids.append(stream(server, stream_options={"include_usage": True})[0][0]["id"])
+    ids.append(post(server, tools=[WEATHER]).json()["id"])
     server.runtime.usage.flush()
     with server.runtime.database.pool.connection() as conn:
         rows = conn.execute(
             "SELECT model, front_door, streamed, status, prompt_tokens, completion_tokens,"
-            " estimated FROM usage_events ORDER BY id"
+            " estimated, run_id, request_id FROM usage_events ORDER BY id"
         ).fetchall()
     arguments = json.dumps({"city": "hi", "days": 1}, separators=(",", ":"))
-    assert rows == [
+    assert [row[:-2] for row in rows] == [
         (ONLINE, "v1", False, "ok", 1, 3, False),
         (ONLINE, "v1", True, "ok", 1, 3, False),
         (ONLINE, "v1", False, "ok", 1, count_tokens(arguments), False),
     ]
+    # a completion's id names its call's record: the model run's id, and the request's
+    assert [f"chatcmpl-{row[-2].hex}" for row in rows] == ids == [row[-1] for row in rows]
+    assert len(set(ids)) == 3
 
 
 def test_json_mode_for_a_model_without_it_is_the_chain_instruction(server: Server) -> None:
