@@ -25,7 +25,9 @@ gateway's streams, docs/benchmarks.md):
   stream (on this machine a write that wakes an idle reader costs 25-90 us of the writer's
   CPU). The hold is short because some clients time the head: the fengchao SDK retries a
   request whose head does not come within its timeout, and a retried stream is another
-  upstream call.
+  upstream call. The wake-up saved is CPU that counts on a busy server; on an idle one the
+  head's write costs least while the vendor works, so a caller may send it at once
+  (``head_hold=0``: /aigc does while its server is not busy).
 - **The background task runs however the stream ended.** Starlette's is skipped when a
   write fails; the gateway's finishes the model's run and settles the request's limits
   there, which a client that left must not skip.

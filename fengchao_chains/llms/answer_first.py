@@ -83,6 +83,13 @@ class RunTail:
         self._opening: _Opening | None = None
 
     @property
+    def answer_first(self) -> bool:
+        """Whether the call, once begun, goes answer first: the process was not busy
+        (:data:`ANSWER_FIRST_UP_TO`). A front door may follow the same rule for its own
+        work that pays only on an idle core."""
+        return self._opening is not None and self._opening.answer_first
+
+    @property
     def pending(self) -> bool:
         """Whether :meth:`finish` has a run to end (which may have ended on its own)."""
         return self._run is not None or self._stream is not None

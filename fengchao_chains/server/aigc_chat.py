@@ -53,7 +53,7 @@ from fengchao_chains.server.json_answers import JSONAnswer
 from fengchao_chains.server.limits_http import aigc_rate_limit_response
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
-from fengchao_chains.streaming import HangUpAwareStreamingResponse
+from fengchao_chains.streaming import HEAD_HOLD_SECONDS, HangUpAwareStreamingResponse
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
 
@@ -292,7 +292,9 @@ async def _stream(
         await metering.finish(tail)
         raise
     events = _events(chunks, prepared.documents, answer, metering, tail)
-    return _event_stream(events, BackgroundTask(metering.finish, tail))
+    # on an idle server the head goes out while the vendor works, not with the first line
+    head_hold = 0 if tail.answer_first else HEAD_HOLD_SECONDS
+    return _event_stream(events, BackgroundTask(metering.finish, tail), head_hold=head_hold)
 
 
 def _error_answer(answer: Answer, exc: FengchaoError) -> dict[str, Any]:
@@ -333,10 +335,16 @@ async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
 
 
 def _event_stream(
-    lines: AsyncIterator[str], background: BackgroundTask | None = None
+    lines: AsyncIterator[str],
+    background: BackgroundTask | None = None,
+    *,
+    head_hold: float = HEAD_HOLD_SECONDS,
 ) -> StreamingResponse:
     return HangUpAwareStreamingResponse(
-        lines, media_type="text/event-stream; charset=utf-8", background=background
+        lines,
+        media_type="text/event-stream; charset=utf-8",
+        background=background,
+        head_hold=head_hold,
     )
 
 

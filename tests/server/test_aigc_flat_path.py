@@ -22,8 +22,9 @@ from fengchao_chains.callbacks.usage import FrontDoor
 from fengchao_chains.gateway.auth import issue_token
 from fengchao_chains.gateway.sensitive import SensitiveContentError
 from fengchao_chains.gateway.usage import UsageLog
+from fengchao_chains.llms import answer_first
 from fengchao_chains.runtime import Runtime
-from fengchao_chains.server import create_app
+from fengchao_chains.server import aigc_chat, create_app
 from fengchao_chains.settings import Settings
 from fengchao_chains.testing.fakes._common import Fault
 from fengchao_chains.testing.fakes.openai import FakeOpenAI
@@ -240,6 +241,34 @@ def test_a_client_leaving_a_stream_ends_the_upstream_call_at_once(
     assert rows[0]["completion_tokens"] > 0
     history = gateway.runtime.conversations.history(api_key, "left-halfway")
     assert history.get_messages() == []
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_an_aigc_streams_head_leaves_at_once_unless_the_server_is_busy(
+    gateway: Gateway,
+    upstream: tuple[FakeOpenAI, OpenCalls, str],
+    monkeypatch: pytest.MonkeyPatch,
+    busy: bool,
+) -> None:
+    """Idle, the head is written while the vendor works; busy, it waits for the first line
+    (here a hold of 30 s, which a vendor that sends no text makes it wait out)."""
+    fake, _, _ = upstream
+    monkeypatch.setattr(aigc_chat, "HEAD_HOLD_SECONDS", 30.0)
+    if busy:  # every call counts as one too many
+        monkeypatch.setattr(answer_first, "ANSWER_FIRST_UP_TO", 0)
+    fake.inject(Fault.STALL, after_chunks=0)  # the head and role event, then no text
+    body = sdk_body(mode="stream", query="你好")
+    headers = {"Authorization": gateway.token}
+    with httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(30, read=2)) as client:
+        opened = client.stream("POST", "/aigc/chat/", json=body, headers=headers)
+        if busy:  # no head within the read timeout
+            with pytest.raises(httpx.ReadTimeout), opened:
+                pass
+            return
+        with opened as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            # (the head may even be ahead of the request at the upstream, which sends no text)
 
 
 def test_a_v1_client_leaving_before_the_first_chunk_ends_the_upstream_call_at_once(
