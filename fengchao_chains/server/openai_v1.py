@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -109,13 +109,14 @@ class ChatCall:
     kwargs: dict[str, Any]
     config: RunnableConfig
     metering: Metering
+    tail: RunTail
+    """The model's run once its answer is out: ended, then the request settled, after the
+    answer has left (:mod:`fengchao_chains.llms.answer_first`)."""
     completion_id: str
+    """The tail's run id as OpenAI's completion id (:func:`completion_id`)."""
     documents: list[Document] | None = None
     guard_output: bool = True
     fix_json: bool = False
-    tail: RunTail = field(default_factory=RunTail)
-    """The model's run once its answer is out: ended, then the request settled, after the
-    answer has left (:mod:`fengchao_chains.llms.answer_first`)."""
 
 
 @router.post("/chat/completions", response_model=None)
@@ -171,11 +172,11 @@ async def prepare(
         kwargs=kwargs,
         config=run_config(recorder, caller, card, request_id),
         metering=metering,
+        tail=tail,
         completion_id=request_id,
         documents=documents,
         guard_output=sensitive,
         fix_json=fix_json,
-        tail=tail,
     )
 
 
