@@ -50,8 +50,10 @@ class Answer:
     def __init__(self, card: ModelCard, request_id: str) -> None:
         self.card = card
         self.request_id = request_id
-        self._delta_head: tuple[str, str] = ("", "")  # (created, serialised head)
-        self._delta_tail: tuple[Sequence[Document] | None, str, str] = (None, "", "")
+        self._head: tuple[str, str] = ("", "")  # (created, the serialised head)
+        self._tails: tuple[Sequence[Document] | None, str, str] = (None, "", "")
+        """(the hits they were made for, what follows ``choices`` with zero usage, what
+        follows ``usage``): the serialised ends of a text line and of the closing line."""
 
     def delta_line(self, content: str, *, index: int, knowledge: Sequence[Document]) -> str:
         """``event_line(self.payload(content, index=index, knowledge=knowledge))`` for a
@@ -63,7 +65,7 @@ class Answer:
             f'[{{"index": {index:d}, "message": {{"role": "assistant", "content": '
             f'{json.dumps(content)}}}, "finish_reason": null}}]'
         )  # json.dumps of the one choice, with only the text to encode
-        return f'data: {self._delta_head[1]}, "choices": {choices}, {self._delta_tail[1]}\n\n'
+        return f'data: {self._head[1]}, "choices": {choices}, {self._tails[1]}\n\n'
 
     def closing_line(
         self, *, index: int, finish_reason: str, usage: Bill, knowledge: Sequence[Document]
@@ -78,7 +80,7 @@ class Answer:
             f'"finish_reason": {json.dumps(finish_reason)}}}]'
         )
         billed = json.dumps(_usage(usage))
-        head, rest = self._delta_head[1], self._delta_tail[2]
+        head, rest = self._head[1], self._tails[2]
         return f'data: {head}, "choices": {choices}, "usage": {billed}, {rest}\n\n'
 
     def prime(self, knowledge: Sequence[Document]) -> None:
@@ -86,14 +88,14 @@ class Answer:
         for this second and these hits): a stream does it while the vendor works on the
         first chunk."""
         created = time.strftime(CREATED_FORMAT)
-        if self._delta_head[0] != created:
+        if self._head[0] != created:
             head = {"request_id": self.request_id, "created": created, "model": self.card.id}
-            self._delta_head = (created, json.dumps(head)[:-1])
-        if self._delta_tail[0] is not knowledge:
+            self._head = (created, json.dumps(head)[:-1])
+        if self._tails[0] is not knowledge:
             whole = self.payload("", knowledge=knowledge)
             tail = {key: value for key, value in whole.items() if key not in _HEAD_AND_CHOICES}
             rest = {key: value for key, value in tail.items() if key != "usage"}
-            self._delta_tail = (knowledge, json.dumps(tail)[1:], json.dumps(rest)[1:])
+            self._tails = (knowledge, json.dumps(tail)[1:], json.dumps(rest)[1:])
 
     def payload(
         self,

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
-from uuid import UUID
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
@@ -193,7 +192,7 @@ def _with_content(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def completion_id(run_id: UUID) -> str:
+def completion_id(run_id: uuid.UUID) -> str:
     """A completion's id: its model run's (which its usage record has too)."""
     return f"chatcmpl-{run_id.hex}"
 
