@@ -26,9 +26,8 @@ def configure_logging(level: str) -> None:
 def log_after_turn(logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
     """Log on the event loop's next turn when called on a running loop, else now.
 
-    With uvloop a socket write is queued until the loop's turn ends, so a line logged while
-    an answer is being made (formatting, the write to stderr: ~0.1 ms at low load) delays
-    the answer; on the next turn the answer has been written first.
+    A line logged while an answer is being made (formatting, the write to stderr: ~0.1 ms
+    at low load) delays the answer; on the next turn the answer has been written first.
     """
     if not logger.isEnabledFor(level):
         return

@@ -1,6 +1,7 @@
-"""The gateway's streaming response, driven through its ASGI interface: what is ready goes out
-in one write, the head with the first, nothing waits for more, a hang-up cancels the body, a
-failing body has its earlier pieces written first, and a slow client holds the body back."""
+"""The gateway's streaming response, driven through its ASGI interface: each piece goes out as
+it comes (a last piece with the end), the head with the first, nothing waits for more, a
+hang-up cancels the body, a failing body has its earlier pieces written first, and a slow
+client holds the body back."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response
 
-from fengchao_chains.streaming import BUFFER_LIMIT, HangUpAwareStreamingResponse
+from fengchao_chains.streaming import HangUpAwareStreamingResponse, LastPiece
 
 SCOPE = {"type": "http", "asgi": {"spec_version": "2.4"}, "method": "GET", "headers": []}
 
@@ -42,21 +43,47 @@ class Client:
         return [m for m in self.messages if m["type"] == "http.response.body"]
 
 
-async def respond(body: AsyncIterator[str], client: Client, **options: Any) -> None:
+async def respond(body: AsyncIterator[str | bytes], client: Client, **options: Any) -> None:
     response = HangUpAwareStreamingResponse(body, media_type="text/event-stream", **options)
     await response(SCOPE, client.receive, client.send)
 
 
-async def test_pieces_ready_together_go_out_in_one_write() -> None:
-    async def burst() -> AsyncIterator[str]:
-        for i in range(20):
-            yield f"data: {i}\n\n"
+async def test_a_last_piece_carries_the_end_of_the_body_in_its_write() -> None:
+    async def burst() -> AsyncIterator[str | bytes]:
+        yield "data: 0\n\n"
+        yield LastPiece(b"data: 1\n\ndata: [DONE]\n\n")
 
     client = Client()
     await respond(burst(), client)
     assert client.messages[0]["type"] == "http.response.start"
-    assert [m["more_body"] for m in client.bodies] == [False]
-    assert client.bodies[0]["body"] == "".join(f"data: {i}\n\n" for i in range(20)).encode()
+    assert client.bodies == [
+        {"type": "http.response.body", "body": b"data: 0\n\n", "more_body": True},
+        {"type": "http.response.body", "body": b"data: 1\n\ndata: [DONE]\n\n", "more_body": False},
+    ]
+    assert type(client.bodies[1]["body"]) is bytes  # what the server is given is plain bytes
+
+
+async def test_without_a_last_piece_the_end_is_a_write_of_its_own() -> None:
+    async def burst() -> AsyncIterator[str]:
+        for i in range(3):
+            yield f"data: {i}\n\n"
+
+    client = Client()
+    await respond(burst(), client)
+    pieces = [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert [m["body"] for m in client.bodies] == pieces
+    assert [m["more_body"] for m in client.bodies] == [True, True, True, False]
+
+
+async def test_a_piece_after_the_last_is_an_error() -> None:
+    async def wrong() -> AsyncIterator[bytes]:
+        yield LastPiece(b"data: end\n\n")
+        yield b"data: more\n\n"
+
+    client = Client()
+    with pytest.raises(RuntimeError, match="after its LastPiece"):
+        await respond(wrong(), client)
+    assert len(client.bodies) == 1
 
 
 async def test_a_piece_is_written_as_soon_as_the_body_waits() -> None:
@@ -102,11 +129,12 @@ async def test_the_head_waits_for_a_slow_first_piece_only_so_long() -> None:
     client = Client()
     started = time.perf_counter()
     await respond(slow(), client, head_hold=0.05)
-    assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
+    assert client.messages[0]["type"] == "http.response.start"
     assert client.sent_at[0] - started < 0.3  # the head did not wait for the piece
     assert client.sent_at[1] - started >= 0.4
     assert client.bodies == [
-        {"type": "http.response.body", "body": b"data: first\n\n", "more_body": False}
+        {"type": "http.response.body", "body": b"data: first\n\n", "more_body": True},
+        {"type": "http.response.body", "body": b"", "more_body": False},
     ]
 
 
@@ -135,7 +163,8 @@ async def test_without_a_hold_limit_the_head_waits_for_the_first_piece() -> None
     client = Client()
     started = time.perf_counter()
     await respond(slow(), client, head_hold=None)
-    assert [m["type"] for m in client.messages] == ["http.response.start", "http.response.body"]
+    assert client.messages[0]["type"] == "http.response.start"
+    assert client.bodies[0]["body"] == b"data: first\n\n"
     assert client.sent_at[0] - started >= 0.3  # the head went with the piece
     assert client.sent_at[0] == pytest.approx(client.sent_at[1], abs=0.05)
 
@@ -237,7 +266,7 @@ async def test_a_slow_client_holds_the_body_back() -> None:
 
     async def endless() -> AsyncIterator[str]:
         nonlocal made
-        while made < 10 * BUFFER_LIMIT // len(piece):
+        while made < 100:
             made += 1
             yield piece
             await asyncio.sleep(0)
@@ -246,7 +275,50 @@ async def test_a_slow_client_holds_the_body_back() -> None:
     client = Client(send_delay=unblocked)
     task = asyncio.create_task(respond(endless(), client))
     await asyncio.sleep(0.2)
-    assert made <= BUFFER_LIMIT // len(piece) + 1  # stopped at the limit while blocked
+    assert made == 1  # the first piece's write waits, and the body with it
     unblocked.set()
     await asyncio.wait_for(task, 5)
-    assert sum(len(m["body"]) for m in client.bodies) == made * len(piece)
+    assert sum(len(m["body"]) for m in client.bodies) == 100 * len(piece)
+
+
+async def test_a_hang_up_while_a_write_waits_closes_the_body() -> None:
+    closed: list[str] = []
+    ran: list[str] = []
+
+    async def pieces() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "data: x\n\n"
+        finally:
+            closed.append("closed")
+
+    async def bookkeeping() -> None:
+        ran.append("background")
+
+    client = Client(send_delay=asyncio.Event())  # a client that never reads
+    task = asyncio.create_task(respond(pieces(), client, background=BackgroundTask(bookkeeping)))
+    await asyncio.sleep(0.05)
+    client.gone.set()
+    await asyncio.wait_for(task, 2)
+    assert closed == ["closed"]
+    assert ran == ["background"]
+
+
+async def test_a_cancellation_from_elsewhere_still_runs_the_background_and_propagates() -> None:
+    ran: list[str] = []
+
+    async def stalled() -> AsyncIterator[str]:
+        yield "data: first\n\n"
+        await asyncio.sleep(30)
+        yield "data: never\n\n"
+
+    async def bookkeeping() -> None:
+        ran.append("background")
+
+    client = Client()
+    task = asyncio.create_task(respond(stalled(), client, background=BackgroundTask(bookkeeping)))
+    await asyncio.sleep(0.05)
+    task.cancel()  # the server shutting down, not the client leaving
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ran == ["background"]

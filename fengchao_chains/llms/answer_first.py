@@ -104,7 +104,6 @@ class RunTail:
             if run is not None:
                 await run
             if stream is not None:
-                await asyncio.sleep(0)  # the turn ends first: uvloop writes what was sent then
                 try:
                     async for _ in stream:
                         pass
@@ -303,12 +302,10 @@ def _resolve(handed: asyncio.Future[ChatResult | None]) -> None:
 
 async def hand_over(model: BaseChatModel, result: ChatResult) -> None:
     """Give ``result`` to the :meth:`RunTail.ainvoke` waiting for ``model`` (if one is), and let
-    it answer before LangChain goes on: two turns of the event loop, the caller's, and the
-    one at whose end the loop writes what the caller sent (uvloop holds a turn's writes
-    until then)."""
+    it answer before LangChain goes on: one turn of the event loop, in which the caller,
+    woken first, makes and writes its answer (uvicorn writes each message at once)."""
     waiting = _waiting.get()
     if waiting is None or waiting[0] is not model or waiting[1].done():
         return
     waiting[1].set_result(result)
-    for _ in range(2):
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)

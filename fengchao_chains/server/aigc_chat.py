@@ -53,7 +53,7 @@ from fengchao_chains.server.json_answers import JSONAnswer
 from fengchao_chains.server.limits_http import aigc_rate_limit_response
 from fengchao_chains.server.metering import Metering
 from fengchao_chains.settings import describe_validation_error
-from fengchao_chains.streaming import HEAD_HOLD_SECONDS, HangUpAwareStreamingResponse
+from fengchao_chains.streaming import HEAD_HOLD_SECONDS, HangUpAwareStreamingResponse, LastPiece
 
 router = APIRouter(prefix="/aigc", tags=["aigc"])
 
@@ -311,7 +311,9 @@ async def _events(
     answer: Answer,
     metering: Metering,
     tail: RunTail,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
+    """The SDK's lines: one per model chunk with text, then the closing line, which carries
+    the response's end in its write."""
     finish: str | None = None
     index = 0
     answer.prime(documents)  # while the vendor works on the first chunk
@@ -322,12 +324,13 @@ async def _events(
                 yield answer.delta_line(text, index=index, knowledge=documents)
                 index += 1
     except FengchaoError as exc:
-        yield event_line(_error_answer(answer, exc))
+        yield LastPiece(event_line(_error_answer(answer, exc)).encode())
         return
     bill = await answer_bill(metering, answer.card, tail)
-    yield answer.closing_line(
+    closing = answer.closing_line(
         index=index, finish_reason=finish or "stop", usage=bill, knowledge=documents
     )
+    yield LastPiece(closing.encode())
 
 
 async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
@@ -335,7 +338,7 @@ async def _single(payload: dict[str, Any]) -> AsyncIterator[str]:
 
 
 def _event_stream(
-    lines: AsyncIterator[str],
+    lines: AsyncIterator[str | bytes],
     background: BackgroundTask | None = None,
     *,
     head_hold: float = HEAD_HOLD_SECONDS,

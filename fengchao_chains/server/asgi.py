@@ -10,10 +10,10 @@ to one of their paths is handed straight to it. Everything else, and every reque
 any middleware is added to the app, takes the usual path. The routes stay registered with
 FastAPI as well (the OpenAPI schema, and the usual path when the lane is off).
 
-**Access log.** uvicorn logs a request before it writes the answer's head. With uvloop a
-write is queued until the event loop's turn ends, so anything else done in that turn delays
-the answer. :class:`GatewayApp` logs uvicorn's line, plus the time to the answer's last
-byte, on the loop's next turn instead, on ``fengchao_chains.access`` (masked like uvicorn's,
+**Access log.** uvicorn logs a request before it writes the answer's head, so the line's
+formatting and its write to stderr delay the answer. :class:`GatewayApp` logs uvicorn's
+line, plus the time to the answer's last byte, on the loop's next turn instead, once the
+answer has been written, on ``fengchao_chains.access`` (masked like uvicorn's,
 by :mod:`~fengchao_chains.server.auth_routes`); ``fengchao serve`` turns uvicorn's own access
 log off.
 """

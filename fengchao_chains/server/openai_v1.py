@@ -65,7 +65,7 @@ from fengchao_chains.server.openai_v1_wire import (
     parse,
     to_messages,
 )
-from fengchao_chains.streaming import HangUpAwareStreamingResponse
+from fengchao_chains.streaming import HangUpAwareStreamingResponse, LastPiece
 
 logger = logging.getLogger(__name__)
 
@@ -230,42 +230,46 @@ async def _events(
     writer: ChunkWriter,
     chunks: AsyncGenerator[AIMessageChunk, None],
 ) -> AsyncIterator[bytes]:
-    """The stream's events; the model's failure before its first chunk is raised (the
-    response answers it with its HTTP status), a later one ends the stream as an error
-    event."""
+    """The stream's events, those of one model chunk as one piece (one write), the last
+    ones (finish, usage, ``[DONE]``) with the response's end. The model's failure before its
+    first chunk is raised (the response answers it with its HTTP status), a later one ends
+    the stream as an error event."""
     guard = runtime.sensitive_words.guard(replace=False) if call.guard_output else None
     usage, finish, begun = None, None, False
-    opening = writer.first(call.documents)  # made while the vendor works, as is the guard
+    events = [writer.first(call.documents)]  # made while the vendor works, as is the guard
     try:
         first = await anext(chunks, None)
-        yield opening
         begun = True
         async for chunk in _chain(first, chunks):
             text: str = chunk.text
             if guard is not None and text:
                 text = guard.feed(text)
             if text:
-                yield writer.text(text)
+                events.append(writer.text(text))
             if chunk.tool_call_chunks:
-                yield writer.tool_calls(chunk.tool_call_chunks)
+                events.append(writer.tool_calls(chunk.tool_call_chunks))
             usage = chunk.usage_metadata or usage
             finish = chunk.response_metadata.get("finish_reason") or finish
+            if events:
+                yield b"".join(events)
+                events = []
         if guard is not None and (tail_text := guard.flush()):
-            yield writer.text(tail_text)
+            events.append(writer.text(tail_text))
     except SensitiveContentError as exc:
         logger.info("/v1 stream cut: %s", exc)
         finish = "content_filter"
     except Exception as exc:
         if not begun:
             raise
-        yield as_openai_error(exc).event()
+        yield LastPiece(b"".join(events) + as_openai_error(exc).event())
         return
     finally:
         await chunks.aclose()  # a stream cut short ends the model's run as aborted
-    yield writer.finish(finish_reason(finish))
+    events.append(writer.finish(finish_reason(finish)))
     if writer.include_usage:
-        yield writer.usage(await answer_usage(usage, call.metering.recorder, call.tail))
-    yield DONE
+        events.append(writer.usage(await answer_usage(usage, call.metering.recorder, call.tail)))
+    events.append(DONE)
+    yield LastPiece(b"".join(events))
 
 
 async def answer_usage(
