@@ -18,7 +18,6 @@ are 200 answers whose ``status`` says what happened: 6601 sensitive words, 6602 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -144,7 +143,8 @@ async def _serve(
     try:
         body = _parse(await request.body())
         card = _card(runtime, body.model, local=local)
-        answer = Answer(card, body.request_id or str(uuid.uuid4()))
+        tail = RunTail()  # the model call's run; its id is the request's unless the SDK named it
+        answer = Answer(card, body.request_id or str(tail.run_id))
         if body.mode == "async_result":
             return JSONResponse(await _async_result(runtime, caller, body, answer))
         if not (body.query or "").strip():
@@ -157,9 +157,8 @@ async def _serve(
         if body.mode == "async":
             return JSONResponse(await _submit(runtime, metering, body, chat_input, answer))
         if body.mode == "stream":
-            return await _stream(runtime, metering, chat_input, answer)
-        tail = RunTail()  # the answer leaves first; the model's run ends after, then settling
-        try:
+            return await _stream(runtime, metering, chat_input, answer, tail)
+        try:  # the answer leaves first; the model's run ends after, then settling
             payload = await run_invoke(runtime, metering, chat_input, answer, tail)
         except BaseException:
             await metering.finish(tail)
@@ -269,7 +268,7 @@ async def answer_bill(metering: Metering, card: ModelCard, tail: RunTail | None)
 
 
 async def _stream(
-    runtime: Runtime, metering: Metering, chat_input: ChatInput, answer: Answer
+    runtime: Runtime, metering: Metering, chat_input: ChatInput, answer: Answer, tail: RunTail
 ) -> StreamingResponse:
     """Prepare first (so a bad knowledge base or prompt is still an HTTP status), then
     stream: delta chunks, then a closing chunk with the finish reason and the real usage.
@@ -285,7 +284,6 @@ async def _stream(
     except BaseException:
         await metering.settle()
         raise
-    tail = RunTail()
     try:  # the request on its way first: the response is set up while the vendor works
         chunks = await aopen_answer(runtime, prepared, run_config(metering), tail)
     except BaseException:

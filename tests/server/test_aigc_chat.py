@@ -110,6 +110,20 @@ def test_stream_sends_deltas_then_a_closing_chunk_with_usage(server: Server) -> 
     assert closing["usage"]["completion_tokens"] > 0 and closing["usage"]["cost"] > 0
 
 
+def test_a_request_id_the_sdk_did_not_send_is_the_model_runs_and_names_its_record(
+    server: Server,
+) -> None:
+    ids = [server.chat(query="hi").json()["request_id"], server.stream(query="hi")[0]["request_id"]]
+    server.runtime.usage.flush()
+    with server.runtime.database.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT run_id, request_id FROM usage_events WHERE request_id = ANY(%s) ORDER BY id",
+            (ids,),
+        ).fetchall()
+    assert [str(run_id) for run_id, _ in rows] == ids == [request_id for _, request_id in rows]
+    assert len(set(ids)) == 2
+
+
 def test_response_format_json_asks_for_json_and_strips_fences(server: Server) -> None:
     server.openai.reply = lambda text: '```json\n{"城市": "北京"}\n```'
     answer = server.chat(query="北京是哪个城市", response_format="json").json()
