@@ -138,6 +138,15 @@ async def test_the_head_waits_for_a_slow_first_piece_only_so_long() -> None:
     ]
 
 
+async def test_a_body_failing_after_the_hold_sent_the_head_is_not_answered_again() -> None:
+    client = Client()
+    with pytest.raises(RuntimeError, match="vendor gone"):  # the head went out alone first
+        await respond(
+            refused("vendor gone", after=0.1), client, head_hold=0.02, early_failure=_never
+        )
+    assert [m["type"] for m in client.messages] == ["http.response.start"]
+
+
 async def refused(message: str, *, after: float = 0) -> AsyncIterator[str]:
     """A body whose upstream call fails before its first piece."""
     pieces: list[str] = []
