@@ -314,9 +314,17 @@ class SafeTemplate:
     source: str
     variables: frozenset[str]
     _render: Callable[..., Iterator[str]] = field(repr=False, compare=False)
+    slot: str | None = None
+    """The variable the template is made of alone (``{{ name }}``), if it is: then a string
+    value renders as itself, without Jinja (the library's default instruction is two such
+    blocks, and Jinja's first render after an idle spell cost /aigc 0.05 ms at c=1,
+    docs/benchmarks.md, change 37). Any other value goes through Jinja as before."""
 
     def render(self, values: Mapping[str, Any], budget: RenderBudget) -> str:
         """Render with ``values``; raises :class:`PromptRenderError` on any failure."""
+        if self.slot is not None and isinstance(value := values.get(self.slot), str):
+            budget.emit(value)
+            return value.strip()
         token = _current_budget.set(budget)
         parts: list[str] = []
         try:
@@ -357,6 +365,7 @@ def compile_template(
         raise PromptTemplateError(f"line {line}: {exc.message}") from None
     _check_allowed(tree, line_offset)
     variables = frozenset(template_names(tree))
+    slot = _single_slot(tree)
     _BudgetTransform().visit(tree)
     try:
         code = ENVIRONMENT.compile(tree, name=name)
@@ -365,4 +374,13 @@ def compile_template(
     template = ENVIRONMENT.template_class.from_code(
         ENVIRONMENT, code, ENVIRONMENT.make_globals(None), None
     )
-    return SafeTemplate(source=source, variables=variables, _render=template.generate)
+    return SafeTemplate(source=source, variables=variables, _render=template.generate, slot=slot)
+
+
+def _single_slot(tree: nodes.Template) -> str | None:
+    """The variable a parsed template consists of and nothing else (``{{ name }}``)."""
+    if len(tree.body) != 1 or not isinstance(output := tree.body[0], nodes.Output):
+        return None
+    if len(output.nodes) != 1 or not isinstance(name := output.nodes[0], nodes.Name):
+        return None
+    return name.name

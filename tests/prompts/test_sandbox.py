@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import tracemalloc
 
@@ -167,3 +168,44 @@ def test_syntax_errors_name_the_line() -> None:
 def test_every_prompt_error_is_a_parameter_error() -> None:
     assert issubclass(PromptTemplateError, PromptError)
     assert PromptRenderError.code == PromptTemplateError.code == 445
+
+
+SLOT_VALUES = [
+    "plain",
+    "  padded on both sides \n",
+    "{{ not a template }} {% if x %}",
+    "<b>markup</b> & 'quotes' \"double\"",
+    "多行\n中文\u2028文本\t",
+    "",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize("value", SLOT_VALUES)
+def test_a_single_slot_renders_a_string_as_jinja_does(value: str) -> None:
+    compiled = compile_template("{{ query }}", limits=LIMITS)
+    assert compiled.slot == "query"
+    through_jinja = dataclasses.replace(compiled, slot=None)
+    assert compiled.render({"query": value}, RenderBudget(LIMITS)) == through_jinja.render(
+        {"query": value}, RenderBudget(LIMITS)
+    )
+
+
+def test_a_single_slot_keeps_the_sandboxs_rules() -> None:
+    compiled = compile_template("<< query >>", limits=LIMITS)  # the design card's spelling
+    assert compiled.slot == "query"
+    with pytest.raises(PromptRenderError, match="longer than"):
+        compiled.render({"query": "x" * (LIMITS.max_chars + 1)}, RenderBudget(LIMITS))
+    with pytest.raises(PromptRenderError):  # missing: Jinja's undefined error, as before
+        compiled.render({}, RenderBudget(LIMITS))
+    assert compiled.render({"query": 42}, RenderBudget(LIMITS)) == "42"  # not a string: Jinja
+    budget = RenderBudget(LIMITS)
+    compiled.render({"query": "abc"}, budget)
+    assert budget.chars == LIMITS.max_chars - 3  # counted in the request's one budget
+
+
+@pytest.mark.parametrize(
+    "source", [" {{ query }}", "{{ query }}!", "{{ query|upper }}", "{{ query.x }}", "{{ a ~ b }}"]
+)
+def test_anything_more_than_one_slot_renders_through_jinja(source: str) -> None:
+    assert compile_template(source, limits=LIMITS).slot is None
