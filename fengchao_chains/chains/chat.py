@@ -34,7 +34,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
@@ -87,6 +87,16 @@ def optional_without_null(schema: dict[str, Any]) -> None:
             del prop["default"]
 
 
+TopK = Annotated[int, Field(ge=1, le=50)]
+Threshold = Annotated[float, Field(ge=0, le=2000)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MaxTokens = Annotated[int, Field(gt=0)]
+"""The ranges of :class:`ChatInput`'s numbers, shared with the front doors that validate
+the same fields in their own body (/aigc's) and then build the input without validating
+it again."""
+
+
 class ChatInput(BaseModel):
     """One chat request, in the fields of the fengchao API (every front door's input)."""
 
@@ -106,14 +116,14 @@ class ChatInput(BaseModel):
         default=None, description="Conversation id: its stored turns are continued."
     )
     knowledge: str | None = Field(default=None, description="Knowledge base id to answer from.")
-    top_k: int = Field(default=5, ge=1, le=50, description="Knowledge-base hits to use.")
-    threshold: float = Field(
-        default=0, ge=0, le=2000, description="Max cosine distance x 1000 of a hit (0: off)."
+    top_k: TopK = Field(default=5, description="Knowledge-base hits to use.")
+    threshold: Threshold = Field(
+        default=0, description="Max cosine distance x 1000 of a hit (0: off)."
     )
     files: list[str] = Field(default_factory=list, description="Ids from /aigc/uploadfiles/.")
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
     do_sample: bool = Field(default=True, description="False: greedy decoding.")
     response_format: Literal["text", "json"] = "text"
     is_sensitive: bool = Field(default=True, description="Check input and output words.")

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
+from fengchao_chains.chains.chat import ChatInput
 from fengchao_chains.gateway.auth import issue_token
 from fengchao_chains.server import create_app
+from fengchao_chains.server.aigc_chat import AigcChatBody
 from fengchao_chains.settings import Settings
 from tests.server.conftest import LOCAL, ONLINE, PACED, Server, sdk_body
 
@@ -159,6 +161,44 @@ def test_bad_requests_get_the_documented_http_status(
     body = response.json()
     assert body["status"] == status and body["msg"]
     assert "Traceback" not in response.text
+
+
+OUT_OF_RANGE = [
+    {"top_k": 0},
+    {"top_k": 51},
+    {"threshold": -1},
+    {"threshold": 2001},
+    {"temperature": -0.1},
+    {"temperature": 2.5},
+    {"top_p": 0},
+    {"top_p": 1.5},
+    {"max_tokens": 0},
+]
+IN_RANGE = [
+    {"top_k": 1, "threshold": 0, "temperature": 0, "top_p": 1, "max_tokens": 1},
+    {"top_k": 50, "threshold": 2000, "temperature": 2, "top_p": 0.01, "max_tokens": 4096},
+]
+
+
+@pytest.mark.parametrize("fields", OUT_OF_RANGE + IN_RANGE, ids=str)
+def test_the_body_checks_what_the_chains_input_checks_and_builds_the_same_input(
+    fields: dict[str, Any],
+) -> None:
+    """/aigc validates its body once and builds the chain's input without validating it
+    again: the body must refuse exactly what the input refuses, and make the same input."""
+    raw = json.dumps(sdk_body(**fields, files="file-1", system="s", history=[]))
+    given = {k: v for k, v in json.loads(raw).items() if v is not None}
+    given["files"] = [given["files"]]
+    try:
+        expected: ChatInput | None = ChatInput.model_validate(given)
+    except ValidationError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValidationError):
+            AigcChatBody.model_validate_json(raw)
+    else:
+        made = AigcChatBody.model_validate_json(raw).chat_input()
+        assert made == expected and made.model_fields_set == expected.model_fields_set
 
 
 def test_tokens_are_required_and_checked(server: Server) -> None:
