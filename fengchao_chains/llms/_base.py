@@ -35,6 +35,7 @@ from pydantic import Field
 from fengchao_chains.llms import _http, _made_ahead
 from fengchao_chains.llms._http import ResponseMeta, VendorRequest
 from fengchao_chains.llms._sse import (
+    EventReader,
     ServerSentEvent,
     aiter_event_batches,
     event_json,
@@ -435,6 +436,7 @@ class VendorChatModel(RemoteChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         closing = _made_ahead.blank_closing()  # while the vendor works, as for an answer
+        reader = EventReader()  # likewise
         call = await (claim(self) or self._astart_call(messages, stop, kwargs, stream=True))
         opened = cast(_http.OpenedStream, call.opened)  # a stream's first half opens it
         try:
@@ -442,7 +444,7 @@ class VendorChatModel(RemoteChatModel):
             if not opened.is_sse:
                 batches = _aiter(_whole(self._parse_response(opened.whole_body, opened.meta)))
             else:
-                events = aiter_event_batches(self, opened.response)
+                events = aiter_event_batches(self, opened.response, reader)
                 batches = self._adecode(events, opened.meta, closing)
             async for batch in batches:
                 for chunk in call.answer.chunks(batch):
