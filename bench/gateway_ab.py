@@ -44,8 +44,13 @@ from bench._gateway_upstream import API_KEY
 WARMUP_CYCLES = 30
 
 
-async def interleave(targets: dict[str, Target], mode: str, cycles: int) -> dict[str, list[float]]:
-    """Each target's latencies (ms), one request per target per cycle, shuffled order."""
+async def interleave(
+    targets: dict[str, Target], mode: str, cycles: int, *, back_to_back: bool = False
+) -> dict[str, list[float]]:
+    """Each target's latencies (ms), one request per target per cycle, shuffled order.
+    ``back_to_back``: each target gets two requests in a row and the second is timed, so
+    it meets what the first left running (its bookkeeping after the answer), as the
+    requests of one client at c=1 in ``bench/gateway.py`` do."""
     sessions = {name: aiohttp.ClientSession() for name in targets}
     headers = {
         name: {"content-type": "application/json", **target.headers()}
@@ -58,6 +63,8 @@ async def interleave(targets: dict[str, Target], mode: str, cycles: int) -> dict
         for cycle in range(WARMUP_CYCLES + cycles):
             rng.shuffle(order)
             for name in order:
+                if back_to_back:
+                    await _one(sessions[name], targets[name], mode, headers[name])
                 sample = await _one(sessions[name], targets[name], mode, headers[name])
                 if cycle >= WARMUP_CYCLES:
                     latencies[name].append(sample.total * 1000)
@@ -111,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["invoke", "stream"], default="invoke")
     parser.add_argument("--cycles", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.05, help="the upstream's wait, s")
+    parser.add_argument(
+        "--back-to-back",
+        action="store_true",
+        help="time the second of two requests in a row to each target",
+    )
     opts = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fc-bench-ab-"))
     os.sched_setaffinity(0, gateway.LOADGEN_CPUS)  # the upstream and database inherit it
@@ -124,9 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             doors = gateway_from(source.resolve(), work / name, db_url, up_url, servers)
             (target,) = [door for door in doors if door.name == opts.door]
             targets[name] = Target(name, target.url, target.bodies, target.headers)
-        latencies = asyncio.run(interleave(targets, opts.mode, opts.cycles))
+        latencies = asyncio.run(
+            interleave(targets, opts.mode, opts.cycles, back_to_back=opts.back_to_back)
+        )
     direct = statistics.median(latencies["direct"])
-    print(f"/{opts.door} {opts.mode}, c=1, {opts.cycles} cycles; direct p50 {direct:.2f} ms")
+    shape = "back to back" if opts.back_to_back else "one at a time"
+    print(
+        f"/{opts.door} {opts.mode}, c=1, {opts.cycles} cycles ({shape}); direct p50 {direct:.2f} ms"
+    )
     print(f"  floor: +p50 {statistics.median(latencies['floor']) - direct:.2f} ms")
     baseline = BASELINES.get(opts.door, "direct")
     if baseline != "direct":
