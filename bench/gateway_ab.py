@@ -12,7 +12,9 @@ client, the upstream and the database on CPU 0), as in ``bench/gateway.py``. For
 system prompt too), and the gateways' added figures are over that.
 
 Absolute figures run higher than the bench's: a server idles through the other targets'
-requests, so the first half of its request runs cold too. Compare ``a`` with ``b``.
+requests, so the first half of its request runs cold too. Compare ``a`` with ``b``. With
+``--turn N`` each target gets N requests in a row and all but the first are timed, as one
+client's requests at c=1 in ``bench/gateway.py`` follow each other.
 
     git worktree add /tmp/before <commit>   # or: git archive <commit> | tar -x -C /tmp/before
     .venv/bin/python bench/gateway_ab.py --a /tmp/before --b . --door v1 --mode invoke
@@ -45,12 +47,14 @@ WARMUP_CYCLES = 30
 
 
 async def interleave(
-    targets: dict[str, Target], mode: str, cycles: int, *, back_to_back: bool = False
+    targets: dict[str, Target], mode: str, cycles: int, *, turn: int = 1
 ) -> dict[str, list[float]]:
-    """Each target's latencies (ms), one request per target per cycle, shuffled order.
-    ``back_to_back``: each target gets two requests in a row and the second is timed, so
-    it meets what the first left running (its bookkeeping after the answer), as the
-    requests of one client at c=1 in ``bench/gateway.py`` do."""
+    """Each target's latencies (ms), one turn per target per cycle, in shuffled order.
+    ``turn``: requests in a row per target, one client's back-to-back requests as at c=1
+    in ``bench/gateway.py`` (each meets what the one before left running, such as its
+    bookkeeping after the answer); all but a turn's first are timed, the first having run
+    on a server that idled through the other targets' turns. A turn of 1 times every
+    request, each of them such a first."""
     sessions = {name: aiohttp.ClientSession() for name in targets}
     headers = {
         name: {"content-type": "application/json", **target.headers()}
@@ -63,11 +67,10 @@ async def interleave(
         for cycle in range(WARMUP_CYCLES + cycles):
             rng.shuffle(order)
             for name in order:
-                if back_to_back:
-                    await _one(sessions[name], targets[name], mode, headers[name])
-                sample = await _one(sessions[name], targets[name], mode, headers[name])
-                if cycle >= WARMUP_CYCLES:
-                    latencies[name].append(sample.total * 1000)
+                for index in range(turn):
+                    sample = await _one(sessions[name], targets[name], mode, headers[name])
+                    if cycle >= WARMUP_CYCLES and (index > 0 or turn == 1):
+                        latencies[name].append(sample.total * 1000)
     finally:
         for session in sessions.values():
             await session.close()
@@ -119,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.05, help="the upstream's wait, s")
     parser.add_argument(
-        "--back-to-back",
-        action="store_true",
-        help="time the second of two requests in a row to each target",
+        "--turn", type=int, default=1, help="requests in a row per target (see interleave)"
     )
     opts = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fc-bench-ab-"))
@@ -136,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             doors = gateway_from(source.resolve(), work / name, db_url, up_url, servers)
             (target,) = [door for door in doors if door.name == opts.door]
             targets[name] = Target(name, target.url, target.bodies, target.headers)
-        latencies = asyncio.run(
-            interleave(targets, opts.mode, opts.cycles, back_to_back=opts.back_to_back)
-        )
+        latencies = asyncio.run(interleave(targets, opts.mode, opts.cycles, turn=opts.turn))
     direct = statistics.median(latencies["direct"])
-    shape = "back to back" if opts.back_to_back else "one at a time"
+    shape = f"turns of {opts.turn}" if opts.turn > 1 else "one at a time"
     print(
         f"/{opts.door} {opts.mode}, c=1, {opts.cycles} cycles ({shape}); direct p50 {direct:.2f} ms"
     )

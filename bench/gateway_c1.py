@@ -10,9 +10,14 @@ state; a target's added latency is its median difference from its baseline, cycl
 interval, and LiteLLM's is the anchor the ratio is taken against.
 
 Absolute figures run higher than the full bench's: a server idles through the other
-targets' requests, so the first half of each of its requests runs cold too.
+targets' requests, so the first half of each of its requests runs cold too. ``--turn N``
+measures what the full bench's c=1 cells measure, one client's requests back to back, yet
+still with every target meeting the same stretch of the machine: each target gets N
+requests in a row per cycle, all but the first timed, and the i-th timed request of a
+target's turn is paired with the i-th of its baseline's in the same cycle.
 
     .venv/bin/python bench/gateway_c1.py                    # invoke and stream, ~5 min
+    .venv/bin/python bench/gateway_c1.py --turn 4 --cycles 100   # back to back, ~6 min
     .venv/bin/python bench/gateway_c1.py --source /tmp/fc-head --cycles 200 --modes stream
 """
 
@@ -61,9 +66,10 @@ def start_targets(opts: argparse.Namespace, work: Path, servers: ExitStack) -> d
     return targets
 
 
-def report(mode: str, cycles: int, latencies: dict[str, list[float]]) -> None:
+def report(mode: str, cycles: int, turn: int, latencies: dict[str, list[float]]) -> None:
     """A Markdown table: each target's added p50 over its baseline, and against LiteLLM's."""
-    print(f"\n{mode}, c=1, {cycles} cycles, requests interleaved (ms)\n")
+    shape = f"turns of {turn} interleaved" if turn > 1 else "requests interleaved"
+    print(f"\n{mode}, c=1, {cycles} cycles, {shape} (ms)\n")
     print("| target | p50 | baseline | added p50 (95%) | ratio vs LiteLLM | <= 2 ms |")
     print("|---|---|---|---|---|---|")
     added: dict[str, float] = {}
@@ -88,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, help="run the gateway from this source tree")
     parser.add_argument("--modes", default="invoke,stream", help="comma-separated")
     parser.add_argument("--cycles", type=int, default=300)
+    parser.add_argument(
+        "--turn", type=int, default=1, help="requests in a row per target (see above)"
+    )
     parser.add_argument("--latency", type=float, default=0.05, help="the upstream's wait, s")
     parser.add_argument(
         "--database-url", help="use this PostgreSQL (a schema of its own), not an embedded one"
@@ -104,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         order = ["litellm", *(name for name in targets if name != "litellm")]
         targets = {name: targets[name] for name in order if name in targets}
         for mode in opts.modes.split(","):
-            latencies = asyncio.run(interleave(targets, mode, opts.cycles))
-            report(mode, opts.cycles, latencies)
+            latencies = asyncio.run(interleave(targets, mode, opts.cycles, turn=opts.turn))
+            report(mode, opts.cycles, opts.turn, latencies)
     return 0
 
 

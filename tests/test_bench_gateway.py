@@ -99,17 +99,21 @@ def test_http_client_bench_compares_aiohttp_with_a_raw_stream(tmp_path: Path) ->
         assert 0 < cpu_ms <= wall_ms  # one thread's CPU cannot exceed the time it took
 
 
+@pytest.mark.parametrize("turn", [1, 3])
 def test_the_c1_bench_interleaves_every_target_against_its_baseline(
-    postgres_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path, turn: int
 ) -> None:
     """bench/gateway_c1.py starts every target at once and prints each one's added p50 over
-    its own baseline (/aigc's is direct-aigc); no LiteLLM venv here, so it is left out."""
+    its own baseline (/aigc's is direct-aigc), one request per target per cycle or turns of
+    back-to-back requests; no LiteLLM venv here, so it is left out."""
     if not Path(sys.executable).with_name("fengchao").exists():
         pytest.skip("the fengchao command is not installed in this venv")
     script = ROOT / "bench" / "gateway_c1.py"
-    args = ["--modes", "invoke", "--cycles", "5", "--database-url", postgres_url]
-    args += ["--litellm-venv", str(tmp_path / "no-litellm")]
+    args = ["--modes", "invoke", "--cycles", "5", "--turn", str(turn)]
+    args += ["--database-url", postgres_url, "--litellm-venv", str(tmp_path / "no-litellm")]
     done = run_bench(script, args, tmp_path)
+    shape = "requests interleaved" if turn == 1 else f"turns of {turn} interleaved"
+    assert f"invoke, c=1, 5 cycles, {shape} (ms)" in done.stdout
     rows = {
         cells[1].strip(): cells[2:]
         for line in done.stdout.splitlines()
