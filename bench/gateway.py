@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from bench._gateway_load import CpuWatch, Run, Target, measure, summary  # noqa: E402
 from bench._gateway_profile import profile_top  # noqa: E402
 from bench._gateway_report import print_report  # noqa: E402
+from bench._gateway_rounds import Entry, measure_in_rounds  # noqa: E402
 from bench._gateway_servers import (  # noqa: E402
     FENGCHAO,
     LITELLM_MASTER_KEY,
@@ -72,6 +73,9 @@ from fengchao_chains.testing.serve import serve_in_process  # noqa: E402
 MODEL = "gpt-3.5-turbo"
 QUESTION = "Why do connection pools make requests faster?"
 ALL_TARGETS = ("direct", "floor", "aigc", "v1", "litellm")
+REPORT_ORDER = ("direct", "direct-aigc", "floor", "aigc", "v1", "litellm")
+C1_ROUNDS = 4
+"""Rounds of turns the c=1 cells are measured in (``bench/_gateway_rounds.py``)."""
 LOADGEN_CPUS = {0}
 SERVER_CPUS = {1}
 
@@ -144,6 +148,7 @@ class Options:
     database_url: str | None
     json_path: Path | None
     keep: bool
+    c1_rounds: int = C1_ROUNDS
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fc-bench-")))
 
     @property
@@ -264,32 +269,93 @@ def _fixed(headers: dict[str, str]) -> Any:
 # ------------------------------------------------------------------------ running
 
 
-def run_cells(
-    opts: Options, target: Target, watch: CpuWatch, results: Results, groups: list[str]
-) -> None:
+def run_cells(opts: Options, entry: Entry, results: Results, levels: list[int]) -> None:
+    """The entry's cells at ``levels``, one after another."""
     for mode in opts.modes:
-        for concurrency in opts.concurrency:
+        for concurrency in levels:
             run = asyncio.run(
                 measure(
-                    target,
+                    entry.target,
                     mode,
                     concurrency=concurrency,
                     duration=opts.duration,
                     warmup=opts.warmup,
-                    watch=watch,
+                    watch=entry.watch,
                 )
             )
-            results.runs.append(run)
-            figures = summary(run, groups)
-            errors = (
-                f", {figures['errors']} errors ({figures['first_error']})" if run.errors else ""
-            )
-            print(
-                f"  {target.name:11} {mode:6} c={concurrency:<4} {figures['rate']:8.1f} req/s"
-                f"  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
-                f"  server {figures['cpu_ms'].get('server', math.nan):6.2f} cpu-ms/req{errors}",
-                flush=True,
-            )
+            record(results, run, entry.groups)
+
+
+def record(results: Results, run: Run, groups: list[str]) -> None:
+    """Keep a cell's figures, and print them as it ends."""
+    results.runs.append(run)
+    figures = summary(run, groups)
+    errors = f", {figures['errors']} errors ({figures['first_error']})" if run.errors else ""
+    print(
+        f"  {run.target:11} {run.mode:6} c={run.concurrency:<4} {figures['rate']:8.1f} req/s"
+        f"  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
+        f"  server {figures['cpu_ms'].get('server', math.nan):6.2f} cpu-ms/req{errors}",
+        flush=True,
+    )
+
+
+@dataclass
+class Stage:
+    """What the targets run on: the database and the upstream, and their processes."""
+
+    db_url: str
+    postmaster: int | None
+    up_url: str
+    base_groups: dict[str, list[int]]
+
+
+@contextmanager
+def targets_up(
+    opts: Options, stage: Stage, names: list[str], phase: str, notes: list[str]
+) -> Iterator[list[Entry]]:
+    """The targets named (``direct-aigc`` comes with ``direct`` when /aigc is measured),
+    their servers started together (logs named after ``phase``), in the report's order:
+    yields one entry per target."""
+    base = stage.base_groups
+    entries = []
+    with ExitStack() as servers:
+        if "direct" in names:
+            direct = openai_target("direct", stage.up_url, API_KEY)
+            entries.append(Entry(direct, CpuWatch(base), list(base)))
+            if "aigc" in opts.targets:
+                like_aigc = direct_aigc_target(stage.up_url)
+                entries.append(Entry(like_aigc, CpuWatch(base), list(base)))
+        if "floor" in names:
+            log = opts.work_dir / f"floor-{phase}.log"
+            auth = f"Bearer {API_KEY}"
+            server = servers.enter_context(floor_server(stage.up_url, auth, log, opts.server_cpus))
+            floor = openai_target("floor", server.base_url, "ignored")  # it sends its own
+            groups = {"server": [server.pid], **base}
+            entries.append(Entry(floor, CpuWatch(groups), list(groups)))
+        if {"aigc", "v1"} & set(names):
+            env = gateway_env(opts, stage.db_url, stage.up_url)
+            token = gateway_token(env)
+            log = opts.work_dir / f"fengchao-{phase}.log"
+            server = servers.enter_context(fengchao_server(env, log, opts.server_cpus))
+            db_group = {"db": [stage.postmaster]} if stage.postmaster is not None else {}
+            groups = {"server": [server.pid], **db_group, **base}
+            for target in gateway_targets(server, token, names):
+                entries.append(Entry(target, CpuWatch(groups), list(groups), server))
+        if "litellm" in names:
+            if not (opts.litellm_venv / "bin" / "litellm").exists():
+                note = f"litellm: no venv at {opts.litellm_venv}; skipped"
+                if note not in notes:
+                    notes.append(note)
+            else:
+                config = litellm_config(stage.up_url, MODEL, API_KEY)
+                litellm = litellm_server(
+                    opts.litellm_venv, config, opts.work_dir / f"litellm-{phase}", opts.server_cpus
+                )
+                server = servers.enter_context(litellm)
+                groups = {"server": [server.pid], **base}
+                target = openai_target("litellm", server.base_url, LITELLM_MASTER_KEY)
+                entries.append(Entry(target, CpuWatch(groups), list(groups)))
+        yield entries
 
 
 def bench(opts: Options) -> Results:
@@ -299,55 +365,45 @@ def bench(opts: Options) -> Results:
     with ExitStack() as stack:
         db_url, postmaster = stack.enter_context(bench_database(opts.work_dir, opts.database_url))
         up_url, up_pid = stack.enter_context(upstream(opts.latency))
-        base_groups: dict[str, list[int]] = {"loadgen": [os.getpid()], "upstream": [up_pid]}
+        stage = Stage(db_url, postmaster, up_url, {"loadgen": [os.getpid()], "upstream": [up_pid]})
         print(f"upstream {up_url} (latency {opts.latency * 1000:.0f} ms, {REPLY_CHUNKS} chunks)")
         results.notes.append(_load_note("at the start"))
         if opts.relay_each_event:
             results.notes.append("the gateway relayed one delta per upstream event")
 
-        if "direct" in opts.targets:
-            direct = openai_target("direct", up_url, API_KEY)
-            run_cells(opts, direct, CpuWatch(base_groups), results, list(base_groups))
-            if "aigc" in opts.targets:
-                like_aigc = direct_aigc_target(up_url)
-                run_cells(opts, like_aigc, CpuWatch(base_groups), results, list(base_groups))
+        levels = list(opts.concurrency)
+        if opts.c1_rounds and 1 in levels:
+            levels.remove(1)
+            print(f"c=1: every target up, in {opts.c1_rounds} rounds of turns", flush=True)
+            with targets_up(opts, stage, opts.targets, "c1", results.notes) as entries:
+                for mode in opts.modes:
+                    cells = measure_in_rounds(
+                        entries, mode, rounds=opts.c1_rounds, duration=opts.duration
+                    )
+                    for entry, cell in zip(entries, cells, strict=True):
+                        record(results, cell, entry.groups)
 
-        if "floor" in opts.targets:
-            auth = f"Bearer {API_KEY}"
-            log = opts.work_dir / "floor.log"
-            with floor_server(up_url, auth, log, opts.server_cpus) as server:
-                floor = openai_target("floor", server.base_url, "ignored")  # it sends its own
-                groups = {"server": [server.pid], **base_groups}
-                run_cells(opts, floor, CpuWatch(groups), results, list(groups))
-
-        if {"aigc", "v1"} & set(opts.targets):
-            env = gateway_env(opts, db_url, up_url)
-            token = gateway_token(env)
-            log = opts.work_dir / "fengchao.log"
-            with fengchao_server(env, log, opts.server_cpus) as server:
-                db_group = {"db": [postmaster]} if postmaster is not None else {}
-                groups = {"server": [server.pid], **db_group, **base_groups}
-                targets = gateway_targets(server, token, opts.targets)
-                for target in targets:
-                    run_cells(opts, target, CpuWatch(groups), results, list(groups))
-                if opts.profile and targets:
-                    results.profile = profile_gateway(opts, server, targets, CpuWatch(groups))
-
-        if "litellm" in opts.targets:
-            if not (opts.litellm_venv / "bin" / "litellm").exists():
-                results.notes.append(f"litellm: no venv at {opts.litellm_venv}; skipped")
-            else:
-                config = litellm_config(up_url, MODEL, API_KEY)
-                with litellm_server(
-                    opts.litellm_venv, config, opts.work_dir / "litellm", opts.server_cpus
-                ) as server:
-                    groups = {"server": [server.pid], **base_groups}
-                    target = openai_target("litellm", server.base_url, LITELLM_MASTER_KEY)
-                    run_cells(opts, target, CpuWatch(groups), results, list(groups))
+        for group in (["direct"], ["floor"], ["aigc", "v1"], ["litellm"]):
+            names = [name for name in group if name in opts.targets]
+            if not names or not levels:
+                continue
+            with targets_up(opts, stage, names, "cells", results.notes) as entries:
+                for entry in entries:
+                    run_cells(opts, entry, results, levels)
+                gateways = [entry for entry in entries if entry.server is not None]
+                if opts.profile and gateways:
+                    first = gateways[0]
+                    assert first.server is not None
+                    results.profile = profile_gateway(
+                        opts, first.server, [e.target for e in gateways], first.watch
+                    )
 
         if opts.soak and {"aigc", "v1"} & set(opts.targets):
             results.soaks.extend(soak_gateway(opts, db_url))
     results.notes.append(_load_note("at the end"))
+    results.runs.sort(
+        key=lambda r: (REPORT_ORDER.index(r.target), opts.modes.index(r.mode), r.concurrency)
+    )
     return results
 
 
@@ -419,6 +475,13 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--latency", type=float, default=0.05, help="upstream latency, seconds")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
+        "--c1-rounds",
+        type=int,
+        default=C1_ROUNDS,
+        help="measure the c=1 cells with every target up, in this many rounds of turns"
+        " (0: a cell at a time, as the other levels)",
+    )
+    parser.add_argument(
         "--litellm-venv", type=Path, default=ROOT / ".venv-litellm", help="LiteLLM's own venv"
     )
     parser.add_argument("--soak", action="store_true", help="hold streams open on the gateway")
@@ -487,6 +550,7 @@ def parse(argv: list[str] | None) -> Options:
         database_url=args.database_url,
         json_path=args.json,
         keep=args.keep,
+        c1_rounds=max(0, args.c1_rounds),
     )
 
 

@@ -67,6 +67,25 @@ def test_quick_run_measures_direct_and_aigc(postgres_url: str, tmp_path: Path) -
     assert "| aigc | stream | 10 |" in done.stdout
     assert "aigc invoke: +p50 at c=1 over direct-aigc (ms)" in done.stdout  # its own baseline
     assert "Load generator against the bare upstream" in done.stdout
+    assert "c=1: every target up, in 4 rounds of turns" in done.stdout
+
+
+def test_a_c1_cell_pools_its_turns() -> None:
+    """A c=1 cell measured in turns holds every turn's requests, its measured time and CPU
+    summed, so its rate and CPU per request are those of the whole cell."""
+    from bench._gateway_load import Run, Sample
+    from bench._gateway_rounds import pooled
+
+    turns = [
+        Run("v1", "stream", 1, 1.5, [Sample(0.052, 0.051, True)] * 30, [], {"server": 0.06}),
+        Run("v1", "stream", 1, 1.4, [Sample(0.054, 0.053, True)] * 26, ["x"], {"server": 0.05}),
+    ]
+    cell = pooled(turns)
+    assert (cell.target, cell.mode, cell.concurrency) == ("v1", "stream", 1)
+    assert len(cell.samples) == 56 and cell.errors == ["x"]
+    assert cell.rate == pytest.approx(56 / 2.9)
+    assert cell.cpu_ms_per_request("server") == pytest.approx(1000 * 0.11 / 56)
+    assert turns[0].samples and len(turns[0].samples) == 30  # the turns are left as they were
 
 
 def test_the_ab_comparison_is_paired_cycle_by_cycle() -> None:
