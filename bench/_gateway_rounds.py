@@ -9,8 +9,10 @@ target once per round, the order rotated every round, and a target's turns are p
 its cell. A slow stretch then falls on every target's cell alike, and a cell's added
 latency is taken over a baseline measured across the same minutes.
 
-A turn's first ``TURN_WARMUP`` seconds are not counted: its server has idled through the
-other targets' turns, and the client opens its connection then.
+Before the rounds each target gets a turn of the cell's warm-up that is not counted, as a
+cell of its own does. A turn's first ``TURN_WARMUP`` seconds are not counted either: its
+server has idled through the other targets' turns, and the client opens its connection
+then.
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ class Entry:
 
 
 def measure_in_rounds(
-    entries: list[Entry], mode: str, *, rounds: int, duration: float
+    entries: list[Entry], mode: str, *, rounds: int, duration: float, warmup: float
 ) -> list[Run]:
     """Each entry's c=1 cell for ``mode``: ``duration`` seconds measured in ``rounds`` turns,
-    the entries taking turns in an order rotated every round."""
+    the entries taking turns in an order rotated every round, after a turn of ``warmup``
+    seconds each that is not counted (a server's first requests of a mode, its lazy
+    set-up among them, as a cell's warm-up)."""
+    for entry in entries:
+        warming = measure(
+            entry.target, mode, concurrency=1, duration=0.0, warmup=warmup, watch=entry.watch
+        )
+        asyncio.run(warming)
     parts: dict[str, list[Run]] = {entry.target.name: [] for entry in entries}
     for index in range(rounds):
         start = index % len(entries)

@@ -378,7 +378,11 @@ def bench(opts: Options) -> Results:
             with targets_up(opts, stage, opts.targets, "c1", results.notes) as entries:
                 for mode in opts.modes:
                     cells = measure_in_rounds(
-                        entries, mode, rounds=opts.c1_rounds, duration=opts.duration
+                        entries,
+                        mode,
+                        rounds=opts.c1_rounds,
+                        duration=opts.duration,
+                        warmup=opts.warmup,
                     )
                     for entry, cell in zip(entries, cells, strict=True):
                         record(results, cell, entry.groups)
