@@ -1,14 +1,14 @@
 """Two versions of the gateway side by side at concurrency 1, requests interleaved one by one.
 
-``bench/gateway.py`` measures each target in a cell of its own, seconds apart; on a shared
-machine the c=1 cells move by 0.5-1 ms between runs of the same code, more than a change of
-0.3 ms. Here one client sends a request to each target in turn (``direct``, ``floor``, then
-the gateway started from ``--a`` and from ``--b``), shuffling the order every cycle, so
-every target meets the machine in the same state, and the difference of ``b`` against
-``a`` is taken cycle by cycle: its median, with a bootstrap 95% interval, is the anchor
-comparison. Both gateways share one upstream, one database and one core (CPU 1; the
-client, the upstream and the database on CPU 0), as in ``bench/gateway.py``. For /aigc a
-``direct-aigc`` target sends the upstream what /aigc sends it (the default instruction's
+``bench/gateway.py`` measures each target for seconds at a time (at c=1 in turns of 1.5 s);
+on a shared machine its c=1 cells move by 0.1-0.5 ms between runs of the same code, more
+than most changes. Here one client sends a request to each target in turn (``direct``,
+``floor``, then the gateway started from ``--a`` and from ``--b``), shuffling the order
+every cycle, so every target meets the machine in the same state, and the difference of
+``b`` against ``a`` is taken cycle by cycle: its median, with a bootstrap 95% interval, is
+the anchor comparison. Both gateways share one upstream, one database and one core (CPU 1;
+the client, the upstream and the database on CPU 0), as in ``bench/gateway.py``. For /aigc
+a ``direct-aigc`` target sends the upstream what /aigc sends it (the default instruction's
 system prompt too), and the gateways' added figures are over that.
 
 Absolute figures run higher than the bench's: a server idles through the other targets'

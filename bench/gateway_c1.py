@@ -1,13 +1,13 @@
 """Every target's added latency at concurrency 1, requests interleaved one by one.
 
-``bench/gateway.py`` measures c=1 in a cell per target, seconds apart, and on a shared
-machine a cell's p50 moves by 0.3-1 ms between runs of the same code: more than the margin
-of the issue's 2 ms target. Here every target runs at once and one client sends a request
-to each in turn (``direct``, ``direct-aigc``, ``floor``, /aigc, /v1 and, if its venv is
-there, LiteLLM), shuffling the order every cycle, so each meets the machine in the same
-state; a target's added latency is its median difference from its baseline, cycle by cycle
-(/aigc's baseline is ``direct-aigc``, the others' ``direct``), with a bootstrap 95%
-interval, and LiteLLM's is the anchor the ratio is taken against.
+``bench/gateway.py`` measures each target's c=1 cell in turns of 1.5 s (rounds of turns,
+``bench/_gateway_rounds.py``); a slow second still falls on some turns and not others, and
+one client's requests back to back are what it times. Here every target runs at once and
+one client sends a request to each in turn (``direct``, ``direct-aigc``, ``floor``, /aigc,
+/v1 and, if its venv is there, LiteLLM), shuffling the order every cycle, so each meets the
+machine in the same state; a target's added latency is its median difference from its
+baseline, cycle by cycle (/aigc's baseline is ``direct-aigc``, the others' ``direct``),
+with a bootstrap 95% interval, and LiteLLM's is the anchor the ratio is taken against.
 
 Absolute figures run higher than the full bench's: a server idles through the other
 targets' requests, so the first half of each of its requests runs cold too. ``--turn N``
