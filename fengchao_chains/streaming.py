@@ -29,10 +29,10 @@ task and no hand-over between them (one task hop fewer per stream, 0.04-0.06 ms 
 docs/benchmarks.md, change 35). Every ``send`` is a write of its own (uvicorn writes each
 message at once, and so does uvloop), so a body should yield what it has made together as
 one piece, and may mark its last (:class:`LastPiece`) for the response's end to go out in
-the same write: a stream that arrives in one network read leaves /aigc in one write after
-its head, and /v1 in two (its first events, then the last ones with the end). A slow
-client holds the body back through the server's flow control: ``send`` waits while the
-socket's buffer is full.
+the same write: a stream that arrives in one network read leaves either front door in two
+writes after its head (/aigc: its text line, then the closing line with the end; /v1: its
+first events, then the last ones with the end). A slow client holds the body back through
+the server's flow control: ``send`` waits while the socket's buffer is full.
 
 A body that fails midway has what it yielded before the failure written first, then the
 error propagates (the server closes the connection), as with Starlette's response. One that
