@@ -28,8 +28,8 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,33 +37,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import gateway
 from bench._gateway_load import Target
 from bench._gateway_report import BASELINES
-from bench._gateway_servers import (
-    LITELLM_MASTER_KEY,
-    litellm_config,
-    litellm_server,
-)
-from bench._gateway_upstream import API_KEY
-from bench.gateway_ab import gateway_from, interleave, paired, reference_targets
+from bench.gateway_ab import interleave, paired
 
 GOAL_MS = 2.0
 
 
-def start_targets(opts: argparse.Namespace, work: Path, servers: ExitStack) -> dict[str, Target]:
-    """Every target, started: the upstream and the database first, the servers on CPU 1."""
-    db_url, _ = servers.enter_context(gateway.bench_database(work / "db", opts.database_url))
-    up_url, _ = servers.enter_context(gateway.upstream(opts.latency))
-    targets = reference_targets(up_url, work, servers, aigc=True)
-    source = opts.source.resolve() if opts.source else None
-    for target in gateway_from(source, work / "fengchao", db_url, up_url, servers):
-        targets[target.name] = target
-    if (opts.litellm_venv / "bin" / "litellm").exists():
-        config = litellm_config(up_url, gateway.MODEL, API_KEY)
-        litellm = litellm_server(opts.litellm_venv, config, work / "litellm", gateway.SERVER_CPUS)
-        base_url = servers.enter_context(litellm).base_url
-        targets["litellm"] = gateway.openai_target("litellm", base_url, LITELLM_MASTER_KEY)
-    else:
-        print(f"note: no LiteLLM venv at {opts.litellm_venv}; LiteLLM left out", file=sys.stderr)
-    return targets
+@contextmanager
+def targets_started(
+    opts: argparse.Namespace, bench: gateway.Options
+) -> Iterator[dict[str, Target]]:
+    """Every target, started as the full bench starts them for its c=1 rounds
+    (:func:`bench.gateway.targets_up`): the upstream and the database first, the servers on
+    CPU 1."""
+    with ExitStack() as stack:
+        db = gateway.bench_database(bench.work_dir, bench.database_url)
+        db_url, postmaster = stack.enter_context(db)
+        up_url, up_pid = stack.enter_context(gateway.upstream(bench.latency))
+        groups = {"loadgen": [os.getpid()], "upstream": [up_pid]}
+        stage = gateway.Stage(db_url, postmaster, up_url, groups)
+        entries = stack.enter_context(gateway.targets_up(bench, stage, bench.targets, "c1", []))
+        targets = {entry.target.name: entry.target for entry in entries}
+        if "litellm" not in targets:
+            print(
+                f"note: no LiteLLM venv at {opts.litellm_venv}; LiteLLM left out", file=sys.stderr
+            )
+        yield targets
 
 
 def report(mode: str, cycles: int, turn: int, latencies: dict[str, list[float]]) -> None:
@@ -105,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         "--litellm-venv", type=Path, default=gateway.ROOT / ".venv-litellm", help="LiteLLM's venv"
     )
     opts = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="fc-bench-c1-"))
-    os.sched_setaffinity(0, gateway.LOADGEN_CPUS)  # the upstream and database inherit it
-    with ExitStack() as servers:
-        targets = start_targets(opts, work, servers)
+    given = ["--latency", str(opts.latency), "--litellm-venv", str(opts.litellm_venv)]
+    given += ["--source", str(opts.source)] if opts.source else []
+    given += ["--database-url", opts.database_url] if opts.database_url else []
+    bench = gateway.parse(given)  # (before this process is pinned: it decides the pinning)
+    if bench.pin:
+        os.sched_setaffinity(0, gateway.LOADGEN_CPUS)  # the upstream and database inherit it
+    with targets_started(opts, bench) as started:
         # LiteLLM first, so that the ratio's anchor is known when the gateway's rows print
-        order = ["litellm", *(name for name in targets if name != "litellm")]
-        targets = {name: targets[name] for name in order if name in targets}
+        order = ["litellm", *(name for name in started if name != "litellm")]
+        targets = {name: started[name] for name in order if name in started}
         for mode in opts.modes.split(","):
             latencies = asyncio.run(interleave(targets, mode, opts.cycles, turn=opts.turn))
             report(mode, opts.cycles, opts.turn, latencies)
